@@ -1,0 +1,40 @@
+"""Put on the workers' PYTHONPATH by `mrcdiag launch`: arms the hook before user code runs.
+
+It only acts in torchrun workers (LOCAL_RANK set) of an mrcdiag launch, imports nothing
+heavy (torch is wrapped when the script itself imports it), and then hands over to any
+other sitecustomize that was on the path.
+"""
+
+import os
+import sys
+
+
+def _mrcdiag_boot() -> None:
+    if not os.environ.get("MRCDIAG_RUN_DIR") or "LOCAL_RANK" not in os.environ:
+        return
+    try:
+        from mrcdiag.agent.autoimport import arm
+
+        arm()
+    except Exception as exc:  # noqa: BLE001 - never stop the worker from starting
+        print(f"mrcdiag: not recording this worker ({exc!r})", file=sys.stderr)
+
+
+def _chain_next_sitecustomize() -> None:
+    import importlib.machinery
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    others = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", others)
+    if spec is None or spec.loader is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+
+_mrcdiag_boot()
+try:
+    _chain_next_sitecustomize()
+except Exception as _exc:  # noqa: BLE001
+    print(f"mrcdiag: the site's own sitecustomize failed ({_exc!r})", file=sys.stderr)

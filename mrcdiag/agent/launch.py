@@ -1,0 +1,89 @@
+"""`mrcdiag launch`: run the user's command unchanged, with the hook armed in every worker.
+
+The command line parses and delegates; this class owns the life cycle: prepare the run
+directory and the workers' environment, start the node agent, start the job, forward
+signals, wait, stop the agent, and hand back the job's exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mrcdiag
+from mrcdiag.agent.attach import run_metadata
+from mrcdiag.store import schema
+from mrcdiag.store.writer import write_json_atomic
+
+BOOT_DIR = Path(__file__).resolve().parent / "_boot"
+PACKAGE_PARENT = Path(mrcdiag.__file__).resolve().parent.parent
+
+
+@dataclass
+class Launcher:
+    command: list[str]
+    run_dir: Path
+    job: str
+    metrics_port: int | None = None
+    agent_interval_s: float = 1.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    _agent: Any = None
+
+    def prepare(self) -> dict[str, str]:
+        """Create the run directory, write run.json first, and build the workers' env."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run_file = self.run_dir / schema.RUN_FILE
+        if not run_file.exists():  # on shared storage the first node's launch writes it
+            write_json_atomic(run_file, run_metadata(self.job, self.command))
+        env = dict(os.environ)
+        python_path = [str(BOOT_DIR), str(PACKAGE_PARENT)]
+        if env.get("PYTHONPATH"):
+            python_path.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(python_path)
+        env["MRCDIAG_RUN_DIR"] = str(self.run_dir)
+        env["MRCDIAG_JOB"] = self.job
+        env.update(self.extra_env)
+        return env
+
+    def start_agent(self) -> str | None:
+        """Start the node agent beside the job; returns the /metrics URL it serves."""
+        from mrcdiag.agent.node import NodeAgent
+
+        self._agent = NodeAgent(
+            run_dir=self.run_dir,
+            port=self.metrics_port,
+            interval_s=self.agent_interval_s,
+            job=self.job,
+        )
+        return self._agent.start()
+
+    def stop_agent(self) -> None:
+        if self._agent is not None:
+            self._agent.stop()
+            self._agent = None
+
+    def run(self, env: dict[str, str]) -> int:
+        """Run the job to its end and return its exit code (128+N for signal N)."""
+        process = subprocess.Popen(self.command, env=env)
+
+        def forward(signum: int, _frame: Any) -> None:
+            process.send_signal(signum)
+
+        previous = {
+            sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            code = process.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 128 - code if code < 0 else code
+
+
+def python_executable() -> str:
+    return sys.executable

@@ -1,0 +1,194 @@
+"""How to read one call of each torch.distributed collective: its tensor, bytes, group.
+
+Each reader takes the call's (args, kwargs) and returns a `CallShape`. The positions
+follow the signatures of torch.distributed in torch 2.x (checked against 2.13). Bytes
+follow nccl-tests' "size": the whole buffer that crosses the group (the gathered
+output for all_gather, the input for reduce_scatter and all_to_all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from mrcdiag.store.schema import DTYPE_CODE
+
+
+class CallShape(NamedTuple):
+    nbytes: int
+    dtype: int
+    group: Any  # a ProcessGroup or None for the default group
+    is_async: bool
+    peer: int  # global rank of the peer for point-to-point, else -1
+
+
+_dtype_cache: dict[Any, int] = {}
+
+
+def dtype_code(dtype: Any) -> int:
+    code = _dtype_cache.get(dtype)
+    if code is None:
+        code = DTYPE_CODE.get(str(dtype).removeprefix("torch."), 0)
+        _dtype_cache[dtype] = code
+    return code
+
+
+def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) -> Any:
+    if len(args) > pos:
+        return args[pos]
+    return kwargs.get(name, default)
+
+
+def _nbytes(tensor: Any) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _sum_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _one(tensor_pos: int, tensor_name: str, group_pos: int, async_pos: int, scale_by_group=False):
+    def read(args: tuple, kwargs: dict) -> CallShape:
+        tensor = _arg(args, kwargs, tensor_pos, tensor_name)
+        group = _arg(args, kwargs, group_pos, "group")
+        nbytes = _nbytes(tensor)
+        if scale_by_group:
+            nbytes *= _group_size(group)
+        return CallShape(
+            nbytes,
+            dtype_code(tensor.dtype),
+            group,
+            bool(_arg(args, kwargs, async_pos, "async_op", False)),
+            -1,
+        )
+
+    return read
+
+
+def _many(list_pos: int, list_name: str, group_pos: int, async_pos: int):
+    def read(args: tuple, kwargs: dict) -> CallShape:
+        tensors = _arg(args, kwargs, list_pos, list_name)
+        return CallShape(
+            _sum_bytes(tensors),
+            dtype_code(tensors[0].dtype) if tensors else 0,
+            _arg(args, kwargs, group_pos, "group"),
+            bool(_arg(args, kwargs, async_pos, "async_op", False)),
+            -1,
+        )
+
+    return read
+
+
+def _barrier(args: tuple, kwargs: dict) -> CallShape:
+    return CallShape(
+        0, 0, _arg(args, kwargs, 0, "group"), bool(_arg(args, kwargs, 1, "async_op", False)), -1
+    )
+
+
+def _p2p(peer_name: str, is_async: bool):
+    def read(args: tuple, kwargs: dict) -> CallShape:
+        tensor = _arg(args, kwargs, 0, "tensor")
+        peer = _arg(args, kwargs, 1, peer_name)
+        group = _arg(args, kwargs, 2, "group")
+        if peer is None:
+            group_peer = kwargs.get("group_" + peer_name)
+            peer = _global_rank(group, group_peer) if group_peer is not None else -1
+        return CallShape(_nbytes(tensor), dtype_code(tensor.dtype), group, is_async, int(peer))
+
+    return read
+
+
+def _batch_p2p(args: tuple, kwargs: dict) -> CallShape:
+    p2p_ops = _arg(args, kwargs, 0, "p2p_op_list")
+    first = p2p_ops[0]
+    return CallShape(
+        _sum_bytes(op.tensor for op in p2p_ops),
+        dtype_code(first.tensor.dtype),
+        first.group,
+        True,
+        int(first.peer) if len(p2p_ops) == 1 else -1,
+    )
+
+
+_group_size_fn: Callable[[Any], int] | None = None
+_global_rank_fn: Callable[[Any, int], int] | None = None
+
+
+def bind_torch(group_size: Callable[[Any], int], global_rank: Callable[[Any, int], int]) -> None:
+    """Give the readers torch's group helpers without importing torch here."""
+    global _group_size_fn, _global_rank_fn
+    _group_size_fn = group_size
+    _global_rank_fn = global_rank
+
+
+def _group_size(group: Any) -> int:
+    return _group_size_fn(group) if _group_size_fn else 1
+
+
+def _global_rank(group: Any, group_rank: int) -> int:
+    return _global_rank_fn(group, group_rank) if _global_rank_fn else int(group_rank)
+
+
+# op name -> reader of (args, kwargs); every entry is wrapped in torch.distributed.
+CALL_READERS: dict[str, Callable[[tuple, dict], CallShape]] = {
+    "all_reduce": _one(0, "tensor", 2, 3),
+    "all_gather": _many(0, "tensor_list", 2, 3),
+    "all_gather_into_tensor": _one(0, "output_tensor", 2, 3),
+    "reduce_scatter": _many(1, "input_list", 3, 4),
+    "reduce_scatter_tensor": _one(1, "input", 3, 4),
+    "broadcast": _one(0, "tensor", 2, 3),
+    "reduce": _one(0, "tensor", 3, 4),
+    "all_to_all": _many(1, "input_tensor_list", 2, 3),
+    "all_to_all_single": _one(1, "input", 4, 5),
+    "barrier": _barrier,
+    "gather": _one(0, "tensor", 3, 4, scale_by_group=True),
+    "scatter": _one(0, "tensor", 3, 4, scale_by_group=True),
+    "send": _p2p("dst", False),
+    "recv": _p2p("src", False),
+    "isend": _p2p("dst", True),
+    "irecv": _p2p("src", True),
+    "batch_isend_irecv": _batch_p2p,
+}
+
+
+# Functional collectives (torch.distributed._functional_collectives): name there -> our op,
+# and how to find (tensors, group) in the call.
+def _functional_one(group_pos: int):
+    def read(args: tuple, kwargs: dict) -> tuple[list, Any]:
+        return [_arg(args, kwargs, 0, "self")], _arg(args, kwargs, group_pos, "group")
+
+    return read
+
+
+def _functional_many(group_pos: int):
+    def read(args: tuple, kwargs: dict) -> tuple[list, Any]:
+        tensors = _arg(args, kwargs, 0, "self")
+        if tensors is None:
+            tensors = kwargs.get("inputs")
+        return list(tensors), _arg(args, kwargs, group_pos, "group")
+
+    return read
+
+
+FUNCTIONAL_READERS: dict[str, tuple[str, Callable[[tuple, dict], tuple[list, Any]], bool]] = {
+    # name: (op, reader, bytes are output-sized i.e. input x group size)
+    "all_reduce": ("all_reduce", _functional_one(2), False),
+    "all_gather_tensor": ("all_gather_into_tensor", _functional_one(2), True),
+    "all_gather_tensor_autograd": ("all_gather_into_tensor", _functional_one(2), True),
+    "reduce_scatter_tensor": ("reduce_scatter_tensor", _functional_one(3), False),
+    "reduce_scatter_tensor_autograd": ("reduce_scatter_tensor", _functional_one(3), False),
+    "all_to_all_single": ("all_to_all_single", _functional_one(3), False),
+    "all_to_all_single_autograd": ("all_to_all_single", _functional_one(3), False),
+    "broadcast": ("broadcast", _functional_one(2), False),
+    "all_reduce_coalesced": ("all_reduce_coalesced", _functional_many(2), False),
+    "all_gather_into_tensor_coalesced": (
+        "all_gather_into_tensor_coalesced",
+        _functional_many(1),
+        True,
+    ),
+    "reduce_scatter_tensor_coalesced": (
+        "reduce_scatter_tensor_coalesced",
+        _functional_many(3),
+        False,
+    ),
+}

@@ -1,0 +1,159 @@
+"""The in-memory buffer of one rank and the thread that moves it to disk.
+
+The training thread only appends tuples to deques (atomic under the GIL, no lock, no
+I/O). A daemon thread drains them twice a second into the rank's Arrow streams, so a
+SIGKILL loses at most about half a second of records. When the writer falls behind the
+buffer stops growing at `capacity` and later records are dropped and counted; the count
+is written to events.jsonl and shown by the report.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mrcdiag.agent.log import warn_once
+from mrcdiag.store import schema
+from mrcdiag.store.writer import JsonLines, StreamTable
+
+FLUSH_INTERVAL_S = 0.5
+DEFAULT_CAPACITY = 1 << 20
+# An in-flight collective older than this is written down, so a hang leaves a trace.
+INFLIGHT_REPORT_AFTER_NS = 1_000_000_000
+
+
+@dataclass
+class InFlight:
+    """What a rank is blocked in right now: enough for a flight-recorder style hang report."""
+
+    op: int
+    group: int
+    seq: int
+    nbytes: int
+    t_arrive_ns: int
+
+
+class Recorder:
+    """Buffers records of one rank and writes them from a background thread."""
+
+    def __init__(self, rank_dir: Path, capacity: int = DEFAULT_CAPACITY) -> None:
+        self.rank_dir = rank_dir
+        self.capacity = capacity
+        self.collectives: deque[tuple] = deque()
+        self.steps: deque[tuple] = deque()
+        self.new_groups: deque[dict[str, Any]] = deque()
+        self.dropped = 0
+        self.inflight: InFlight | None = None
+        # id(work or tensor) -> (record without end, InFlight) for async ops not yet done
+        self.pending: dict[int, tuple[tuple, InFlight]] = {}
+        self.failed = False
+        self._written_dropped = 0
+        self._reported_inflight: tuple | None = None
+        self._stop = threading.Event()
+        self._collective_table = StreamTable(
+            rank_dir / schema.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA
+        )
+        self._step_table = StreamTable(rank_dir / schema.STEPS_FILE, schema.STEP_SCHEMA)
+        self._groups = JsonLines(rank_dir / schema.GROUPS_FILE)
+        self._events = JsonLines(rank_dir / schema.EVENTS_FILE)
+        self._thread = threading.Thread(target=self._run, name="mrcdiag-writer", daemon=True)
+        self._lock = threading.Lock()  # writer side only: flush() from atexit vs the thread
+
+    # --- hot path ------------------------------------------------------------------
+    def add_collective(self, row: tuple) -> None:
+        if len(self.collectives) < self.capacity:
+            self.collectives.append(row)
+        else:
+            self.dropped += 1
+
+    def add_step(self, row: tuple) -> None:
+        if len(self.steps) < self.capacity:
+            self.steps.append(row)
+        else:
+            self.dropped += 1
+
+    # --- writer side -----------------------------------------------------------------
+    def start(self) -> None:
+        self.event("attached")
+        self._thread.start()
+
+    def event(self, name: str, **fields: Any) -> None:
+        try:
+            self._events.append({"event": name, "t_ns": time.monotonic_ns(), **fields})
+        except Exception as exc:  # noqa: BLE001
+            warn_once("events", f"cannot write events.jsonl ({exc}); continuing")
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            self.flush()
+            if self.failed:
+                return
+
+    def flush(self) -> None:
+        """Move everything buffered so far to disk. Never raises."""
+        with self._lock:
+            if self.failed:
+                return
+            try:
+                self._flush_locked()
+            except Exception as exc:  # noqa: BLE001 - the job must go on
+                self.failed = True
+                warn_once("flush", f"stopped recording: cannot write the run directory ({exc})")
+
+    def _drain(self, queue: deque) -> list:
+        return [queue.popleft() for _ in range(len(queue))]
+
+    def _flush_locked(self) -> None:
+        # Groups first: a collective row must never name a group the reader cannot find.
+        for group in self._drain(self.new_groups):
+            self._groups.append(group)
+        self._collective_table.append_rows(self._drain(self.collectives))
+        self._step_table.append_rows(self._drain(self.steps))
+        if self.dropped != self._written_dropped:
+            self._written_dropped = self.dropped
+            self.event("dropped", records=self.dropped)
+        self._note_inflight()
+
+    def _note_inflight(self) -> None:
+        now = time.monotonic_ns()
+        candidates = [] if self.inflight is None else [self.inflight]
+        candidates += [flight for _, flight in list(self.pending.values())]
+        stuck = [c for c in candidates if now - c.t_arrive_ns > INFLIGHT_REPORT_AFTER_NS]
+        if not stuck:
+            return
+        oldest = min(stuck, key=lambda c: c.t_arrive_ns)
+        key = (oldest.group, oldest.seq, oldest.op)
+        if key == self._reported_inflight:
+            return
+        self._reported_inflight = key
+        self.event(
+            "in_collective",
+            op=schema.OPS[oldest.op],
+            group=oldest.group,
+            seq=oldest.seq,
+            nbytes=oldest.nbytes,
+            t_arrive_ns=oldest.t_arrive_ns,
+        )
+
+    def close(self, reason: str = "closed") -> None:
+        """Flush and close the files; safe to call twice and from atexit."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+        self.flush()
+        with self._lock:
+            if self.failed and reason == "closed":
+                return
+            self.failed = True  # nothing is written after close
+            try:
+                self.event(reason, dropped=self.dropped)
+                self._collective_table.close()
+                self._step_table.close()
+                self._groups.close()
+                self._events.close()
+            except Exception as exc:  # noqa: BLE001
+                warn_once("close", f"could not close the run directory cleanly ({exc})")

@@ -1,0 +1,71 @@
+"""Where steps begin and end, and what each step spent waiting.
+
+A step ends at each `optimizer.step()` of the first optimizer that steps (found through
+torch's global optimizer hook, so the user's script needs no change), or at the end of
+each `with mrcdiag.step():` block once the user marks steps by hand; marking by hand
+turns the automatic detection off.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mrcdiag.agent.recorder import Recorder
+
+_now = time.monotonic_ns  # the clock every record of the run uses
+
+
+class StepTracker:
+    """Accumulates the current step's data wait and blocked communication time."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.index = 0
+        self.t_start_ns = _now()
+        self.data_wait_ns = 0
+        self.comm_ns = 0
+        self.n_collectives = 0
+        self.manual = False
+        self.in_manual_step = False
+        self._optimizer_id: int | None = None
+
+    def _close(self, t_end_ns: int) -> None:
+        self.recorder.add_step(
+            (
+                self.index,
+                self.t_start_ns,
+                t_end_ns,
+                self.data_wait_ns,
+                self.comm_ns,
+                self.n_collectives,
+            )
+        )
+        self.index += 1
+        self._reset(t_end_ns)
+
+    def _reset(self, t_start_ns: int) -> None:
+        self.t_start_ns = t_start_ns
+        self.data_wait_ns = 0
+        self.comm_ns = 0
+        self.n_collectives = 0
+
+    def on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if self.manual:
+            return
+        if self._optimizer_id is None:
+            self._optimizer_id = id(optimizer)
+        elif id(optimizer) != self._optimizer_id:
+            return  # a second optimizer in the same iteration is not a new step
+        self._close(_now())
+
+    def begin_manual(self) -> None:
+        if not self.manual:
+            self.manual = True
+            self.index = 0 if self.index == 0 else self.index
+        self.in_manual_step = True
+        self._reset(_now())
+
+    def end_manual(self) -> None:
+        self.in_manual_step = False
+        self._close(_now())

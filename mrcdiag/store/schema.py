@@ -1,0 +1,117 @@
+"""The on-disk contract of a run directory: file names, column types and code tables.
+
+Writers (the hook, the node agent) and the reader share these definitions so that the
+two sides cannot drift apart. Codes are stored as small integers in the hot path and
+turned back into names when read.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+RUN_FILE = "run.json"  # written first by `launch` (or by rank 0 under the Python API)
+WORLD_FILE = "world.json"  # written by global rank 0 at attach: world size, hosts
+RANKS_DIR = "ranks"  # ranks/rank-00007/...
+RANK_META_FILE = "rank.json"
+COLLECTIVES_FILE = "collectives.arrows"
+STEPS_FILE = "steps.arrows"
+GROUPS_FILE = "groups.jsonl"
+EVENTS_FILE = "events.jsonl"
+
+# Order matters: the index is the code written to disk. Append only.
+OPS: tuple[str, ...] = (
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "broadcast",
+    "reduce",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "send",
+    "recv",
+    "isend",
+    "irecv",
+    "batch_isend_irecv",
+    "gather",
+    "scatter",
+    "all_reduce_coalesced",
+    "all_gather_into_tensor_coalesced",
+    "reduce_scatter_tensor_coalesced",
+)
+OP_CODE: dict[str, int] = {name: i for i, name in enumerate(OPS)}
+POINT_TO_POINT_OPS = frozenset({"send", "recv", "isend", "irecv", "batch_isend_irecv"})
+
+# Who issued the collective: user Python code, DDP's reducer (through our comm hook),
+# or a functional collective (FSDP2, tensor parallel, torch.compile).
+SOURCES: tuple[str, ...] = ("python", "ddp", "functional")
+SOURCE_CODE: dict[str, int] = {name: i for i, name in enumerate(SOURCES)}
+
+DTYPES: tuple[str, ...] = (
+    "unknown",
+    "float32",
+    "float16",
+    "bfloat16",
+    "float64",
+    "int64",
+    "int32",
+    "int16",
+    "int8",
+    "uint8",
+    "bool",
+    "float8_e4m3fn",
+    "float8_e5m2",
+    "complex64",
+    "complex128",
+)
+DTYPE_CODE: dict[str, int] = {name: i for i, name in enumerate(DTYPES)}
+
+# busbw = algbw * factor(n), as nccl-tests defines it.
+def busbw_factor(op: str, group_size: int) -> float:
+    n = max(group_size, 1)
+    if op in ("all_reduce", "all_reduce_coalesced"):
+        return 2.0 * (n - 1) / n
+    if op in (
+        "all_gather",
+        "all_gather_into_tensor",
+        "all_gather_into_tensor_coalesced",
+        "reduce_scatter",
+        "reduce_scatter_tensor",
+        "reduce_scatter_tensor_coalesced",
+        "all_to_all",
+        "all_to_all_single",
+    ):
+        return (n - 1) / n
+    return 1.0
+
+
+COLLECTIVE_SCHEMA = pa.schema(
+    [
+        ("op", pa.uint8()),
+        ("source", pa.uint8()),
+        ("group", pa.int32()),  # index into this rank's groups.jsonl
+        ("seq", pa.int64()),  # per group: collectives and p2p counted apart
+        ("peer", pa.int32()),  # global rank of the peer for p2p, else -1
+        ("nbytes", pa.int64()),  # nccl-tests "size": the whole buffer
+        ("dtype", pa.uint8()),
+        ("is_async", pa.bool_()),
+        ("t_arrive_ns", pa.int64()),  # this rank's CLOCK_MONOTONIC at the call
+        ("t_end_ns", pa.int64()),  # when it completed; 0 when never observed
+        ("step", pa.int32()),
+    ]
+)
+
+STEP_SCHEMA = pa.schema(
+    [
+        ("step", pa.int32()),
+        ("t_start_ns", pa.int64()),
+        ("t_end_ns", pa.int64()),
+        ("data_wait_ns", pa.int64()),  # blocked in DataLoader.__next__
+        ("comm_ns", pa.int64()),  # blocked in collectives (sync calls and wait())
+        ("n_collectives", pa.int32()),
+    ]
+)
