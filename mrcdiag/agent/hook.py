@@ -396,7 +396,7 @@ def install(torch: Any) -> None:
         return
     c10d = dist.distributed_c10d
     ops.bind_torch(
-        lambda g: (g.size() if g is not None else dist.get_world_size()),
+        lambda g: g.size() if g is not None else dist.get_world_size(),
         lambda g, r: dist.get_global_rank(g if g is not None else c10d._get_default_group(), r),
     )
     for op_name in ops.CALL_READERS:

@@ -74,9 +74,7 @@ class Launcher:
         def forward(signum: int, _frame: Any) -> None:
             process.send_signal(signum)
 
-        previous = {
-            sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             code = process.wait()
         finally:

@@ -70,6 +70,7 @@ DTYPES: tuple[str, ...] = (
 )
 DTYPE_CODE: dict[str, int] = {name: i for i, name in enumerate(DTYPES)}
 
+
 # busbw = algbw * factor(n), as nccl-tests defines it.
 def busbw_factor(op: str, group_size: int) -> float:
     n = max(group_size, 1)

@@ -1,0 +1,167 @@
+"""The run in numbers: step time per rank, communication share, bandwidth per op."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mrcdiag.analyzers.instances import Instances
+from mrcdiag.store.reader import RunData
+from mrcdiag.store.schema import OPS, busbw_factor
+
+WARMUP_STEPS = 3  # first steps hold compilation, allocator growth and connection set-up
+
+
+@dataclass(frozen=True)
+class RankSteps:
+    rank: int
+    host: str
+    steps: int
+    step_time_p50_s: float
+    step_time_p90_s: float
+    data_wait_fraction: float
+    comm_fraction: float
+
+
+@dataclass(frozen=True)
+class OpStats:
+    op: str
+    group_size: int
+    calls: int  # instances (one call on every rank of the group)
+    bytes_total: int  # per rank
+    time_total_s: float  # mean over ranks of time inside the op
+    wait_total_s: float  # of which waiting for the last rank to arrive
+    busbw_median_gbps: float | None  # GB/s, from the transfer part only
+
+
+@dataclass(frozen=True)
+class Summary:
+    steps: int
+    duration_s: float
+    step_time_p50_s: float | None
+    step_time_p90_s: float | None
+    comm_fraction: float | None
+    data_wait_fraction: float | None
+    per_rank: list[RankSteps]
+    per_op: list[OpStats]
+
+
+def steady_mask(step_index: np.ndarray) -> np.ndarray:
+    """Steps after warm-up, when the run has enough steps to leave warm-up out."""
+    if len(step_index) == 0:
+        return np.zeros(0, dtype=bool)
+    cut = WARMUP_STEPS if step_index.max() >= 2 * WARMUP_STEPS else 0
+    return step_index >= cut
+
+
+def summarize(run: RunData, inst: Instances) -> Summary:
+    steps = run.steps
+    duration = (steps["t_end_ns"] - steps["t_start_ns"]) / 1e9 if len(steps) else np.zeros(0)
+    keep = steady_mask(steps["step"]) if len(steps) else np.zeros(0, dtype=bool)
+    per_rank = []
+    for rank in run.ranks:
+        mine = (steps["rank"] == rank) & keep
+        if not mine.any():
+            continue
+        d = duration[mine]
+        total = d.sum()
+        per_rank.append(
+            RankSteps(
+                rank=rank,
+                host=run.host_of(rank),
+                steps=int(mine.sum()),
+                step_time_p50_s=float(np.median(d)),
+                step_time_p90_s=float(np.percentile(d, 90)),
+                data_wait_fraction=float(steps["data_wait_ns"][mine].sum() / 1e9 / total)
+                if total > 0
+                else 0.0,
+                comm_fraction=float(steps["comm_ns"][mine].sum() / 1e9 / total)
+                if total > 0
+                else 0.0,
+            )
+        )
+    steady = duration[keep]
+    total = steady.sum()
+    n_steps = int(steps["step"].max()) + 1 if len(steps) else 0
+    return Summary(
+        steps=n_steps,
+        duration_s=_duration_s(run),
+        step_time_p50_s=float(np.median(_job_step_times(run, keep))) if keep.any() else None,
+        step_time_p90_s=float(np.percentile(_job_step_times(run, keep), 90))
+        if keep.any()
+        else None,
+        comm_fraction=float(steps["comm_ns"][keep].sum() / 1e9 / total) if total > 0 else None,
+        data_wait_fraction=float(steps["data_wait_ns"][keep].sum() / 1e9 / total)
+        if total > 0
+        else None,
+        per_rank=per_rank,
+        per_op=op_stats(run, inst),
+    )
+
+
+def _job_step_times(run: RunData, keep: np.ndarray) -> np.ndarray:
+    """The job's step time: for each step, the slowest rank's (synchronous training)."""
+    steps = run.steps
+    index = steps["step"][keep]
+    duration = (steps["t_end_ns"][keep] - steps["t_start_ns"][keep]) / 1e9
+    uniq, inverse = np.unique(index, return_inverse=True)
+    out = np.zeros(len(uniq))
+    np.maximum.at(out, inverse, duration)
+    return out
+
+
+def _duration_s(run: RunData) -> float:
+    starts = [info.attached_ns for info in run.ranks.values() if info.attached_ns]
+    ends = [info.last_record_ns for info in run.ranks.values() if info.last_record_ns]
+    if not starts or not ends:
+        return 0.0
+    return max(0.0, (max(ends) - min(starts)) / 1e9)
+
+
+def busbw_gbps(inst: Instances, group_sizes: np.ndarray) -> np.ndarray:
+    """Bus bandwidth per instance in GB/s (NaN where the transfer time is unknown)."""
+    factors = np.array(
+        [busbw_factor(OPS[op], size) for op, size in zip(inst.op, group_sizes, strict=True)]
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        seconds = inst.transfer_ns / 1e9
+        bw = np.where(seconds > 0, inst.nbytes / seconds * factors / 1e9, np.nan)
+    bw[inst.nbytes == 0] = np.nan
+    return bw
+
+
+def group_sizes(run: RunData, group_ids: np.ndarray) -> np.ndarray:
+    sizes = np.array([g.size for g in run.groups] or [1], dtype=np.int64)
+    return sizes[group_ids] if len(group_ids) else np.zeros(0, dtype=np.int64)
+
+
+def op_stats(run: RunData, inst: Instances) -> list[OpStats]:
+    if inst.n_instances == 0:
+        return []
+    sizes = group_sizes(run, inst.group)
+    bw = busbw_gbps(inst, sizes)
+    rec = inst.records
+    in_op = np.where(rec["t_end_ns"] > 0, rec["t_end_ns"] - rec["t_arrive_ns"], 0) / 1e9
+    wait = np.minimum(inst.wait_ns / 1e9, in_op)
+    n_ranks = max(len(run.ranks), 1)
+    out = []
+    for op in np.unique(inst.op):
+        for size in np.unique(sizes[inst.op == op]):
+            sel = (inst.op == op) & (sizes == size)
+            rec_sel = sel[rec["instance"]]
+            bws = bw[sel]
+            bws = bws[~np.isnan(bws)]
+            out.append(
+                OpStats(
+                    op=OPS[int(op)],
+                    group_size=int(size),
+                    calls=int(sel.sum()),
+                    bytes_total=int(inst.nbytes[sel].sum()),
+                    time_total_s=float(in_op[rec_sel].sum() / n_ranks),
+                    wait_total_s=float(wait[rec_sel].sum() / n_ranks),
+                    busbw_median_gbps=float(np.median(bws)) if len(bws) else None,
+                )
+            )
+    out.sort(key=lambda s: -s.time_total_s)
+    return out

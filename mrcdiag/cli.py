@@ -1,0 +1,226 @@
+"""The `mrcdiag` command line: parse, delegate, print. Errors are one line, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+import mrcdiag
+
+EXIT_FINDINGS = 3  # `report --fail-on` found something at that severity
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(mrcdiag.__version__, prog_name="mrcdiag")
+def main() -> None:
+    """Find out why distributed PyTorch training is slow.
+
+    \b
+    Typical use:
+      mrcdiag launch -- torchrun --nproc-per-node 8 train.py   # record a run
+      mrcdiag report mrcdiag-runs/train-20260101-120000        # explain it
+      mrcdiag demo                                             # see it on a toy job
+    """
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the run is recorded [default: ./mrcdiag-runs/JOB-TIME].",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=9464,
+    show_default=True,
+    help="Port of this node's /metrics endpoint (0: any free port).",
+)
+@click.option(
+    "--job",
+    help="Job name for the run directory and metric labels [default: the training script's name].",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between node samples.",
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def launch(
+    run_dir: Path | None,
+    metrics_port: int,
+    job: str | None,
+    interval: float,
+    command: tuple[str, ...],
+) -> None:
+    """Run a training command with mrcdiag attached to every worker.
+
+    \b
+    The command runs unchanged; put it after `--`:
+      mrcdiag launch --job llama -- torchrun --nproc-per-node 8 train.py --lr 3e-4
+    The exit code is the job's.
+    """
+    from mrcdiag.agent.attach import new_run_dir
+    from mrcdiag.agent.launch import Launcher
+
+    if not command:
+        raise click.UsageError("give the training command after --")
+    if shutil.which(command[0]) is None and not Path(command[0]).exists():
+        raise click.ClickException(
+            f"command not found: {command[0]!r}; is torch installed in this environment?"
+        )
+    job_name = job or _guess_job(command)
+    directory = (run_dir or new_run_dir(job_name)).resolve()
+    launcher = Launcher(list(command), directory, job_name, metrics_port, interval)
+    env = launcher.prepare()
+    click.echo(f"mrcdiag: recording into {directory}", err=True)
+    try:
+        url = launcher.start_agent()
+        click.echo(f"mrcdiag: metrics at {url}", err=True)
+    except OSError as exc:
+        click.echo(
+            f"mrcdiag: no /metrics endpoint ({exc}); the job runs and is still recorded. "
+            "Pick another --metrics-port or 0 for any free port.",
+            err=True,
+        )
+    try:
+        code = launcher.run(env)
+    finally:
+        launcher.stop_agent()
+    click.echo(
+        f"mrcdiag: job exited with {code}; explain it with: mrcdiag report {directory}", err=True
+    )
+    sys.exit(code)
+
+
+def _guess_job(command: tuple[str, ...]) -> str:
+    for part in command:
+        if part.endswith(".py"):
+            return Path(part).stem
+    for i, part in enumerate(command):
+        if part == "-m" and i + 1 < len(command):
+            return command[i + 1].rsplit(".", 1)[-1]
+    return Path(command[0]).name
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text for people, json for pipelines.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report to this file instead of standard output.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["warning", "critical"]),
+    help="Exit with 3 when a finding reaches this severity (for CI and schedulers).",
+)
+def report(run_dirs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str | None) -> None:
+    """Explain a run: what made it slow, where, and what it cost.
+
+    \b
+    RUN_DIRS is the directory `mrcdiag launch` printed. A multi-node run whose parts sit
+    on each node's local disk is read by naming every part:
+      mrcdiag report /nfs/runs/job-1
+      mrcdiag report node-a/job-1 node-b/job-1 --format json -o report.json
+    """
+    from mrcdiag.analyzers import analyze
+    from mrcdiag.analyzers.findings import severity_rank
+    from mrcdiag.store.reader import RunDirError, read_run
+
+    try:
+        analysis = analyze(read_run(run_dirs))
+    except RunDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    if fmt == "json":
+        from mrcdiag.report.json_report import render_json
+
+        text = render_json(analysis)
+    else:
+        from mrcdiag.report.text import render_text
+
+        text = render_text(analysis, color=False if output else None)
+    if output:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+        click.echo(f"mrcdiag: report written to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if fail_on and any(
+        severity_rank(f.severity) >= severity_rank(fail_on) for f in analysis.findings
+    ):
+        sys.exit(EXIT_FINDINGS)
+
+
+@main.command()
+@click.option("--steps", type=click.IntRange(10, 10_000), default=60, show_default=True)
+@click.option(
+    "--slow-ms",
+    type=click.FloatRange(0, 10_000),
+    default=25.0,
+    show_default=True,
+    help="Extra compute per step on rank 1.",
+)
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path))
+def demo(steps: int, slow_ms: float, run_dir: Path | None) -> None:
+    """Record a 2-rank CPU job with rank 1 made slow on purpose, then report on it."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise click.ClickException(
+            "mrcdiag demo needs PyTorch: pip install torch (the CPU build is enough)"
+        ) from None
+    directory = (run_dir or Path("mrcdiag-runs") / "demo").resolve()
+    if directory.exists():
+        shutil.rmtree(directory)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mrcdiag.demo_job",
+        "--steps",
+        str(steps),
+        "--slow-rank",
+        "1",
+        "--slow-ms",
+        str(slow_ms),
+    ]
+    click.echo(
+        f"mrcdiag demo: 2 ranks on gloo, rank 1 does {slow_ms:g} ms of extra compute "
+        f"per step, {steps} steps",
+        err=True,
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    from mrcdiag.agent.launch import Launcher
+
+    launcher = Launcher(command, directory, "demo", metrics_port=None)
+    code = launcher.run({**launcher.prepare(), **{"OMP_NUM_THREADS": env["OMP_NUM_THREADS"]}})
+    if code != 0:
+        raise click.ClickException(f"the demo job failed with exit code {code}")
+    ctx = click.get_current_context()
+    ctx.invoke(report, run_dirs=(directory,), fmt="text", output=None, fail_on=None)
+    click.echo(f"\nThe run directory is {directory}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""A small DDP training job with faults that can be injected on purpose.
+
+Used by `mrcdiag demo` and by the tests. Every slowdown is real work done by the job
+(CPU burned in matrix products, a slow dataset), never a sleep inside mrcdiag.
+
+    torchrun --nproc-per-node 2 -m mrcdiag.demo_job --steps 60 --slow-rank 1 --slow-ms 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def burn_cpu(milliseconds: float) -> None:
+    """Keep this core busy with real arithmetic for about `milliseconds`."""
+    import torch
+
+    deadline = time.perf_counter() + milliseconds / 1000.0
+    a = torch.randn(64, 64)
+    while time.perf_counter() < deadline:
+        a = torch.tanh(a @ a)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--work-ms", type=float, default=10.0, help="compute per step, every rank")
+    p.add_argument("--slow-rank", type=int, action="append", default=[])
+    p.add_argument("--slow-ms", type=float, default=0.0, help="extra compute on --slow-rank")
+    p.add_argument(
+        "--slow-host-rank",
+        type=int,
+        default=-1,
+        help="ranks on the same host as this rank get --slow-ms too",
+    )
+    p.add_argument("--slow-data-rank", type=int, default=-1)
+    p.add_argument("--slow-data-ms", type=float, default=0.0)
+    p.add_argument(
+        "--slowdown-at-step",
+        type=int,
+        default=-1,
+        help="from this step on every rank does --slowdown-ms more work",
+    )
+    p.add_argument("--slowdown-ms", type=float, default=0.0)
+    p.add_argument("--die-rank", type=int, default=-1, help="this rank SIGKILLs itself")
+    p.add_argument("--die-at-step", type=int, default=-1)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    return p.parse_args(argv)
+
+
+class _SlowDataset:
+    """A map-style dataset whose items cost `delay_ms` each on the slow rank."""
+
+    def __init__(self, n: int, width: int, delay_ms: float) -> None:
+        self.n, self.width, self.delay_ms = n, width, delay_ms
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):  # noqa: ANN204
+        import torch
+
+        if self.delay_ms:
+            burn_cpu(self.delay_ms)
+        return torch.randn(self.width)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.utils.data import DataLoader
+
+    args = parse_args(argv)
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = DDP(
+        torch.nn.Sequential(
+            torch.nn.Linear(args.hidden, args.hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(args.hidden, args.hidden),
+        )
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    data_delay = args.slow_data_ms if rank == args.slow_data_rank else 0.0
+    loader = DataLoader(
+        _SlowDataset(args.steps * args.batch, args.hidden, data_delay / args.batch),
+        batch_size=args.batch,
+    )
+    slow = rank in args.slow_rank
+    if args.slow_host_rank >= 0:
+        import socket
+
+        hosts: list = [None] * dist.get_world_size()
+        dist.all_gather_object(hosts, socket.gethostname())
+        slow = slow or hosts[rank] == hosts[args.slow_host_rank]
+    for step, batch in enumerate(loader):
+        if step == args.die_at_step and rank == args.die_rank:
+            os.kill(os.getpid(), 9)
+        burn_cpu(args.work_ms)
+        if slow:
+            burn_cpu(args.slow_ms)
+        if 0 <= args.slowdown_at_step <= step:
+            burn_cpu(args.slowdown_ms)
+        loss = model(batch).pow(2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

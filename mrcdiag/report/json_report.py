@@ -1,0 +1,65 @@
+"""The JSON report: the contract of DESIGN.md, for pipelines and for other tools."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+from mrcdiag.analyzers import Analysis
+
+JSON_SCHEMA_VERSION = 1
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else round(value, 6)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def report_dict(analysis: Analysis) -> dict[str, Any]:
+    run, summary = analysis.run, analysis.summary
+    return _clean(
+        {
+            "schema": JSON_SCHEMA_VERSION,
+            "run": {
+                "run_dir": str(run.run_dirs[0]) if len(run.run_dirs) == 1 else None,
+                "run_dirs": [str(d) for d in run.run_dirs],
+                "job": run.run.get("job"),
+                "world_size": run.world_size,
+                "nodes": run.hosts,
+                "steps": summary.steps,
+                "duration_s": summary.duration_s,
+                "start": run.run.get("start"),
+                "command": run.run.get("command"),
+                "dropped_records": sum(i.dropped_records for i in run.ranks.values()),
+                "clock_uncertainty_s": _clock_uncertainty_s(run),
+            },
+            "summary": {
+                "step_time_s": {"p50": summary.step_time_p50_s, "p90": summary.step_time_p90_s},
+                "comm_fraction": summary.comm_fraction,
+                "data_wait_fraction": summary.data_wait_fraction,
+                "gpu_utilization": None,
+                "per_rank": [dataclasses.asdict(r) for r in summary.per_rank],
+                "per_op": [dataclasses.asdict(o) for o in summary.per_op],
+            },
+            "findings": [f.as_json() for f in analysis.findings],
+            "problems": list(run.problems),
+        }
+    )
+
+
+def _clock_uncertainty_s(run: Any) -> float | None:
+    values = [i.clock_uncertainty_ns for i in run.ranks.values() if i.clock_uncertainty_ns]
+    return max(values) / 1e9 if values else None
+
+
+def render_json(analysis: Analysis) -> str:
+    return json.dumps(report_dict(analysis), indent=2) + "\n"

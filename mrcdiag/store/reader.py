@@ -1,0 +1,356 @@
+"""Reading a run directory back: validation, clock alignment, one flat table per kind.
+
+A run may be spread over several directories (each node's local disk); `read_run`
+merges them. Damage is never fatal when something is still readable: a torn last batch,
+a missing file or a rank that never closed become `problems`, which the report prints.
+A directory that is not a run at all, or whose run.json is garbage, raises RunDirError
+with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from mrcdiag.store import schema
+
+
+class RunDirError(Exception):
+    """The run directory cannot be read at all; the message is meant for the user."""
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    name: str
+    ranks: tuple[int, ...]
+    backend: str
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+
+@dataclass
+class RankInfo:
+    rank: int
+    host: str
+    local_rank: int
+    pid: int | None
+    clock_offset_ns: int
+    clock_uncertainty_ns: int | None
+    clock_method: str
+    closed_cleanly: bool
+    dropped_records: int
+    attached_ns: int  # aligned to rank 0's clock
+    last_record_ns: int  # aligned; 0 when the rank recorded nothing
+    stuck_in: dict[str, Any] | None  # last in_collective event, group resolved to a name
+    disabled_reason: str | None
+
+
+@dataclass
+class Columns:
+    """Named numpy columns of equal length; rows are records."""
+
+    data: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.data.values()))) if self.data else 0
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.data[name]
+
+    def where(self, mask: np.ndarray) -> Columns:
+        return Columns({k: v[mask] for k, v in self.data.items()})
+
+
+@dataclass
+class RunData:
+    run_dirs: list[Path]
+    run: dict[str, Any]
+    world_size: int
+    ranks: dict[int, RankInfo]
+    groups: list[GroupInfo]  # global group id = index
+    collectives: Columns  # + "rank", "group" is a global id, times aligned to rank 0
+    steps: Columns  # + "rank", times aligned to rank 0
+    problems: list[str] = field(default_factory=list)
+    node_samples: dict[str, Columns] = field(default_factory=dict)  # host -> samples
+
+    @property
+    def hosts(self) -> list[str]:
+        return sorted({info.host for info in self.ranks.values()})
+
+    def host_of(self, rank: int) -> str:
+        info = self.ranks.get(rank)
+        return info.host if info else "?"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunDirError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); the run directory "
+            "is damaged: restore the file or start a new run"
+        ) from None
+    except OSError as exc:
+        raise RunDirError(f"cannot read {path}: {exc.strerror}") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path} does not hold a JSON object; the run directory is damaged")
+    return value
+
+
+def _read_json_lines(path: Path, problems: list[str]) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            problems.append(f"{path}: line {number + 1} is torn; read the lines before it")
+    return out
+
+
+def read_stream(path: Path, schema_: pa.Schema, problems: list[str]) -> pa.Table:
+    """Every complete batch of an Arrow stream; a torn tail is noted, not fatal."""
+    if not path.exists():
+        problems.append(f"{path} is missing")
+        return schema_.empty_table()
+    batches: list[pa.RecordBatch] = []
+    try:
+        with pa.OSFile(str(path), "rb") as source:
+            reader = ipc.open_stream(source)
+            while True:
+                try:
+                    batches.append(reader.read_next_batch())
+                except StopIteration:
+                    break
+    except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        if path.stat().st_size > 0 or batches:
+            problems.append(
+                f"{path} is truncated after {sum(b.num_rows for b in batches)} rows "
+                f"({str(exc).splitlines()[0]}); the rows before it are used"
+            )
+    if not batches:
+        return schema_.empty_table()
+    table = pa.Table.from_batches(batches)
+    if table.schema != schema_:
+        table = table.cast(schema_)
+    return table
+
+
+def _find_rank_dirs(run_dirs: Iterable[Path]) -> list[Path]:
+    found = []
+    for run_dir in run_dirs:
+        ranks_root = run_dir / schema.RANKS_DIR
+        if ranks_root.is_dir():
+            found.extend(sorted(p for p in ranks_root.iterdir() if p.name.startswith("rank-")))
+    return found
+
+
+def read_run(run_dirs: Path | str | Iterable[Path | str]) -> RunData:
+    """Read and merge the parts of one run. Raises RunDirError when nothing is readable."""
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    dirs = [Path(d) for d in run_dirs]
+    for d in dirs:
+        if not d.exists():
+            raise RunDirError(f"{d} does not exist; pass the run directory that launch printed")
+        if not d.is_dir():
+            raise RunDirError(f"{d} is not a directory; pass the run directory that launch printed")
+    problems: list[str] = []
+    run: dict[str, Any] = {}
+    world: dict[str, Any] = {}
+    for d in dirs:
+        if (d / schema.RUN_FILE).exists():
+            run = run or _read_json(d / schema.RUN_FILE)
+        if (d / schema.WORLD_FILE).exists():
+            world = world or _read_json(d / schema.WORLD_FILE)
+    rank_dirs = _find_rank_dirs(dirs)
+    if not run and not rank_dirs:
+        names = ", ".join(str(d) for d in dirs)
+        raise RunDirError(
+            f"{names} is not an mrcdiag run directory (no run.json, no ranks/); "
+            "pass the directory that `mrcdiag launch` printed"
+        )
+    if not run:
+        problems.append("run.json is missing: job name and command line are unknown")
+    if not rank_dirs:
+        raise RunDirError(
+            f"{dirs[0]} has no rank data yet: the job never reached init_process_group, "
+            "or its workers did not run under `mrcdiag launch`"
+        )
+    return _assemble(dirs, run, world, rank_dirs, problems)
+
+
+def _assemble(
+    dirs: list[Path],
+    run: dict[str, Any],
+    world: dict[str, Any],
+    rank_dirs: list[Path],
+    problems: list[str],
+) -> RunData:
+    group_ids: dict[str, int] = {}
+    groups: list[GroupInfo] = []
+    ranks: dict[int, RankInfo] = {}
+    coll_tables: list[pa.Table] = []
+    coll_rank: list[np.ndarray] = []
+    coll_group: list[np.ndarray] = []
+    step_tables: list[pa.Table] = []
+    step_rank: list[np.ndarray] = []
+    offsets: list[tuple[int, int, int]] = []  # (rank, n_coll, n_step) per part for offsets
+    for rank_dir in rank_dirs:
+        meta_path = rank_dir / schema.RANK_META_FILE
+        if not meta_path.exists():
+            problems.append(f"{rank_dir} has no rank.json; skipped")
+            continue
+        try:
+            meta = _read_json(meta_path)
+            rank = int(meta["rank"])
+        except (RunDirError, KeyError, ValueError) as exc:
+            problems.append(f"{meta_path} is damaged ({exc}); skipped that rank")
+            continue
+        if rank in ranks:
+            problems.append(f"rank {rank} appears twice; kept the first ({rank_dir} skipped)")
+            continue
+        local_groups = _read_json_lines(rank_dir / schema.GROUPS_FILE, problems)
+        local_to_global = np.full(max(len(local_groups), 1), -1, dtype=np.int32)
+        for g in local_groups:
+            name = str(g["name"])
+            if name not in group_ids:
+                group_ids[name] = len(groups)
+                groups.append(GroupInfo(name, tuple(g["ranks"]), str(g.get("backend", "?"))))
+            local_to_global[int(g["index"])] = group_ids[name]
+        coll = read_stream(rank_dir / schema.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems)
+        steps = read_stream(rank_dir / schema.STEPS_FILE, schema.STEP_SCHEMA, problems)
+        local_index = coll.column("group").to_numpy()
+        known = local_index < len(local_to_global)
+        if not known.all():
+            problems.append(f"rank {rank}: {int((~known).sum())} records name an unknown group")
+            coll = coll.filter(pa.array(known))
+            local_index = local_index[known]
+        coll_tables.append(coll)
+        coll_rank.append(np.full(coll.num_rows, rank, dtype=np.int32))
+        coll_group.append(local_to_global[local_index])
+        step_tables.append(steps)
+        step_rank.append(np.full(steps.num_rows, rank, dtype=np.int32))
+        events = _read_json_lines(rank_dir / schema.EVENTS_FILE, problems)
+        clock = meta.get("clock") or {}
+        offset = int(clock.get("offset_ns") or 0)
+        offsets.append((offset, coll.num_rows, steps.num_rows))
+        ranks[rank] = _rank_info(meta, rank, events, coll, steps, offset, local_groups)
+    collectives = _concat(coll_tables, schema.COLLECTIVE_SCHEMA)
+    collectives.data["rank"] = _cat(coll_rank, np.int32)
+    collectives.data["group"] = _cat(coll_group, np.int32)
+    steps_cols = _concat(step_tables, schema.STEP_SCHEMA)
+    steps_cols.data["rank"] = _cat(step_rank, np.int32)
+    _apply_offsets(collectives, steps_cols, offsets)
+    world_size = int(world.get("world_size") or max(ranks, default=-1) + 1)
+    missing = sorted(set(range(world_size)) - set(ranks))
+    if missing:
+        problems.append(f"no data from rank(s) {_ranges(missing)} of {world_size}")
+    return RunData(
+        run_dirs=dirs,
+        run=run,
+        world_size=world_size,
+        ranks=dict(sorted(ranks.items())),
+        groups=groups,
+        collectives=collectives,
+        steps=steps_cols,
+        problems=problems,
+    )
+
+
+def _rank_info(
+    meta: dict[str, Any],
+    rank: int,
+    events: list[dict[str, Any]],
+    coll: pa.Table,
+    steps: pa.Table,
+    offset: int,
+    local_groups: list[dict[str, Any]],
+) -> RankInfo:
+    closed = any(e.get("event") == "closed" for e in events)
+    dropped = max((int(e.get("records", e.get("dropped", 0)) or 0) for e in events), default=0)
+    stuck = None
+    for e in events:
+        if e.get("event") == "in_collective":
+            stuck = dict(e)
+    if stuck is not None:
+        index = int(stuck.get("group", -1))
+        names = {int(g["index"]): str(g["name"]) for g in local_groups}
+        stuck["group_name"] = names.get(index, "?")
+        stuck["t_arrive_ns"] = int(stuck.get("t_arrive_ns", 0)) + offset
+    disabled = next((e.get("reason") for e in events if e.get("event") == "disabled"), None)
+    last = 0
+    if coll.num_rows:
+        last = max(last, int(np.max(coll.column("t_arrive_ns").to_numpy())) + offset)
+    if steps.num_rows:
+        last = max(last, int(np.max(steps.column("t_end_ns").to_numpy())) + offset)
+    clock = meta.get("clock") or {}
+    return RankInfo(
+        rank=rank,
+        host=str(meta.get("host", "?")),
+        local_rank=int(meta.get("local_rank", -1)),
+        pid=meta.get("pid"),
+        clock_offset_ns=offset,
+        clock_uncertainty_ns=clock.get("uncertainty_ns"),
+        clock_method=str(clock.get("method", "?")),
+        closed_cleanly=closed,
+        dropped_records=dropped,
+        attached_ns=int(meta.get("attached_monotonic_ns", 0)) + offset,
+        last_record_ns=last,
+        stuck_in=stuck,
+        disabled_reason=disabled,
+    )
+
+
+def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+
+def _concat(tables: list[pa.Table], schema_: pa.Schema) -> Columns:
+    table = pa.concat_tables(tables) if tables else schema_.empty_table()
+    return Columns(
+        {name: table.column(name).to_numpy(zero_copy_only=False) for name in schema_.names}
+    )
+
+
+def _apply_offsets(
+    collectives: Columns, steps: Columns, offsets: list[tuple[int, int, int]]
+) -> None:
+    if not any(o for o, _, _ in offsets):
+        return
+    coll_off = np.repeat([o for o, _, _ in offsets], [n for _, n, _ in offsets])
+    step_off = np.repeat([o for o, _, _ in offsets], [n for _, _, n in offsets])
+    collectives.data["t_arrive_ns"] = collectives["t_arrive_ns"] + coll_off
+    ended = collectives["t_end_ns"] != 0
+    collectives.data["t_end_ns"] = np.where(ended, collectives["t_end_ns"] + coll_off, 0)
+    steps.data["t_start_ns"] = steps["t_start_ns"] + step_off
+    steps.data["t_end_ns"] = steps["t_end_ns"] + step_off
+
+
+def _ranges(values: list[int]) -> str:
+    """[0,1,2,5] -> '0-2, 5': short lists of ranks for one-line messages."""
+    parts: list[str] = []
+    start = prev = None
+    for v in values:
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            parts.append(f"{start}-{prev}" if start != prev else str(start))
+            start = prev = v
+    if start is not None:
+        parts.append(f"{start}-{prev}" if start != prev else str(start))
+    return ", ".join(parts)
