@@ -41,6 +41,12 @@ def main() -> None:
     help="Port of this node's /metrics endpoint (0: any free port).",
 )
 @click.option(
+    "--metrics-addr",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the /metrics endpoint listens on.",
+)
+@click.option(
     "--job",
     help="Job name for the run directory and metric labels [default: the training script's name].",
 )
@@ -55,6 +61,7 @@ def main() -> None:
 def launch(
     run_dir: Path | None,
     metrics_port: int,
+    metrics_addr: str,
     job: str | None,
     interval: float,
     command: tuple[str, ...],
@@ -77,7 +84,9 @@ def launch(
         )
     job_name = job or _guess_job(command)
     directory = (run_dir or new_run_dir(job_name)).resolve()
-    launcher = Launcher(list(command), directory, job_name, metrics_port, interval)
+    launcher = Launcher(
+        list(command), directory, job_name, metrics_port, interval, metrics_addr=metrics_addr
+    )
     env = launcher.prepare()
     click.echo(f"mrcdiag: recording into {directory}", err=True)
     try:
@@ -85,9 +94,16 @@ def launch(
         click.echo(f"mrcdiag: metrics at {url}", err=True)
     except OSError as exc:
         click.echo(
-            f"mrcdiag: no /metrics endpoint ({exc}); the job runs and is still recorded. "
-            "Pick another --metrics-port or 0 for any free port.",
+            f"mrcdiag: no /metrics endpoint on port {metrics_port} ({exc.strerror or exc}); "
+            "the job runs and is still recorded. Pick another --metrics-port, or 0 for any "
+            "free port.",
             err=True,
+        )
+        launcher.metrics_port = None
+        _start_agent_quietly(launcher)
+    except Exception as exc:  # noqa: BLE001 - the job runs even when the agent cannot
+        click.echo(
+            f"mrcdiag: node agent not started ({exc!r}); the job is still recorded", err=True
         )
     try:
         code = launcher.run(env)
@@ -97,6 +113,13 @@ def launch(
         f"mrcdiag: job exited with {code}; explain it with: mrcdiag report {directory}", err=True
     )
     sys.exit(code)
+
+
+def _start_agent_quietly(launcher: object) -> None:
+    try:
+        launcher.start_agent()  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001
+        click.echo(f"mrcdiag: node agent not started ({exc!r})", err=True)
 
 
 def _guess_job(command: tuple[str, ...]) -> str:
@@ -170,6 +193,57 @@ def report(run_dirs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: s
 
 
 @main.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=9464,
+    show_default=True,
+    help="Port of the /metrics endpoint (0: any free port).",
+)
+@click.option("--addr", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between samples written to --run-dir.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Record node samples here and serve the metrics of the ranks that write into it.",
+)
+@click.option("--job", default="", help="Value of the job label.")
+def agent(port: int, addr: str, interval: float, run_dir: Path | None, job: str) -> None:
+    """Run the node agent alone (Kubernetes DaemonSet, Slurm prolog, systemd).
+
+    \b
+    Serves GPU (NVML, amdsmi), host and InfiniBand/RoCE metrics on /metrics:
+      mrcdiag agent --port 9464 --interval 1
+    Stops on SIGTERM or Ctrl-C.
+    """
+    import signal
+    import threading
+
+    from mrcdiag.agent.node import NodeAgent
+
+    node_agent = NodeAgent(run_dir.resolve() if run_dir else None, port, interval, job, addr)
+    try:
+        url = node_agent.start()
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {addr}:{port} ({exc.strerror or exc}); is another agent "
+            "running? Pick another --port."
+        ) from None
+    click.echo(f"mrcdiag agent: metrics at {url}", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    node_agent.stop()
+
+
+@main.command()
 @click.option("--steps", type=click.IntRange(10, 10_000), default=60, show_default=True)
 @click.option(
     "--slow-ms",
@@ -214,7 +288,12 @@ def demo(steps: int, slow_ms: float, run_dir: Path | None) -> None:
     from mrcdiag.agent.launch import Launcher
 
     launcher = Launcher(command, directory, "demo", metrics_port=None)
-    code = launcher.run({**launcher.prepare(), **{"OMP_NUM_THREADS": env["OMP_NUM_THREADS"]}})
+    job_env = {**launcher.prepare(), "OMP_NUM_THREADS": env["OMP_NUM_THREADS"]}
+    launcher.start_agent()
+    try:
+        code = launcher.run(job_env)
+    finally:
+        launcher.stop_agent()
     if code != 0:
         raise click.ClickException(f"the demo job failed with exit code {code}")
     ctx = click.get_current_context()

@@ -31,6 +31,7 @@ class Launcher:
     job: str
     metrics_port: int | None = None
     agent_interval_s: float = 1.0
+    metrics_addr: str = "0.0.0.0"
     extra_env: dict[str, str] = field(default_factory=dict)
     _agent: Any = None
 
@@ -59,6 +60,7 @@ class Launcher:
             port=self.metrics_port,
             interval_s=self.agent_interval_s,
             job=self.job,
+            addr=self.metrics_addr,
         )
         return self._agent.start()
 

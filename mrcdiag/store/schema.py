@@ -116,3 +116,17 @@ STEP_SCHEMA = pa.schema(
         ("n_collectives", pa.int32()),
     ]
 )
+
+NODES_DIR = "nodes"  # nodes/<host>/...
+NODE_META_FILE = "node.json"
+SAMPLES_FILE = "samples.arrows"
+
+# Node samples in long form: one row per metric series per sampling tick.
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("t_ns", pa.int64()),  # the node's CLOCK_MONOTONIC, like the ranks' records
+        ("name", pa.string()),
+        ("labels", pa.string()),  # "k=v,k=v"
+        ("value", pa.float64()),
+    ]
+)

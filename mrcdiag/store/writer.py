@@ -31,7 +31,7 @@ class StreamTable:
         """Write rows (tuples in schema order) as one batch and push it to the OS."""
         if not rows:
             return
-        columns = list(zip(*rows))
+        columns = list(zip(*rows, strict=True))
         arrays = [
             pa.array(column, type=field.type)
             for column, field in zip(columns, self.schema, strict=True)

@@ -1,0 +1,163 @@
+"""Host collector: CPU, load, memory, NICs and disks (psutil), and CPU wait of rank processes.
+
+Run-queue wait per rank comes from /proc/PID/task/*/schedstat (second field: ns spent
+runnable but not running), summed over the rank's threads: the direct sign that the
+rank shares its cores with something else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from mrcdiag.collectors.base import Sample, SampleCollector
+
+RankProcess = tuple[int, int, int]  # (rank, local_rank, pid)
+
+
+def read_schedstat_wait_s(pid: int, proc_root: Path = Path("/proc")) -> float | None:
+    """Seconds the threads of `pid` waited for a CPU; None if the process is gone."""
+    total_ns = 0
+    try:
+        tasks = list((proc_root / str(pid) / "task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            fields = (task / "schedstat").read_text().split()
+            total_ns += int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total_ns / 1e9
+
+
+class HostCollector(SampleCollector):
+    def __init__(
+        self,
+        common_labels: dict[str, str],
+        rank_processes: Callable[[], list[RankProcess]] = list,
+        proc_root: Path = Path("/proc"),
+    ) -> None:
+        super().__init__(common_labels)
+        self.rank_processes = rank_processes
+        self.proc_root = proc_root
+        psutil.cpu_percent(percpu=True)  # prime: the first call has no interval behind it
+        self._procs: dict[int, psutil.Process] = {}
+
+    def read(self) -> list[Sample]:
+        out: list[Sample] = []
+        for cpu, pct in enumerate(psutil.cpu_percent(percpu=True)):
+            out.append(
+                Sample(
+                    "mrcdiag_host_cpu_utilization_ratio",
+                    pct / 100.0,
+                    (("cpu", str(cpu)),),
+                    help="Busy fraction of each logical CPU",
+                )
+            )
+        for period, value in zip(("1m", "5m", "15m"), os.getloadavg(), strict=True):
+            out.append(
+                Sample(
+                    "mrcdiag_host_load_average",
+                    value,
+                    (("period", period),),
+                    help="Run-queue length averaged over the period",
+                )
+            )
+        vm, swap = psutil.virtual_memory(), psutil.swap_memory()
+        out += [
+            Sample(
+                "mrcdiag_host_memory_used_bytes",
+                vm.total - vm.available,
+                help="Memory in use (total - available)",
+            ),
+            Sample("mrcdiag_host_memory_total_bytes", vm.total, help="Physical memory"),
+            Sample("mrcdiag_host_swap_used_bytes", swap.used, help="Swap in use"),
+        ]
+        out += self._nics() + self._disks() + self._ranks()
+        return out
+
+    def _nics(self) -> list[Sample]:
+        out = []
+        counters = psutil.net_io_counters(pernic=True)
+        for nic, c in sorted(counters.items()):
+            if nic == "lo":
+                continue
+            labels = (("nic", nic),)
+            for name, value, doc in (
+                ("receive_bytes", c.bytes_recv, "Bytes received"),
+                ("transmit_bytes", c.bytes_sent, "Bytes sent"),
+                ("receive_errors", c.errin, "Receive errors"),
+                ("transmit_errors", c.errout, "Transmit errors"),
+                ("receive_drops", c.dropin, "Received packets dropped"),
+                ("transmit_drops", c.dropout, "Sent packets dropped"),
+            ):
+                out.append(
+                    Sample(f"mrcdiag_host_network_{name}_total", value, labels, "counter", doc)
+                )
+        return out
+
+    def _disks(self) -> list[Sample]:
+        out = []
+        try:
+            counters = psutil.disk_io_counters(perdisk=True) or {}
+        except (OSError, RuntimeError):
+            return out
+        for disk, c in sorted(counters.items()):
+            labels = (("disk", disk),)
+            out.append(
+                Sample(
+                    "mrcdiag_host_disk_read_bytes_total",
+                    c.read_bytes,
+                    labels,
+                    "counter",
+                    "Bytes read",
+                )
+            )
+            out.append(
+                Sample(
+                    "mrcdiag_host_disk_written_bytes_total",
+                    c.write_bytes,
+                    labels,
+                    "counter",
+                    "Bytes written",
+                )
+            )
+        return out
+
+    def _ranks(self) -> list[Sample]:
+        out = []
+        for rank, local_rank, pid in self.rank_processes():
+            labels = (("rank", str(rank)), ("local_rank", str(local_rank)))
+            try:
+                proc = self._procs.get(pid) or psutil.Process(pid)
+                self._procs[pid] = proc
+                times = proc.cpu_times()
+                cpu_s = times.user + times.system
+            except (psutil.Error, OSError):
+                self._procs.pop(pid, None)
+                continue
+            out.append(
+                Sample(
+                    "mrcdiag_rank_cpu_seconds_total",
+                    cpu_s,
+                    labels,
+                    "counter",
+                    "CPU time used by the rank's process",
+                )
+            )
+            wait = read_schedstat_wait_s(pid, self.proc_root)
+            if wait is not None:
+                out.append(
+                    Sample(
+                        "mrcdiag_rank_cpu_wait_seconds_total",
+                        wait,
+                        labels,
+                        "counter",
+                        "Time the rank's threads were runnable but waited for a CPU",
+                    )
+                )
+        return out

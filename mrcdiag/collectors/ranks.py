@@ -1,0 +1,203 @@
+"""Rank collector: the training processes' own figures, read from their run-directory segments.
+
+The hook does no work for Prometheus: the agent tails what the ranks of its node already
+write and keeps histograms per rank (step time) and per rank, op and message-size
+bucket (collective time). Series stay bounded: no per-step or per-call series.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from mrcdiag.store import schema
+from mrcdiag.store.tail import StreamTail
+
+STEP_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+COLLECTIVE_BUCKETS_S = (1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+SIZE_EDGES = (4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20)
+SIZE_LABELS = ("4KiB", "64KiB", "1MiB", "16MiB", "256MiB", "inf")
+
+
+def size_bucket(nbytes: np.ndarray) -> np.ndarray:
+    return np.searchsorted(np.array(SIZE_EDGES), nbytes, side="left")
+
+
+class _Histogram:
+    def __init__(self, edges: tuple[float, ...]) -> None:
+        self.edges = np.array(edges)
+        self.counts = np.zeros(len(edges) + 1, dtype=np.int64)
+        self.sum = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        if len(values):
+            self.counts += np.bincount(
+                np.searchsorted(self.edges, values, side="left"), minlength=len(self.counts)
+            )
+            self.sum += float(values.sum())
+
+    def buckets(self) -> list[tuple[str, float]]:
+        cumulative = np.cumsum(self.counts)
+        out = [(repr(float(e)), float(c)) for e, c in zip(self.edges, cumulative, strict=False)]
+        out.append(("+Inf", float(cumulative[-1])))
+        return out
+
+
+@dataclass
+class _RankState:
+    rank: int
+    local_rank: int
+    pid: int
+    steps: StreamTail
+    collectives: StreamTail
+    step_hist: _Histogram = field(default_factory=lambda: _Histogram(STEP_BUCKETS_S))
+    coll_hist: dict[tuple[int, int], _Histogram] = field(default_factory=dict)
+    coll_bytes: dict[int, int] = field(default_factory=dict)
+    data_wait_s: float = 0.0
+    blocked_s: float = 0.0
+    n_steps: int = 0
+    last_step_unix_s: float = 0.0
+    offset_unix_ns: int = 0  # monotonic -> unix for this rank
+
+
+class RankCollector:
+    """Per-rank metrics of the ranks on this node, from their segments."""
+
+    def __init__(self, run_dir: Path, job: str, node: str | None = None) -> None:
+        self.run_dir = run_dir
+        self.job = job
+        self.node = node or socket.gethostname()
+        self.ranks: dict[int, _RankState] = {}
+
+    def _discover(self) -> None:
+        root = self.run_dir / schema.RANKS_DIR
+        if not root.is_dir():
+            return
+        for rank_dir in root.iterdir():
+            meta_path = rank_dir / schema.RANK_META_FILE
+            try:
+                meta = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                continue
+            rank = int(meta.get("rank", -1))
+            if rank in self.ranks or meta.get("host") != self.node:
+                continue
+            self.ranks[rank] = _RankState(
+                rank=rank,
+                local_rank=int(meta.get("local_rank", -1)),
+                pid=int(meta.get("pid", -1)),
+                steps=StreamTail(rank_dir / schema.STEPS_FILE),
+                collectives=StreamTail(rank_dir / schema.COLLECTIVES_FILE),
+                offset_unix_ns=int(meta.get("attached_unix_ns", 0))
+                - int(meta.get("attached_monotonic_ns", 0)),
+            )
+
+    def rank_processes(self) -> list[tuple[int, int, int]]:
+        self._discover()
+        return [(s.rank, s.local_rank, s.pid) for s in self.ranks.values()]
+
+    def update(self) -> None:
+        """Fold in what the ranks wrote since the last call."""
+        self._discover()
+        for state in self.ranks.values():
+            for batch in state.steps.read_new():
+                start = batch.column("t_start_ns").to_numpy()
+                end = batch.column("t_end_ns").to_numpy()
+                state.step_hist.add((end - start) / 1e9)
+                state.data_wait_s += batch.column("data_wait_ns").to_numpy().sum() / 1e9
+                state.blocked_s += batch.column("comm_ns").to_numpy().sum() / 1e9
+                state.n_steps += batch.num_rows
+                if batch.num_rows:
+                    state.last_step_unix_s = (int(end.max()) + state.offset_unix_ns) / 1e9
+            for batch in state.collectives.read_new():
+                ops = batch.column("op").to_numpy()
+                nbytes = batch.column("nbytes").to_numpy()
+                arrive = batch.column("t_arrive_ns").to_numpy()
+                end = batch.column("t_end_ns").to_numpy()
+                done = end > 0
+                durations = np.where(done, end - arrive, 0) / 1e9
+                buckets = size_bucket(nbytes)
+                for op in np.unique(ops):
+                    sel = ops == op
+                    state.coll_bytes[int(op)] = state.coll_bytes.get(int(op), 0) + int(
+                        nbytes[sel].sum()
+                    )
+                    for b in np.unique(buckets[sel]):
+                        hist = state.coll_hist.setdefault(
+                            (int(op), int(b)), _Histogram(COLLECTIVE_BUCKETS_S)
+                        )
+                        hist.add(durations[sel & (buckets == b) & done])
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            self.update()
+        except Exception:  # noqa: BLE001 - a torn file must not break the scrape
+            pass
+        base = ["job", "node", "rank", "local_rank"]
+        step = HistogramMetricFamily(
+            "mrcdiag_step_duration_seconds", "Training step time per rank", labels=base
+        )
+        steps = CounterMetricFamily("mrcdiag_steps", "Steps completed per rank", labels=base)
+        last = GaugeMetricFamily(
+            "mrcdiag_last_step_timestamp_seconds",
+            "Unix time the rank last ended a step",
+            labels=base,
+        )
+        data = CounterMetricFamily(
+            "mrcdiag_data_wait_seconds", "Time blocked in the DataLoader", labels=base
+        )
+        blocked = CounterMetricFamily(
+            "mrcdiag_collective_blocked_seconds",
+            "Time the training thread was blocked in collectives",
+            labels=base,
+        )
+        coll = HistogramMetricFamily(
+            "mrcdiag_collective_duration_seconds",
+            "Time from a rank's arrival at a collective to its completion",
+            labels=base + ["op", "size"],
+        )
+        coll_bytes = CounterMetricFamily(
+            "mrcdiag_collective_bytes",
+            "Bytes moved by collectives (nccl-tests size)",
+            labels=base + ["op"],
+        )
+        for s in self.ranks.values():
+            values = [self.job, self.node, str(s.rank), str(s.local_rank)]
+            step.add_metric(values, s.step_hist.buckets(), s.step_hist.sum)
+            steps.add_metric(values, s.n_steps)
+            data.add_metric(values, s.data_wait_s)
+            blocked.add_metric(values, s.blocked_s)
+            if s.last_step_unix_s:
+                last.add_metric(values, s.last_step_unix_s)
+            for (op, bucket), hist in sorted(s.coll_hist.items()):
+                coll.add_metric(
+                    values + [schema.OPS[op], SIZE_LABELS[bucket]], hist.buckets(), hist.sum
+                )
+            for op, total in sorted(s.coll_bytes.items()):
+                coll_bytes.add_metric(values + [schema.OPS[op]], total)
+        yield from (step, steps, last, data, blocked, coll, coll_bytes)
+        up = GaugeMetricFamily(
+            "mrcdiag_agent_up", "1 while the node agent runs", labels=["job", "node"]
+        )
+        up.add_metric([self.job, self.node], 1.0)
+        yield up
+        yield GaugeMetricFamily(
+            "mrcdiag_agent_scrape_timestamp_seconds",
+            "When this scrape was served",
+            value=time.time(),
+        )
+
+    def describe(self) -> list[Metric]:
+        return []
