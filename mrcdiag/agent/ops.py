@@ -65,9 +65,11 @@ def _one(tensor_pos: int, tensor_name: str, group_pos: int, async_pos: int, scal
     return read
 
 
-def _many(list_pos: int, list_name: str, group_pos: int, async_pos: int):
+def _many(list_pos: int, list_name: str, group_pos: int, async_pos: int, nested: bool = False):
     def read(args: tuple, kwargs: dict) -> CallShape:
         tensors = _arg(args, kwargs, list_pos, list_name)
+        if nested:
+            tensors = [t for inner in tensors for t in inner]
         return CallShape(
             _sum_bytes(tensors),
             dtype_code(tensors[0].dtype) if tensors else 0,
@@ -140,6 +142,10 @@ CALL_READERS: dict[str, Callable[[tuple, dict], CallShape]] = {
     "reduce": _one(0, "tensor", 3, 4),
     "all_to_all": _many(1, "input_tensor_list", 2, 3),
     "all_to_all_single": _one(1, "input", 4, 5),
+    "all_gather_single": _one(0, "output_tensor", 2, 3),
+    "reduce_scatter_single": _one(1, "input", 3, 4),
+    "all_reduce_coalesced": _many(0, "tensors", 2, 3),
+    "all_gather_coalesced": _many(0, "output_tensor_lists", 2, 3, nested=True),
     "barrier": _barrier,
     "gather": _one(0, "tensor", 3, 4, scale_by_group=True),
     "scatter": _one(0, "tensor", 3, 4, scale_by_group=True),

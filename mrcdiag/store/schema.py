@@ -42,6 +42,9 @@ OPS: tuple[str, ...] = (
     "all_reduce_coalesced",
     "all_gather_into_tensor_coalesced",
     "reduce_scatter_tensor_coalesced",
+    "all_gather_single",
+    "reduce_scatter_single",
+    "all_gather_coalesced",
 )
 OP_CODE: dict[str, int] = {name: i for i, name in enumerate(OPS)}
 POINT_TO_POINT_OPS = frozenset({"send", "recv", "isend", "irecv", "batch_isend_irecv"})
@@ -80,7 +83,10 @@ def busbw_factor(op: str, group_size: int) -> float:
         "all_gather",
         "all_gather_into_tensor",
         "all_gather_into_tensor_coalesced",
+        "all_gather_single",
+        "all_gather_coalesced",
         "reduce_scatter",
+        "reduce_scatter_single",
         "reduce_scatter_tensor",
         "reduce_scatter_tensor_coalesced",
         "all_to_all",

@@ -1,0 +1,86 @@
+"""Shared helpers: run real torchrun jobs under `mrcdiag launch` and read what they left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+JOBS = Path(__file__).parent / "jobs"
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class JobResult:
+    run_dir: Path
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def torchrun(nproc: int, target: list[str], master_port: int | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if master_port is not None:
+        cmd += ["--master-port", str(master_port)]
+    else:
+        cmd += ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0"]
+    return cmd + target
+
+
+def launch(
+    run_dir: Path,
+    nproc: int,
+    target: list[str],
+    timeout: float = 120,
+    extra_launch: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> JobResult:
+    """Run `mrcdiag launch -- torchrun ... target` and wait for it."""
+    cmd = [
+        sys.executable, "-m", "mrcdiag.cli", "launch", "--run-dir", str(run_dir),
+        "--metrics-port", "0", "--metrics-addr", "127.0.0.1", *(extra_launch or []),
+        "--", *torchrun(nproc, target),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env or job_env(), cwd=REPO
+    )
+    return JobResult(run_dir, proc.returncode, proc.stdout, proc.stderr)
+
+
+def demo_job(*args: str) -> list[str]:
+    return ["-m", "mrcdiag.demo_job", *args]
+
+
+def script(name: str, *args: str) -> list[str]:
+    return [str(JOBS / name), *args]
+
+
+def report_json(*run_dirs: Path, extra: list[str] | None = None) -> dict:
+    proc = mrcdiag("report", *map(str, run_dirs), "--format", "json", *(extra or []))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def mrcdiag(*args: str, timeout: float = 120, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "mrcdiag.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env or job_env(), cwd=REPO,
+    )
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return tmp_path / "run"
