@@ -39,6 +39,12 @@ class StreamTable:
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
         self._file.flush()
 
+    def append_columns(self, columns: dict[str, Any]) -> None:
+        """Write whole columns (arrays by field name) as one batch."""
+        arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema]
+        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
+        self._file.flush()
+
     def close(self) -> None:
         try:
             self._writer.close()

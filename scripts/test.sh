@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine, then runs them all.
+# Usage: bash scripts/test.sh [pytest args...]   (e.g. -m "not slow" for the quick loop)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A real Prometheus for the integration tests (Debian's package); skipped where not root.
+if ! command -v prometheus >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+# torch pinned: the CPU build of this version installs from a local file; unpinned would
+# pull several GB of CUDA packages.
+python -m pip install -q --disable-pip-version-check torch==2.13.0
+python -m pip install -q --disable-pip-version-check -e '.[test]'
+python -m pytest "$@"

@@ -1,0 +1,55 @@
+"""mrcdiag failing inside a job never fails the job; the API works without launch."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, job_env, launch, script, torchrun
+
+from mrcdiag.agent.launch import BOOT_DIR
+from mrcdiag.store.reader import read_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_failure_inside_the_hook_is_one_warning_and_the_job_succeeds(run_dir: Path) -> None:
+    result = launch(run_dir, 2, script("broken_recorder.py"))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "stopped recording" in line]
+    assert len(warnings) == 2  # one per rank, not one per collective
+    assert "Traceback" not in result.stderr
+    run = read_run(run_dir)
+    assert run.ranks[0].disabled_reason and "injected failure" in run.ranks[0].disabled_reason
+
+
+def test_unwritable_run_directory_leaves_the_job_running(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    env = job_env(
+        MRCDIAG_RUN_DIR=str(blocker / "run"),
+        PYTHONPATH=f"{BOOT_DIR}:{REPO}",
+    )
+    proc = subprocess.run(
+        torchrun(2, script("late_rank.py", "--delay", "0", "--rounds", "2")),
+        capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "not recording this rank" in proc.stderr
+
+
+def test_attach_and_step_by_hand_without_launch(tmp_path: Path) -> None:
+    run_dir = tmp_path / "api-run"
+    proc = subprocess.run(
+        torchrun(2, script("api_attach.py", str(run_dir))),
+        capture_output=True, text=True, timeout=120, env=job_env(), cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    run = read_run(run_dir)
+    assert run.run["job"] == "api"
+    for rank in (0, 1):
+        mine = run.steps.where(run.steps["rank"] == rank)
+        assert list(mine["step"]) == [0, 1, 2, 3, 4]
+        assert list(mine["n_collectives"]) == [2] * 5
+        assert (mine["comm_ns"] > 0).all()
