@@ -50,9 +50,19 @@ def launch(
 ) -> JobResult:
     """Run `mrcdiag launch -- torchrun ... target` and wait for it."""
     cmd = [
-        sys.executable, "-m", "mrcdiag.cli", "launch", "--run-dir", str(run_dir),
-        "--metrics-port", "0", "--metrics-addr", "127.0.0.1", *(extra_launch or []),
-        "--", *torchrun(nproc, target),
+        sys.executable,
+        "-m",
+        "mrcdiag.cli",
+        "launch",
+        "--run-dir",
+        str(run_dir),
+        "--metrics-port",
+        "0",
+        "--metrics-addr",
+        "127.0.0.1",
+        *(extra_launch or []),
+        "--",
+        *torchrun(nproc, target),
     ]
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=env or job_env(), cwd=REPO
@@ -77,7 +87,11 @@ def report_json(*run_dirs: Path, extra: list[str] | None = None) -> dict:
 def mrcdiag(*args: str, timeout: float = 120, env: dict[str, str] | None = None):
     return subprocess.run(
         [sys.executable, "-m", "mrcdiag.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env=env or job_env(), cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or job_env(),
+        cwd=REPO,
     )
 
 

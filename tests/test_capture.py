@@ -51,26 +51,41 @@ def test_every_op_is_recorded_with_bytes_group_and_sequence(run_dir: Path) -> No
         world = [
             (OPS[o], int(g), int(s), int(b), DTYPES[d], bool(a))
             for o, g, s, b, d, a in zip(
-                mine["op"], mine["group"], mine["seq"], mine["nbytes"], mine["dtype"],
-                mine["is_async"], strict=True
+                mine["op"],
+                mine["group"],
+                mine["seq"],
+                mine["nbytes"],
+                mine["dtype"],
+                mine["is_async"],
+                strict=True,
             )
             if g == 0 and OPS[o] not in ("send", "recv", "isend", "irecv", "batch_isend_irecv")
         ]
         assert world == EXPECTED_COLLECTIVES, f"rank {rank}"
         sources = Counter(SOURCES[s] for s in mine["source"])
         assert sources["functional"] == 1
-        sub = [(OPS[o], int(s), int(b)) for o, g, s, b in
-               zip(mine["op"], mine["group"], mine["seq"], mine["nbytes"], strict=True) if g == 1]
+        sub = [
+            (OPS[o], int(s), int(b))
+            for o, g, s, b in zip(
+                mine["op"], mine["group"], mine["seq"], mine["nbytes"], strict=True
+            )
+            if g == 1
+        ]
         assert sub == ([("all_reduce", 1, 64), ("all_reduce", 2, 64)] if rank in (0, 1) else [])
-        p2p = [(OPS[o], int(p), int(b)) for o, p, b in
-               zip(mine["op"], mine["peer"], mine["nbytes"], strict=True) if p >= 0 or
-               OPS[o] == "batch_isend_irecv"]
+        p2p = [
+            (OPS[o], int(p), int(b))
+            for o, p, b in zip(mine["op"], mine["peer"], mine["nbytes"], strict=True)
+            if p >= 0 or OPS[o] == "batch_isend_irecv"
+        ]
         nxt, prv = (rank + 1) % WORLD, (rank - 1) % WORLD
         first = [("send", nxt, 48), ("recv", prv, 48)]
         if rank % 2:
             first.reverse()
-        assert p2p == first + [("isend", nxt, 24), ("irecv", prv, 24),
-                               ("batch_isend_irecv", -1, 40)]
+        assert p2p == first + [
+            ("isend", nxt, 24),
+            ("irecv", prv, 24),
+            ("batch_isend_irecv", -1, 40),
+        ]
     sub_group = run.groups[1]
     assert sub_group.ranks == (0, 1)
 
@@ -98,8 +113,11 @@ def test_ddp_gradient_allreduces_are_recorded_and_user_hook_still_runs(run_dir: 
 
 def test_rank_that_sleeps_before_a_collective_arrives_last(run_dir: Path) -> None:
     delay_s = 0.3
-    result = launch(run_dir, 3, script("late_rank.py", "--late-rank", "2", "--delay",
-                                       str(delay_s), "--rounds", "5"))
+    result = launch(
+        run_dir,
+        3,
+        script("late_rank.py", "--late-rank", "2", "--delay", str(delay_s), "--rounds", "5"),
+    )
     assert result.returncode == 0, result.stderr
     from mrcdiag.analyzers.instances import collective_instances
 
@@ -120,8 +138,12 @@ def test_rank_that_sleeps_before_a_collective_arrives_last(run_dir: Path) -> Non
 
 
 def test_killed_rank_leaves_a_readable_run_that_names_it(run_dir: Path) -> None:
-    result = launch(run_dir, 3, demo_job("--steps", "400", "--work-ms", "20", "--die-rank", "1",
-                                         "--die-at-step", "60"), timeout=180)
+    result = launch(
+        run_dir,
+        3,
+        demo_job("--steps", "400", "--work-ms", "20", "--die-rank", "1", "--die-at-step", "60"),
+        timeout=180,
+    )
     assert result.returncode != 0
     report = report_json(run_dir)
     hangs = [f for f in report["findings"] if f["kind"] == "hang"]

@@ -33,7 +33,11 @@ def test_unwritable_run_directory_leaves_the_job_running(tmp_path: Path) -> None
     )
     proc = subprocess.run(
         torchrun(2, script("late_rank.py", "--delay", "0", "--rounds", "2")),
-        capture_output=True, text=True, timeout=120, env=env, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
     assert "not recording this rank" in proc.stderr
@@ -43,7 +47,11 @@ def test_attach_and_step_by_hand_without_launch(tmp_path: Path) -> None:
     run_dir = tmp_path / "api-run"
     proc = subprocess.run(
         torchrun(2, script("api_attach.py", str(run_dir))),
-        capture_output=True, text=True, timeout=120, env=job_env(), cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=job_env(),
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
     run = read_run(run_dir)

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from mrcdiag.analyzers.findings import Finding, sort_findings
 from mrcdiag.analyzers.hangs import find_hangs
+from mrcdiag.analyzers.idle import find_idle
 from mrcdiag.analyzers.instances import Instances, collective_instances
+from mrcdiag.analyzers.interconnect import find_interconnect
+from mrcdiag.analyzers.lateness import RankStepMatrix, rank_step_matrix
+from mrcdiag.analyzers.slowdown import find_slowdowns
+from mrcdiag.analyzers.stragglers import find_stragglers
 from mrcdiag.analyzers.summary import Summary, summarize
 from mrcdiag.store.reader import RunData
 
@@ -16,12 +21,20 @@ class Analysis:
     run: RunData
     instances: Instances
     summary: Summary
+    matrix: RankStepMatrix
     findings: list[Finding]
 
 
-def analyze(run: RunData) -> Analysis:
+def analyze(run: RunData, expected_busbw_gbps: float | None = None) -> Analysis:
     instances = collective_instances(run)
     summary = summarize(run, instances)
+    matrix = rank_step_matrix(run, instances)
     findings: list[Finding] = []
     findings += find_hangs(run)
-    return Analysis(run, instances, summary, sort_findings(findings))
+    stragglers = find_stragglers(run, instances, matrix)
+    findings += stragglers
+    findings += find_slowdowns(matrix)
+    explained = any(f.severity != "info" for f in stragglers)
+    findings += find_idle(run, matrix, explained)
+    findings += find_interconnect(run, instances, matrix, expected_busbw_gbps)
+    return Analysis(run, instances, summary, matrix, sort_findings(findings))

@@ -254,6 +254,7 @@ def _assemble(
     steps_cols = _concat(step_tables, schema.STEP_SCHEMA)
     steps_cols.data["rank"] = _cat(step_rank, np.int32)
     _apply_offsets(collectives, steps_cols, offsets)
+    node_samples = _read_node_samples(dirs, ranks, problems)
     world_size = int(world.get("world_size") or max(ranks, default=-1) + 1)
     missing = sorted(set(range(world_size)) - set(ranks))
     if missing:
@@ -267,7 +268,43 @@ def _assemble(
         collectives=collectives,
         steps=steps_cols,
         problems=problems,
+        node_samples=node_samples,
     )
+
+
+def _read_node_samples(
+    dirs: list[Path], ranks: dict[int, RankInfo], problems: list[str]
+) -> dict[str, Columns]:
+    """Node agent samples per host, on rank 0's clock (via a rank of the same host)."""
+    offset_of_host = {info.host: info.clock_offset_ns for info in ranks.values()}
+    out: dict[str, Columns] = {}
+    for d in dirs:
+        root = d / schema.NODES_DIR
+        if not root.is_dir():
+            continue
+        for node_dir in sorted(root.iterdir()):
+            path = node_dir / schema.SAMPLES_FILE
+            if not path.exists() or node_dir.name in out:
+                continue
+            table = read_stream(path, schema.SAMPLE_SCHEMA, problems)
+            offset = offset_of_host.get(node_dir.name, 0)
+            out[node_dir.name] = Columns(
+                {
+                    "t_ns": table.column("t_ns").to_numpy() + offset,
+                    "name": np.asarray(table.column("name").to_pylist(), dtype=object),
+                    "labels": np.asarray(table.column("labels").to_pylist(), dtype=object),
+                    "value": table.column("value").to_numpy(),
+                }
+            )
+    return out
+
+
+def series(samples: Columns, name: str, labels: str | None = None) -> tuple[np.ndarray, ...]:
+    """(t_ns, value) of one metric series, or of all series of `name` when labels is None."""
+    mask = samples["name"] == name
+    if labels is not None:
+        mask &= samples["labels"] == labels
+    return samples["t_ns"][mask], samples["value"][mask]
 
 
 def _rank_info(

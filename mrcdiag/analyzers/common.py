@@ -1,0 +1,44 @@
+"""Small robust statistics and step windows shared by the analyzers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mrcdiag.analyzers.summary import WARMUP_STEPS
+
+MAD_TO_SIGMA = 1.4826
+
+
+def steady_columns(n_steps: int) -> np.ndarray:
+    """Step indices after warm-up (all of them when the run is too short to drop any)."""
+    cut = WARMUP_STEPS if n_steps >= 2 * WARMUP_STEPS else 0
+    return np.arange(cut, n_steps)
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return 0.0
+    return float(MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))))
+
+
+def windows(columns: np.ndarray, min_size: int = 10, count: int = 8) -> list[np.ndarray]:
+    """Non-overlapping windows of steps, long enough for a median to mean something."""
+    size = max(min_size, len(columns) // count)
+    if len(columns) < 2 * size:
+        return [columns]
+    n = len(columns) // size
+    parts = [columns[i * size : (i + 1) * size] for i in range(n)]
+    parts[-1] = columns[(n - 1) * size :]  # the remainder joins the last window
+    return parts
+
+
+def job_step_time(duration: np.ndarray) -> np.ndarray:
+    """Per step, the slowest rank's duration: in synchronous training that is the job's."""
+    with np.errstate(all="ignore"):
+        out = np.nanmax(np.where(np.isnan(duration), -np.inf, duration), axis=0)
+    return np.where(np.isfinite(out), out, np.nan)
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"

@@ -1,0 +1,118 @@
+"""Per rank and step: how late the rank arrived, how long it waited, what it cost others.
+
+For each collective instance every member's arrival is compared with the *other*
+members' arrivals (leave-one-out, so that two ranks do not cancel out):
+  late   = arrival - median(others)        how far behind the pack the rank was
+  excess = max(0, arrival - max(others))   how much later the collective started because
+                                           of this rank alone (the what-if saving)
+  wait   = last arrival - arrival          time the rank sat waiting for peers
+Values are folded into rank x step matrices. Within a step, synchronous collectives add
+up (each is its own meeting point) while asynchronous ones overlap (DDP's bucket
+all-reduces are issued together), so their contributions take the maximum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mrcdiag.analyzers.instances import Instances
+from mrcdiag.store.reader import RunData
+
+
+@dataclass
+class RankStepMatrix:
+    """Dense [rank_index, step] arrays; NaN where a rank has no such step."""
+
+    ranks: np.ndarray  # global rank of each row
+    steps: np.ndarray  # step index of each column
+    duration_s: np.ndarray
+    data_wait_s: np.ndarray
+    blocked_s: np.ndarray  # in collectives as seen by the training thread
+    late_s: np.ndarray
+    excess_s: np.ndarray
+    wait_s: np.ndarray
+    has_instances: np.ndarray  # bool: a collective of this rank fell in this step
+
+    def row(self, rank: int) -> int:
+        return int(np.searchsorted(self.ranks, rank))
+
+
+def _leave_one_out(arrivals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """median and max of the others, for a dense [instances, members] array."""
+    n = arrivals.shape[1]
+    order = np.sort(arrivals, axis=1)
+    top, second = order[:, -1:], order[:, -2:-1] if n > 1 else order[:, -1:]
+    max_others = np.where(arrivals >= top, second, top)
+    if n > 8:  # one member hardly moves the median of many
+        med = np.median(arrivals, axis=1, keepdims=True)
+        return np.broadcast_to(med, arrivals.shape), max_others
+    med_others = np.empty_like(arrivals, dtype=np.float64)
+    for j in range(n):
+        med_others[:, j] = np.median(np.delete(arrivals, j, axis=1), axis=1)
+    return med_others, max_others
+
+
+def record_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray]:
+    """(late_ns, excess_ns) per record of inst.records; NaN for incomplete instances."""
+    rec = inst.records
+    late = np.full(len(rec), np.nan)
+    excess = np.full(len(rec), np.nan)
+    if inst.n_instances == 0:
+        return late, excess
+    counts = inst.n_arrived[rec["instance"]]
+    for n in np.unique(counts):
+        if n < 2:
+            continue
+        sel = np.flatnonzero(counts == n)
+        order = sel[np.lexsort((rec["rank"][sel], rec["instance"][sel]))]
+        arrivals = rec["t_arrive_ns"][order].astype(np.float64).reshape(-1, n)
+        med_others, max_others = _leave_one_out(arrivals)
+        late[order] = (arrivals - med_others).ravel()
+        excess[order] = np.maximum(arrivals - max_others, 0).ravel()
+    return late, excess
+
+
+def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
+    ranks = np.array(sorted(run.ranks), dtype=np.int64)
+    steps = run.steps
+    n_steps = int(steps["step"].max()) + 1 if len(steps) else 0
+    shape = (len(ranks), n_steps)
+
+    def dense(values: np.ndarray) -> np.ndarray:
+        out = np.full(shape, np.nan)
+        if len(steps):
+            out[np.searchsorted(ranks, steps["rank"]), steps["step"]] = values
+        return out
+
+    duration = dense((steps["t_end_ns"] - steps["t_start_ns"]) / 1e9)
+    data_wait = dense(steps["data_wait_ns"] / 1e9)
+    blocked = dense(steps["comm_ns"] / 1e9)
+    late_ns, excess_ns = record_lateness(inst)
+    rec = inst.records
+    wait_ns = inst.wait_ns.astype(np.float64)
+    valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(late_ns)
+    row = np.searchsorted(ranks, rec["rank"][valid])
+    col = rec["step"][valid]
+    is_async = rec["is_async"][valid]
+    matrices = []
+    for values in (late_ns[valid], excess_ns[valid], wait_ns[valid]):
+        summed = np.zeros(shape)
+        np.add.at(summed, (row[~is_async], col[~is_async]), values[~is_async] / 1e9)
+        peak = np.full(shape, -np.inf)
+        np.maximum.at(peak, (row[is_async], col[is_async]), values[is_async] / 1e9)
+        matrices.append(summed + np.where(np.isfinite(peak), peak, 0.0))
+    has = np.zeros(shape, dtype=bool)
+    has[row, col] = True
+    return RankStepMatrix(
+        ranks=ranks,
+        steps=np.arange(n_steps),
+        duration_s=duration,
+        data_wait_s=data_wait,
+        blocked_s=blocked,
+        late_s=np.where(has, matrices[0], np.nan),
+        excess_s=np.where(has, matrices[1], np.nan),
+        wait_s=np.where(has, matrices[2], 0.0),
+        has_instances=has,
+    )

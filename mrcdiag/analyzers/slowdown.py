@@ -1,0 +1,105 @@
+"""Slowdowns: the whole job's pace changed partway (a fail-slow that hits every rank).
+
+The job's step time (the slowest rank's, per step) is smoothed with a running median,
+and the change point is where the cumulative deviation from the overall median peaks
+(a robust CUSUM). A change counts when it is large (15% or more) and far outside the
+noise of both sides. If only one rank's own work grew, that is a straggler that started
+late, reported by the straggler analyzer, not a slowdown.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns
+from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.lateness import RankStepMatrix
+
+MIN_RATIO = 1.15
+MIN_SIDE = 5
+SIGMAS = 4.0
+BROAD = 0.75  # share of ranks whose own work grew for the change to be job-wide
+
+
+def _running_median(x: np.ndarray, width: int = 5) -> np.ndarray:
+    if len(x) < width:
+        return x
+    pad = width // 2
+    padded = np.pad(x, pad, mode="edge")
+    view = np.lib.stride_tricks.sliding_window_view(padded, width)
+    return np.median(view, axis=1)
+
+
+def change_point(x: np.ndarray) -> int | None:
+    """Index where the level of x changes most, or None when x is too short."""
+    if len(x) < 2 * MIN_SIDE:
+        return None
+    smooth = _running_median(x)
+    cusum = np.cumsum(smooth - np.median(smooth))
+    inner = np.arange(MIN_SIDE, len(x) - MIN_SIDE)
+    return int(inner[np.argmax(np.abs(cusum[inner - 1]))])
+
+
+def find_slowdowns(m: RankStepMatrix) -> list[Finding]:
+    cols = steady_columns(m.duration_s.shape[1])
+    job = job_step_time(m.duration_s[:, cols])
+    ok = np.isfinite(job)
+    cols, job = cols[ok], job[ok]
+    k = change_point(job)
+    if k is None:
+        return []
+    before, after = job[:k], job[k:]
+    b, a = float(np.median(before)), float(np.median(after))
+    noise = max(robust_sigma(before), robust_sigma(after), 1e-6)
+    if b <= 0 or a / b < MIN_RATIO or (a - b) < SIGMAS * noise:
+        return []
+    # Whose own work grew? busy = step - waiting for peers - data wait
+    busy = m.duration_s[:, cols] - m.wait_s[:, cols] - m.data_wait_s[:, cols]
+    grew = np.nanmedian(busy[:, k:], axis=1) - np.nanmedian(busy[:, :k], axis=1)
+    job_growth = a - b
+    data_growth = float(
+        np.nanmedian(m.data_wait_s[:, cols][:, k:]) - np.nanmedian(m.data_wait_s[:, cols][:, :k])
+    )
+    broad = np.mean(grew + 1e-12 >= 0.5 * (job_growth - max(data_growth, 0))) >= BROAD
+    if not broad and data_growth < 0.5 * job_growth:
+        return []  # one rank's problem: the straggler analyzer reports it
+    comm_growth = float(
+        np.nanmedian(m.blocked_s[:, cols][:, k:] - m.wait_s[:, cols][:, k:])
+        - np.nanmedian(m.blocked_s[:, cols][:, :k] - m.wait_s[:, cols][:, :k])
+    )
+    compute_growth = float(np.nanmedian(grew)) - max(comm_growth, 0)
+    parts = {
+        "compute": compute_growth,
+        "communication": comm_growth,
+        "data_wait": data_growth,
+    }
+    grown = max(parts, key=lambda p: parts[p])
+    start_step = int(cols[k])
+    lost = float(np.sum(np.maximum(after - b, 0)))
+    cause = {
+        "compute": "slow_compute",
+        "communication": "slow_link",
+        "data_wait": "data_loading",
+    }[grown]
+    return [
+        Finding(
+            kind="slowdown",
+            severity="critical" if a / b >= 1.5 else "warning",
+            cause=cause,
+            time_lost_s=lost,
+            ranks=tuple(int(r) for r in m.ranks),
+            summary=f"from step {start_step} every rank got slower: step time "
+            f"{b * 1e3:.1f} ms -> {a * 1e3:.1f} ms (+{100 * (a / b - 1):.0f}%), "
+            f"mostly in {grown.replace('_', ' ')}",
+            evidence={
+                "start_step": start_step,
+                "step_time_before_ms": round(b * 1e3, 3),
+                "step_time_after_ms": round(a * 1e3, 3),
+                "growth_ms": {p: round(v * 1e3, 3) for p, v in parts.items()},
+                "ranks_slower": int(np.sum(grew >= 0.5 * job_growth)),
+            },
+            recommendation="look at what changed on every node at that step: a "
+            "thermal or power event, a network degradation, a change in the data "
+            "(longer sequences), or a phase of the training code",
+        )
+    ]

@@ -1,0 +1,270 @@
+"""Stragglers: ranks (or whole nodes) that everyone else keeps waiting for, and why.
+
+A rank is a straggler when, over a window of steady steps, it arrives behind the median
+of its peers in at least three steps out of four and by at least 1% of the step time
+(and, with five ranks or more, by far more than the ranks' own spread: median/MAD).
+Warm-up steps are left out, and one-off hiccups do not move a median. The time lost is
+a what-if: how much earlier each collective would have started had this rank arrived
+with the others (its excess over the last of its peers), summed over steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns, windows
+from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.instances import Instances
+from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.store.reader import RunData, series
+
+PERSISTENCE = 0.75  # share of steps in which the rank is behind its peers
+MIN_LATENESS_OF_STEP = 0.01
+OUTLIER_SIGMAS = 6.0
+WARNING_LATENESS_OF_STEP = 0.03
+WARNING_LOST_OF_RUN = 0.02
+CRITICAL_LOST_OF_RUN = 0.20
+CPU_WAIT_EXCESS = 0.15  # s of run-queue wait per s beyond the other ranks'
+
+
+def find_stragglers(run: RunData, inst: Instances, m: RankStepMatrix) -> list[Finding]:
+    cols = steady_columns(m.duration_s.shape[1])
+    if len(cols) < 3 or len(m.ranks) < 2:
+        return []
+    job_time = job_step_time(m.duration_s[:, cols])
+    step_s = float(np.nanmedian(job_time)) if np.isfinite(job_time).any() else 0.0
+    if step_s <= 0:
+        return []
+    run_s = float(np.nansum(job_time))
+    uncertainty = max((i.clock_uncertainty_ns or 0) for i in run.ranks.values()) / 1e9
+    floor = max(MIN_LATENESS_OF_STEP * step_s, 3 * uncertainty if _cross_host(run) else 0, 1e-4)
+    flagged: dict[int, np.ndarray] = {}  # row -> steps in which it straggled
+    for window in windows(cols):
+        late = m.late_s[:, window]
+        med = np.nanmedian(np.where(np.isnan(late), np.nan, late), axis=1)
+        with np.errstate(invalid="ignore"):
+            behind = np.nanmean(np.where(np.isnan(late), np.nan, late > 0), axis=1)
+        spread = robust_sigma(med) if len(m.ranks) >= 5 else 0.0
+        centre = float(np.nanmedian(med)) if len(m.ranks) >= 5 else 0.0
+        for row in np.flatnonzero(
+            (med >= floor) & (behind >= PERSISTENCE) & (med - centre > OUTLIER_SIGMAS * spread)
+        ):
+            flagged.setdefault(int(row), []).append(window)
+    n_windows = len(windows(cols))
+    needed = 1 if n_windows <= 2 else 2
+    rows = {r: np.concatenate(w) for r, w in flagged.items() if len(w) >= needed}
+    if not rows:
+        return []
+    findings = _slow_nodes(run, inst, m, rows, cols, step_s, run_s)
+    in_node = {r for f in findings for r in f.ranks}
+    for row, steps in rows.items():
+        rank = int(m.ranks[row])
+        if rank in in_node:
+            continue
+        findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s))
+    return findings
+
+
+def _cross_host(run: RunData) -> bool:
+    return any(i.clock_method == "ping_pong" for i in run.ranks.values())
+
+
+def _severity(late_s: float, lost_s: float, step_s: float, run_s: float) -> str:
+    if run_s > 0 and lost_s / run_s >= CRITICAL_LOST_OF_RUN:
+        return "critical"
+    if late_s / step_s >= WARNING_LATENESS_OF_STEP or (
+        run_s > 0 and lost_s / run_s >= WARNING_LOST_OF_RUN
+    ):
+        return "warning"
+    return "info"
+
+
+def _rank_finding(
+    run: RunData,
+    m: RankStepMatrix,
+    row: int,
+    steps: np.ndarray,
+    cols: np.ndarray,
+    step_s: float,
+    run_s: float,
+) -> Finding:
+    rank = int(m.ranks[row])
+    late_s = float(np.nanmedian(m.late_s[row, steps]))
+    lost_s = float(np.nansum(m.excess_s[row, steps]))
+    others = np.arange(len(m.ranks)) != row
+    evidence: dict[str, object] = {
+        "median_lateness_ms": round(late_s * 1e3, 3),
+        "steps_behind_peers": f"{100 * np.nanmean(m.late_s[row, steps] > 0):.0f}%",
+        "job_step_time_ms": round(step_s * 1e3, 3),
+        "straggling_steps": f"{int(steps.min())}-{int(steps.max())}",
+    }
+    cause, detail, advice = _cause(run, m, row, others, steps, late_s, evidence)
+    host = run.host_of(rank)
+    return Finding(
+        kind="straggler",
+        severity=_severity(late_s, lost_s, step_s, run_s),
+        cause=cause,
+        time_lost_s=lost_s,
+        ranks=(rank,),
+        nodes=(host,),
+        summary=f"rank {rank} on {host} arrives {late_s * 1e3:.1f} ms behind its peers "
+        f"({100 * late_s / step_s:.0f}% of a step){detail}",
+        evidence=evidence,
+        recommendation=advice,
+    )
+
+
+def _cause(
+    run: RunData,
+    m: RankStepMatrix,
+    row: int,
+    others: np.ndarray,
+    steps: np.ndarray,
+    late_s: float,
+    evidence: dict[str, object],
+) -> tuple[str, str, str]:
+    rank = int(m.ranks[row])
+    data_mine = float(np.nanmedian(m.data_wait_s[row, steps]))
+    data_others = float(np.nanmedian(m.data_wait_s[np.ix_(others, steps)]))
+    evidence["data_wait_ms"] = round(data_mine * 1e3, 3)
+    evidence["data_wait_ms_others"] = round(data_others * 1e3, 3)
+    if data_mine - data_others >= 0.5 * late_s:
+        return (
+            "data_loading",
+            f"; it waits {1e3 * (data_mine - data_others):.1f} ms more than its peers for "
+            "its DataLoader",
+            "give this rank's DataLoader more workers (num_workers), pin_memory and "
+            "prefetching, or check its storage path and input shards",
+        )
+    cpu_wait = _cpu_wait_rates(run)
+    if rank in cpu_wait and len(cpu_wait) >= 2:
+        mine = cpu_wait[rank]
+        rest = float(np.median([v for r, v in cpu_wait.items() if r != rank]))
+        evidence["cpu_wait_s_per_s"] = round(mine, 3)
+        evidence["cpu_wait_s_per_s_others"] = round(rest, 3)
+        if mine - rest >= CPU_WAIT_EXCESS:
+            return (
+                "host_contention",
+                f"; its threads waited {mine:.2f} s per second for a CPU (peers {rest:.2f})",
+                "find what else runs on this rank's cores (top, ps -eLo psr), pin ranks and "
+                "DataLoader workers to separate cores, or lower OMP_NUM_THREADS",
+            )
+    throttle = _gpu_throttle(run, rank)
+    if throttle:
+        evidence["gpu_clock_events"] = throttle
+        return (
+            "gpu_throttling",
+            f"; its GPU clocks dropped ({throttle})",
+            "check the GPU's cooling and power (nvidia-smi -q -d PERFORMANCE), and the "
+            "node's power capping",
+        )
+    return (
+        "slow_compute",
+        "; nothing in its inputs or host explains it: its own work is slower",
+        "compare this rank's work with its peers' (uneven batch or sequence lengths, an "
+        "extra role such as logging or checkpointing on this rank) and its hardware",
+    )
+
+
+def _cpu_wait_rates(run: RunData) -> dict[int, float]:
+    """Run-queue wait (s/s) per rank over the run, from the node agents' samples."""
+    rates: dict[int, float] = {}
+    for samples in run.node_samples.values():
+        names = samples["name"] == "mrcdiag_rank_cpu_wait_seconds_total"
+        for labels in set(samples["labels"][names]):
+            fields = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
+            t, v = series(samples, "mrcdiag_rank_cpu_wait_seconds_total", labels)
+            if len(t) >= 2 and t[-1] > t[0] and "rank" in fields:
+                rates[int(fields["rank"])] = float((v[-1] - v[0]) / ((t[-1] - t[0]) / 1e9))
+    return rates
+
+
+def _gpu_throttle(run: RunData, rank: int) -> str:
+    """Names of thermal/power clock events seen on this rank's GPU, if samples exist."""
+    host = run.host_of(rank)
+    samples = run.node_samples.get(host)
+    if samples is None:
+        return ""
+    info = run.ranks.get(rank)
+    local = str(info.local_rank) if info else "?"
+    mask = (samples["name"] == "mrcdiag_gpu_clock_event_active") & (samples["value"] > 0)
+    seen = set()
+    for labels in samples["labels"][mask]:
+        fields = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
+        if fields.get("local_rank", fields.get("gpu")) == local and fields.get("reason") in (
+            "sw_thermal",
+            "hw_thermal",
+            "sw_power_cap",
+            "hw_power_brake",
+            "hw_slowdown",
+        ):
+            seen.add(fields["reason"])
+    return ", ".join(sorted(seen))
+
+
+def _set_excess(
+    inst: Instances, members: set[int], m: RankStepMatrix, cols: np.ndarray
+) -> np.ndarray:
+    """Per steady step: how much later collectives began because of `members` together."""
+    rec = inst.records
+    inside = np.isin(rec["rank"], list(members))
+    n = inst.n_instances
+    lo = np.full(n, -np.inf)
+    np.maximum.at(lo, rec["instance"][~inside], rec["t_arrive_ns"][~inside].astype(float))
+    hi = np.full(n, -np.inf)
+    np.maximum.at(hi, rec["instance"][inside], rec["t_arrive_ns"][inside].astype(float))
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    excess = np.where(ok, np.maximum(hi - lo, 0), 0) / 1e9
+    per_step = np.zeros(m.duration_s.shape[1])
+    is_async = np.zeros(n, dtype=bool)
+    is_async[rec["instance"]] = rec["is_async"]
+    valid = (inst.step >= 0) & (inst.step < len(per_step))
+    np.add.at(per_step, inst.step[valid & ~is_async], excess[valid & ~is_async])
+    peak = np.zeros(len(per_step))
+    np.maximum.at(peak, inst.step[valid & is_async], excess[valid & is_async])
+    return (per_step + peak)[cols]
+
+
+def _slow_nodes(
+    run: RunData,
+    inst: Instances,
+    m: RankStepMatrix,
+    rows: dict[int, np.ndarray],
+    cols: np.ndarray,
+    step_s: float,
+    run_s: float,
+) -> list[Finding]:
+    """All ranks of one node straggle together: one finding for the node."""
+    by_host: dict[str, list[int]] = {}
+    for rank in run.ranks:
+        by_host.setdefault(run.host_of(rank), []).append(rank)
+    if len(by_host) < 2:
+        return []
+    flagged_ranks = {int(m.ranks[r]) for r in rows}
+    out = []
+    for host, ranks in sorted(by_host.items()):
+        if len(ranks) < 2 or not set(ranks) <= flagged_ranks:
+            continue
+        member_rows = [m.row(r) for r in ranks]
+        late_s = float(np.nanmedian(m.late_s[np.ix_(member_rows, cols)]))
+        lost_s = float(_set_excess(inst, set(ranks), m, cols).sum())
+        out.append(
+            Finding(
+                kind="straggler",
+                severity=_severity(late_s, lost_s, step_s, run_s),
+                cause="slow_node",
+                time_lost_s=lost_s,
+                ranks=tuple(sorted(ranks)),
+                nodes=(host,),
+                summary=f"every rank of node {host} ({len(ranks)} ranks) arrives "
+                f"{late_s * 1e3:.1f} ms behind the other nodes' ranks",
+                evidence={
+                    "median_lateness_ms": round(late_s * 1e3, 3),
+                    "job_step_time_ms": round(step_s * 1e3, 3),
+                    "ranks_on_node": len(ranks),
+                },
+                recommendation="drain or inspect this node: CPU frequency and load, other "
+                "tenants, thermal state, memory errors; rerun without it to confirm",
+            )
+        )
+    return out
