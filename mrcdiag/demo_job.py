@@ -23,6 +23,15 @@ def burn_cpu(milliseconds: float) -> None:
         a = torch.tanh(a @ a)
 
 
+def fixed_work(iterations: int) -> None:
+    """A fixed amount of arithmetic: takes longer when the core is shared."""
+    import torch
+
+    a = torch.randn(96, 96)
+    for _ in range(iterations):
+        a = torch.tanh(a @ a)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=60)
@@ -46,6 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slowdown-ms", type=float, default=0.0)
     p.add_argument("--die-rank", type=int, default=-1, help="this rank SIGKILLs itself")
     p.add_argument("--die-at-step", type=int, default=-1)
+    p.add_argument(
+        "--fixed-work",
+        type=int,
+        default=0,
+        help="matrix products per step, every rank (slower on a shared core)",
+    )
+    p.add_argument("--pin", action="store_true", help="pin each rank to core LOCAL_RANK")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--batch", type=int, default=16)
     return p.parse_args(argv)
@@ -77,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
+    if args.pin:
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        os.sched_setaffinity(0, {local_rank % os.cpu_count()})
+        torch.set_num_threads(1)
     torch.manual_seed(0)
     model = DDP(
         torch.nn.Sequential(
@@ -102,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         if step == args.die_at_step and rank == args.die_rank:
             os.kill(os.getpid(), 9)
         burn_cpu(args.work_ms)
+        fixed_work(args.fixed_work)
         if slow:
             burn_cpu(args.slow_ms)
         if 0 <= args.slowdown_at_step <= step:

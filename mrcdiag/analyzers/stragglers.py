@@ -18,6 +18,14 @@ from mrcdiag.analyzers.instances import Instances
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData, series
 
+
+def robust_total(per_step: np.ndarray) -> float:
+    """Median per step times the steps: a noisy neighbour's spike in one step neither
+    adds to nor hides the straggler's cost."""
+    values = per_step[~np.isnan(per_step)]
+    return float(np.median(values) * len(values)) if len(values) else 0.0
+
+
 PERSISTENCE = 0.75  # share of steps in which the rank is behind its peers
 MIN_LATENESS_OF_STEP = 0.01
 OUTLIER_SIGMAS = 6.0
@@ -90,7 +98,7 @@ def _rank_finding(
 ) -> Finding:
     rank = int(m.ranks[row])
     late_s = float(np.nanmedian(m.late_s[row, steps]))
-    lost_s = float(np.nansum(m.excess_s[row, steps]))
+    lost_s = robust_total(m.excess_s[row, steps])
     others = np.arange(len(m.ranks)) != row
     evidence: dict[str, object] = {
         "median_lateness_ms": round(late_s * 1e3, 3),
@@ -247,7 +255,7 @@ def _slow_nodes(
             continue
         member_rows = [m.row(r) for r in ranks]
         late_s = float(np.nanmedian(m.late_s[np.ix_(member_rows, cols)]))
-        lost_s = float(_set_excess(inst, set(ranks), m, cols).sum())
+        lost_s = robust_total(_set_excess(inst, set(ranks), m, cols))
         out.append(
             Finding(
                 kind="straggler",
