@@ -27,8 +27,8 @@ class Analysis:
 
 def analyze(run: RunData, expected_busbw_gbps: float | None = None) -> Analysis:
     instances = collective_instances(run)
-    summary = summarize(run, instances)
     matrix = rank_step_matrix(run, instances)
+    summary = summarize(run, instances, matrix)
     findings: list[Finding] = []
     findings += find_hangs(run)
     stragglers = find_stragglers(run, instances, matrix)

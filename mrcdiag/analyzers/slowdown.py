@@ -2,7 +2,7 @@
 
 The job's step time (the slowest rank's, per step) is smoothed with a running median,
 and the change point is where the cumulative deviation from the overall median peaks
-(a robust CUSUM). A change counts when it is large (15% or more) and far outside the
+(a CUSUM on the de-spiked series). A change counts when it is large (15% or more) and far outside the
 noise of both sides. If only one rank's own work grew, that is a straggler that started
 late, reported by the straggler analyzer, not a slowdown.
 """
@@ -35,7 +35,9 @@ def change_point(x: np.ndarray) -> int | None:
     if len(x) < 2 * MIN_SIDE:
         return None
     smooth = _running_median(x)
-    cusum = np.cumsum(smooth - np.median(smooth))
+    # Centred on the mean, the sum is 0 at both ends and peaks at the change; the running
+    # median has already taken the spikes out.
+    cusum = np.cumsum(smooth - np.mean(smooth))
     inner = np.arange(MIN_SIDE, len(x) - MIN_SIDE)
     return int(inner[np.argmax(np.abs(cusum[inner - 1]))])
 

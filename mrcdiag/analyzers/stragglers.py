@@ -10,6 +10,8 @@ with the others (its excess over the last of its peers), summed over steps.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns, windows
@@ -19,11 +21,16 @@ from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData, series
 
 
-def robust_total(per_step: np.ndarray) -> float:
-    """Median per step times the steps: a noisy neighbour's spike in one step neither
-    adds to nor hides the straggler's cost."""
-    values = per_step[~np.isnan(per_step)]
-    return float(np.median(values) * len(values)) if len(values) else 0.0
+def robust_total(per_step: np.ndarray, trim: float = 0.1) -> float:
+    """Trimmed mean per step (10% cut at each end) times the steps: a neighbour's spike in
+    one step neither adds to nor hides the straggler's cost, and a rank that is last in
+    only some steps still gets the cost of those steps."""
+    values = np.sort(per_step[~np.isnan(per_step)])
+    if len(values) == 0:
+        return 0.0
+    cut = int(len(values) * trim)
+    kept = values[cut : len(values) - cut] if len(values) > 2 * cut else values
+    return float(np.mean(kept) * len(values))
 
 
 PERSISTENCE = 0.75  # share of steps in which the rank is behind its peers
@@ -49,8 +56,9 @@ def find_stragglers(run: RunData, inst: Instances, m: RankStepMatrix) -> list[Fi
     flagged: dict[int, np.ndarray] = {}  # row -> steps in which it straggled
     for window in windows(cols):
         late = m.late_s[:, window]
-        med = np.nanmedian(np.where(np.isnan(late), np.nan, late), axis=1)
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # ranks outside every group have all-NaN rows
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(late, axis=1)
             behind = np.nanmean(np.where(np.isnan(late), np.nan, late > 0), axis=1)
         spread = robust_sigma(med) if len(m.ranks) >= 5 else 0.0
         centre = float(np.nanmedian(med)) if len(m.ranks) >= 5 else 0.0

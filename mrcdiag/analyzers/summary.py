@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
 from mrcdiag.analyzers.instances import Instances
+from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData
 from mrcdiag.store.schema import OPS, busbw_factor
 
@@ -55,60 +57,48 @@ def steady_mask(step_index: np.ndarray) -> np.ndarray:
     return step_index >= cut
 
 
-def summarize(run: RunData, inst: Instances) -> Summary:
-    steps = run.steps
-    duration = (steps["t_end_ns"] - steps["t_start_ns"]) / 1e9 if len(steps) else np.zeros(0)
-    keep = steady_mask(steps["step"]) if len(steps) else np.zeros(0, dtype=bool)
+def summarize(run: RunData, inst: Instances, m: RankStepMatrix) -> Summary:
+    n_steps = m.duration_s.shape[1]
+    keep = steady_mask(np.arange(n_steps))
+    duration = m.duration_s[:, keep]
+    data = m.data_wait_s[:, keep]
+    blocked = m.blocked_s[:, keep]
     per_rank = []
-    for rank in run.ranks:
-        mine = (steps["rank"] == rank) & keep
-        if not mine.any():
+    with warnings.catch_warnings():  # ranks with no steady step have all-NaN rows
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p50 = np.nanmedian(duration, axis=1)
+        p90 = np.nanpercentile(duration, 90, axis=1)
+        total = np.nansum(duration, axis=1)
+        counts = np.sum(~np.isnan(duration), axis=1)
+        data_frac = np.nansum(data, axis=1) / np.where(total > 0, total, np.nan)
+        comm_frac = np.nansum(blocked, axis=1) / np.where(total > 0, total, np.nan)
+        job = np.nanmax(np.where(np.isnan(duration), -np.inf, duration), axis=0)
+    for row, rank in enumerate(m.ranks):
+        if counts[row] == 0:
             continue
-        d = duration[mine]
-        total = d.sum()
         per_rank.append(
             RankSteps(
-                rank=rank,
-                host=run.host_of(rank),
-                steps=int(mine.sum()),
-                step_time_p50_s=float(np.median(d)),
-                step_time_p90_s=float(np.percentile(d, 90)),
-                data_wait_fraction=float(steps["data_wait_ns"][mine].sum() / 1e9 / total)
-                if total > 0
-                else 0.0,
-                comm_fraction=float(steps["comm_ns"][mine].sum() / 1e9 / total)
-                if total > 0
-                else 0.0,
+                rank=int(rank),
+                host=run.host_of(int(rank)),
+                steps=int(counts[row]),
+                step_time_p50_s=float(p50[row]),
+                step_time_p90_s=float(p90[row]),
+                data_wait_fraction=float(np.nan_to_num(data_frac[row])),
+                comm_fraction=float(np.nan_to_num(comm_frac[row])),
             )
         )
-    steady = duration[keep]
-    total = steady.sum()
-    n_steps = int(steps["step"].max()) + 1 if len(steps) else 0
+    job = job[np.isfinite(job)]
+    grand = float(np.nansum(duration))
     return Summary(
         steps=n_steps,
         duration_s=_duration_s(run),
-        step_time_p50_s=float(np.median(_job_step_times(run, keep))) if keep.any() else None,
-        step_time_p90_s=float(np.percentile(_job_step_times(run, keep), 90))
-        if keep.any()
-        else None,
-        comm_fraction=float(steps["comm_ns"][keep].sum() / 1e9 / total) if total > 0 else None,
-        data_wait_fraction=float(steps["data_wait_ns"][keep].sum() / 1e9 / total)
-        if total > 0
-        else None,
+        step_time_p50_s=float(np.median(job)) if len(job) else None,
+        step_time_p90_s=float(np.percentile(job, 90)) if len(job) else None,
+        comm_fraction=float(np.nansum(blocked) / grand) if grand > 0 else None,
+        data_wait_fraction=float(np.nansum(data) / grand) if grand > 0 else None,
         per_rank=per_rank,
         per_op=op_stats(run, inst),
     )
-
-
-def _job_step_times(run: RunData, keep: np.ndarray) -> np.ndarray:
-    """The job's step time: for each step, the slowest rank's (synchronous training)."""
-    steps = run.steps
-    index = steps["step"][keep]
-    duration = (steps["t_end_ns"][keep] - steps["t_start_ns"][keep]) / 1e9
-    uniq, inverse = np.unique(index, return_inverse=True)
-    out = np.zeros(len(uniq))
-    np.maximum.at(out, inverse, duration)
-    return out
 
 
 def _duration_s(run: RunData) -> float:

@@ -1,0 +1,93 @@
+"""Small hand-made runs, built in memory, for testing analyzers edge by edge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mrcdiag.store.reader import Columns, GroupInfo, RankInfo, RunData
+from mrcdiag.store.schema import OP_CODE
+
+MS = 1_000_000  # ns
+
+
+def rank_info(rank: int, host: str = "h0", closed: bool = True, stuck=None) -> RankInfo:  # noqa: ANN001
+    return RankInfo(rank, host, rank, 0, 0, 0, "shared_clock", closed, 0, 0, 0, stuck, None)
+
+
+def make_run(
+    world: int,
+    steps: list[tuple],  # (rank, step, start_ns, end_ns, data_wait_ns, comm_ns)
+    collectives: list[tuple],  # (rank, op, group, seq, nbytes, arrive_ns, end_ns, step, async)
+    groups: list[tuple[int, ...]] | None = None,
+    hosts: dict[int, str] | None = None,
+    closed: dict[int, bool] | None = None,
+    stuck: dict[int, dict] | None = None,
+) -> RunData:
+    groups = groups or [tuple(range(world))]
+    hosts = hosts or {}
+    ranks = {
+        r: rank_info(r, hosts.get(r, "h0"), (closed or {}).get(r, True), (stuck or {}).get(r))
+        for r in range(world)
+    }
+    s = np.array(steps, dtype=np.int64).reshape(-1, 6)
+    c = np.array([(r, OP_CODE[op], g, q, b, a, e, st, int(asy))
+                  for r, op, g, q, b, a, e, st, asy in collectives], dtype=np.int64).reshape(-1, 9)
+    return RunData(
+        run_dirs=[Path("handmade")],
+        run={"job": "handmade"},
+        world_size=world,
+        ranks=ranks,
+        groups=[GroupInfo(str(i), g, "gloo") for i, g in enumerate(groups)],
+        collectives=Columns({
+            "op": c[:, 1].astype(np.uint8), "source": np.zeros(len(c), np.uint8),
+            "group": c[:, 2].astype(np.int32), "seq": c[:, 3], "peer": np.full(len(c), -1),
+            "nbytes": c[:, 4], "dtype": np.ones(len(c), np.uint8),
+            "is_async": c[:, 8].astype(bool), "t_arrive_ns": c[:, 5], "t_end_ns": c[:, 6],
+            "step": c[:, 7].astype(np.int32), "rank": c[:, 0].astype(np.int32),
+        }),
+        steps=Columns({
+            "step": s[:, 1].astype(np.int32), "t_start_ns": s[:, 2], "t_end_ns": s[:, 3],
+            "data_wait_ns": s[:, 4], "comm_ns": s[:, 5],
+            "n_collectives": np.ones(len(s), np.int32), "rank": s[:, 0].astype(np.int32),
+        }),
+    )
+
+
+def lockstep(
+    world: int,
+    n_steps: int,
+    compute_ms: dict[int, float] | float = 10.0,
+    noise_ms: float = 0.2,
+    buckets: int = 1,
+    is_async: bool = False,
+    group: tuple[int, ...] | None = None,
+    data_ms: dict[int, float] | None = None,
+    seed: int = 0,
+) -> RunData:
+    """Synchronous steps: compute, then `buckets` collectives that end together."""
+    rng = np.random.default_rng(seed)
+    members = group or tuple(range(world))
+    steps, colls = [], []
+    t = 0
+    seq = 0
+    for k in range(n_steps):
+        arrive = {}
+        for r in range(world):
+            base = compute_ms[r] if isinstance(compute_ms, dict) else compute_ms
+            d = (data_ms or {}).get(r, 0.0)
+            arrive[r] = t + int((base + d + abs(rng.normal(0, noise_ms))) * MS)
+        last = max(arrive[r] for r in members)
+        end = last + 2 * MS
+        for b in range(buckets):
+            seq += 1
+            for r in members:
+                colls.append((r, "all_reduce", 0, seq, 1 << 20, arrive[r] + b * 1000,
+                              end + b * 1000, k, is_async))
+        for r in range(world):
+            d = (data_ms or {}).get(r, 0.0)
+            steps.append((r, k, t, end + buckets * 1000, int(d * MS),
+                          0 if is_async else end - arrive[r]))
+        t = end + buckets * 1000
+    return make_run(world, steps, colls, groups=[members])

@@ -1,0 +1,120 @@
+"""Each analyzer on small hand-made runs, including the edges."""
+
+from __future__ import annotations
+
+import numpy as np
+from handmade import MS, lockstep, make_run
+
+from mrcdiag.analyzers import analyze
+from mrcdiag.analyzers.slowdown import change_point
+
+
+def kinds(analysis) -> list[tuple[str, str, tuple]]:  # noqa: ANN001
+    return [(f.kind, f.cause, f.ranks) for f in analysis.findings if f.severity != "info"]
+
+
+def test_balanced_ranks_raise_nothing() -> None:
+    assert kinds(analyze(lockstep(4, 60))) == []
+
+
+def test_one_slow_rank_is_the_only_straggler_with_its_cost() -> None:
+    a = analyze(lockstep(4, 60, compute_ms={0: 10, 1: 10, 2: 15, 3: 10}))
+    stragglers = [f for f in a.findings if f.kind == "straggler"]
+    assert [(f.ranks, f.cause) for f in stragglers] == [((2,), "slow_compute")]
+    # 5 ms late in each of the 57 steady steps, less the others' noise
+    assert abs(stragglers[0].time_lost_s - 0.005 * 57) < 0.05
+
+
+def test_single_rank_run_has_a_summary_and_no_findings() -> None:
+    a = analyze(lockstep(1, 20))
+    assert a.findings == []
+    assert a.summary.step_time_p50_s is not None
+
+
+def test_single_step_run_does_not_fail() -> None:
+    a = analyze(lockstep(3, 1, compute_ms={0: 10, 1: 50, 2: 10}))
+    assert [f for f in a.findings if f.kind == "straggler"] == []
+    assert a.summary.steps == 1
+
+
+def test_lateness_inside_a_group_that_is_not_the_world() -> None:
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 18, 2: 10, 3: 10}, group=(0, 1))
+    stragglers = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert [f.ranks for f in stragglers] == [(1,)]
+
+
+def test_overlapping_async_buckets_are_counted_once_per_step() -> None:
+    run = lockstep(3, 40, compute_ms={0: 10, 1: 20, 2: 10}, buckets=4, is_async=True)
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert abs(finding.time_lost_s - 0.010 * 37) < 0.03  # not 4x that
+
+
+def test_slow_dataloader_is_named() -> None:
+    run = lockstep(3, 40, data_ms={2: 8})
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (2,) and finding.cause == "data_loading"
+
+
+def test_every_rank_of_one_node_late_is_one_slow_node_finding() -> None:
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 16, 3: 16})
+    for r in (2, 3):
+        run.ranks[r].host = "h1"
+    stragglers = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert [(f.cause, f.nodes, f.ranks) for f in stragglers] == [("slow_node", ("h1",), (2, 3))]
+
+
+def test_change_point_is_found_where_the_level_moves() -> None:
+    rng = np.random.default_rng(1)
+    x = np.r_[rng.normal(10, 0.3, 70), rng.normal(14, 0.3, 50)]
+    assert abs(change_point(x) - 70) <= 2
+
+
+def test_everyone_slower_from_a_step_on_is_a_slowdown() -> None:
+    before = lockstep(3, 40, seed=1)
+    after = lockstep(3, 40, compute_ms=16.0, seed=2)
+    shift = int(before.steps["t_end_ns"].max())
+    steps = [(int(r), int(k), int(a), int(b), 0, 0) for r, k, a, b in zip(
+        before.steps["rank"], before.steps["step"], before.steps["t_start_ns"],
+        before.steps["t_end_ns"], strict=True)]
+    steps += [(int(r), int(k) + 40, int(a) + shift, int(b) + shift, 0, 0) for r, k, a, b in zip(
+        after.steps["rank"], after.steps["step"], after.steps["t_start_ns"],
+        after.steps["t_end_ns"], strict=True)]
+    colls = []
+    for run, dk, dt, dq in ((before, 0, 0, 0), (after, 40, shift, 40)):
+        c = run.collectives
+        colls += [(int(r), "all_reduce", 0, int(q) + dq, 1 << 20, int(a) + dt, int(e) + dt,
+                   int(k) + dk, False) for r, q, a, e, k in zip(
+                       c["rank"], c["seq"], c["t_arrive_ns"], c["t_end_ns"], c["step"],
+                       strict=True)]
+    a = analyze(make_run(3, steps, colls))
+    (slow,) = [f for f in a.findings if f.kind == "slowdown"]
+    assert abs(slow.evidence["start_step"] - 40) <= 2
+    assert [f for f in a.findings if f.kind == "straggler"] == []
+
+
+def test_a_rank_missing_from_the_last_collective_is_a_hang() -> None:
+    colls = []
+    for seq in range(1, 11):
+        for r in range(3):
+            if r == 2 and seq == 10:
+                continue
+            colls.append((r, "all_reduce", 0, seq, 4096, seq * MS, seq * MS + 100, seq, False))
+    stuck = {r: {"op": "all_reduce", "group_name": "0", "seq": 11, "nbytes": 4096}
+             for r in (0, 1)}
+    run = make_run(3, [], colls, closed={0: False, 1: False, 2: False}, stuck=stuck)
+    (hang,) = [f for f in analyze(run).findings if f.kind == "hang"]
+    assert hang.ranks == (2,) and hang.cause == "missing_rank"
+    assert hang.evidence["waiting"]["0"]["seq"] == 11
+    assert "all_reduce #11" in hang.summary
+
+
+def test_slow_group_among_equal_groups_is_a_slow_link() -> None:
+    colls = []
+    for seq in range(1, 21):
+        for g, members, ms in ((0, (0, 1), 1.0), (1, (2, 3), 4.0)):
+            for r in members:
+                colls.append((r, "all_reduce", g, seq, 8 << 20, seq * 10 * MS,
+                              seq * 10 * MS + int(ms * MS), 0, False))
+    run = make_run(4, [], colls, groups=[(0, 1), (2, 3)])
+    (link,) = [f for f in analyze(run).findings if f.cause == "slow_link"]
+    assert link.ranks == (2, 3)
