@@ -32,26 +32,46 @@ def make_run(
         for r in range(world)
     }
     s = np.array(steps, dtype=np.int64).reshape(-1, 6)
-    c = np.array([(r, OP_CODE[op], g, q, b, a, e, st, int(asy))
-                  for r, op, g, q, b, a, e, st, asy in collectives], dtype=np.int64).reshape(-1, 9)
+    c = np.array(
+        [
+            (r, OP_CODE[op], g, q, b, a, e, st, int(asy))
+            for r, op, g, q, b, a, e, st, asy in collectives
+        ],
+        dtype=np.int64,
+    ).reshape(-1, 9)
     return RunData(
         run_dirs=[Path("handmade")],
         run={"job": "handmade"},
         world_size=world,
         ranks=ranks,
         groups=[GroupInfo(str(i), g, "gloo") for i, g in enumerate(groups)],
-        collectives=Columns({
-            "op": c[:, 1].astype(np.uint8), "source": np.zeros(len(c), np.uint8),
-            "group": c[:, 2].astype(np.int32), "seq": c[:, 3], "peer": np.full(len(c), -1),
-            "nbytes": c[:, 4], "dtype": np.ones(len(c), np.uint8),
-            "is_async": c[:, 8].astype(bool), "t_arrive_ns": c[:, 5], "t_end_ns": c[:, 6],
-            "step": c[:, 7].astype(np.int32), "rank": c[:, 0].astype(np.int32),
-        }),
-        steps=Columns({
-            "step": s[:, 1].astype(np.int32), "t_start_ns": s[:, 2], "t_end_ns": s[:, 3],
-            "data_wait_ns": s[:, 4], "comm_ns": s[:, 5],
-            "n_collectives": np.ones(len(s), np.int32), "rank": s[:, 0].astype(np.int32),
-        }),
+        collectives=Columns(
+            {
+                "op": c[:, 1].astype(np.uint8),
+                "source": np.zeros(len(c), np.uint8),
+                "group": c[:, 2].astype(np.int32),
+                "seq": c[:, 3],
+                "peer": np.full(len(c), -1),
+                "nbytes": c[:, 4],
+                "dtype": np.ones(len(c), np.uint8),
+                "is_async": c[:, 8].astype(bool),
+                "t_arrive_ns": c[:, 5],
+                "t_end_ns": c[:, 6],
+                "step": c[:, 7].astype(np.int32),
+                "rank": c[:, 0].astype(np.int32),
+            }
+        ),
+        steps=Columns(
+            {
+                "step": s[:, 1].astype(np.int32),
+                "t_start_ns": s[:, 2],
+                "t_end_ns": s[:, 3],
+                "data_wait_ns": s[:, 4],
+                "comm_ns": s[:, 5],
+                "n_collectives": np.ones(len(s), np.int32),
+                "rank": s[:, 0].astype(np.int32),
+            }
+        ),
     )
 
 
@@ -83,11 +103,23 @@ def lockstep(
         for b in range(buckets):
             seq += 1
             for r in members:
-                colls.append((r, "all_reduce", 0, seq, 1 << 20, arrive[r] + b * 1000,
-                              end + b * 1000, k, is_async))
+                colls.append(
+                    (
+                        r,
+                        "all_reduce",
+                        0,
+                        seq,
+                        1 << 20,
+                        arrive[r] + b * 1000,
+                        end + b * 1000,
+                        k,
+                        is_async,
+                    )
+                )
         for r in range(world):
             d = (data_ms or {}).get(r, 0.0)
-            steps.append((r, k, t, end + buckets * 1000, int(d * MS),
-                          0 if is_async else end - arrive[r]))
+            steps.append(
+                (r, k, t, end + buckets * 1000, int(d * MS), 0 if is_async else end - arrive[r])
+            )
         t = end + buckets * 1000
     return make_run(world, steps, colls, groups=[members])

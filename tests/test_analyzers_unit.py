@@ -73,19 +73,45 @@ def test_everyone_slower_from_a_step_on_is_a_slowdown() -> None:
     before = lockstep(3, 40, seed=1)
     after = lockstep(3, 40, compute_ms=16.0, seed=2)
     shift = int(before.steps["t_end_ns"].max())
-    steps = [(int(r), int(k), int(a), int(b), 0, 0) for r, k, a, b in zip(
-        before.steps["rank"], before.steps["step"], before.steps["t_start_ns"],
-        before.steps["t_end_ns"], strict=True)]
-    steps += [(int(r), int(k) + 40, int(a) + shift, int(b) + shift, 0, 0) for r, k, a, b in zip(
-        after.steps["rank"], after.steps["step"], after.steps["t_start_ns"],
-        after.steps["t_end_ns"], strict=True)]
+    steps = [
+        (int(r), int(k), int(a), int(b), 0, 0)
+        for r, k, a, b in zip(
+            before.steps["rank"],
+            before.steps["step"],
+            before.steps["t_start_ns"],
+            before.steps["t_end_ns"],
+            strict=True,
+        )
+    ]
+    steps += [
+        (int(r), int(k) + 40, int(a) + shift, int(b) + shift, 0, 0)
+        for r, k, a, b in zip(
+            after.steps["rank"],
+            after.steps["step"],
+            after.steps["t_start_ns"],
+            after.steps["t_end_ns"],
+            strict=True,
+        )
+    ]
     colls = []
     for run, dk, dt, dq in ((before, 0, 0, 0), (after, 40, shift, 40)):
         c = run.collectives
-        colls += [(int(r), "all_reduce", 0, int(q) + dq, 1 << 20, int(a) + dt, int(e) + dt,
-                   int(k) + dk, False) for r, q, a, e, k in zip(
-                       c["rank"], c["seq"], c["t_arrive_ns"], c["t_end_ns"], c["step"],
-                       strict=True)]
+        colls += [
+            (
+                int(r),
+                "all_reduce",
+                0,
+                int(q) + dq,
+                1 << 20,
+                int(a) + dt,
+                int(e) + dt,
+                int(k) + dk,
+                False,
+            )
+            for r, q, a, e, k in zip(
+                c["rank"], c["seq"], c["t_arrive_ns"], c["t_end_ns"], c["step"], strict=True
+            )
+        ]
     a = analyze(make_run(3, steps, colls))
     (slow,) = [f for f in a.findings if f.kind == "slowdown"]
     assert abs(slow.evidence["start_step"] - 40) <= 2
@@ -99,8 +125,7 @@ def test_a_rank_missing_from_the_last_collective_is_a_hang() -> None:
             if r == 2 and seq == 10:
                 continue
             colls.append((r, "all_reduce", 0, seq, 4096, seq * MS, seq * MS + 100, seq, False))
-    stuck = {r: {"op": "all_reduce", "group_name": "0", "seq": 11, "nbytes": 4096}
-             for r in (0, 1)}
+    stuck = {r: {"op": "all_reduce", "group_name": "0", "seq": 11, "nbytes": 4096} for r in (0, 1)}
     run = make_run(3, [], colls, closed={0: False, 1: False, 2: False}, stuck=stuck)
     (hang,) = [f for f in analyze(run).findings if f.kind == "hang"]
     assert hang.ranks == (2,) and hang.cause == "missing_rank"
@@ -113,8 +138,19 @@ def test_slow_group_among_equal_groups_is_a_slow_link() -> None:
     for seq in range(1, 21):
         for g, members, ms in ((0, (0, 1), 1.0), (1, (2, 3), 4.0)):
             for r in members:
-                colls.append((r, "all_reduce", g, seq, 8 << 20, seq * 10 * MS,
-                              seq * 10 * MS + int(ms * MS), 0, False))
+                colls.append(
+                    (
+                        r,
+                        "all_reduce",
+                        g,
+                        seq,
+                        8 << 20,
+                        seq * 10 * MS,
+                        seq * 10 * MS + int(ms * MS),
+                        0,
+                        False,
+                    )
+                )
     run = make_run(4, [], colls, groups=[(0, 1), (2, 3)])
     (link,) = [f for f in analyze(run).findings if f.cause == "slow_link"]
     assert link.ranks == (2, 3)

@@ -28,7 +28,7 @@ from typing import Any
 
 from mrcdiag.agent import ops
 from mrcdiag.agent.log import warn_once
-from mrcdiag.agent.recorder import InFlight, Recorder
+from mrcdiag.agent.recorder import Recorder
 from mrcdiag.agent.steps import StepTracker
 from mrcdiag.store import schema
 
@@ -107,11 +107,11 @@ def _stop_recording(reason: str, exc: BaseException) -> None:
         session.recorder.event("disabled", reason=f"{reason}: {exc!r}")
 
 
-def _finish(session: _Session, row_head: tuple, flight: InFlight, key: int) -> None:
+def _finish(session: _Session, head: tuple, key: int) -> None:
     """Completion of an async op (future callback or Work.wait): write its row."""
     try:
         if session.recorder.pending.pop(key, None) is not None:
-            session.recorder.add_collective(row_head + (_now(), session.steps.index))
+            session.recorder.add_collective(head + (_now(), session.steps.index))
     except Exception as exc:  # noqa: BLE001
         _stop_recording("completion", exc)
 
@@ -137,43 +137,49 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
             else:
                 group.seq += 1
                 seq = group.seq
-            flight = InFlight(code, group.index, seq, shape.nbytes, t_arrive)
-        except Exception as exc:  # noqa: BLE001
-            _stop_recording(op_name, exc)
-            return orig(*args, **kwargs)
-        if not shape.is_async:
-            session.recorder.inflight = flight
-        tls.busy = True
-        try:
-            result = orig(*args, **kwargs)
-        finally:
-            tls.busy = False
-            session.recorder.inflight = None
-        t_end = _now()
-        try:
-            peer = shape.peer
-            if op_name == "recv" and peer < 0 and isinstance(result, int):
-                peer = result  # recv from any source returns who sent
+            # The row without its end: also what "in flight" means while we wait.
             head = (
                 code,
                 tls.source,
                 group.index,
                 seq,
-                peer,
+                shape.peer,
                 shape.nbytes,
                 shape.dtype,
                 shape.is_async,
                 t_arrive,
             )
-            steps = session.steps
-            if not shape.is_async:
-                session.recorder.add_collective(head + (t_end, steps.index))
-                steps.comm_ns += t_end - t_arrive
-                steps.n_collectives += 1
-            else:
-                steps.n_collectives += 1
+        except Exception as exc:  # noqa: BLE001
+            _stop_recording(op_name, exc)
+            return orig(*args, **kwargs)
+        recorder = session.recorder
+        tls.busy = True
+        if shape.is_async:
+            try:
+                result = orig(*args, **kwargs)
+            finally:
+                tls.busy = False
+            try:
+                session.steps.n_collectives += 1
                 work = result[-1] if isinstance(result, list) and result else result
-                _track_async(session, work, head, flight)
+                _track_async(session, work, head)
+            except Exception as exc:  # noqa: BLE001
+                _stop_recording(op_name, exc)
+            return result
+        recorder.inflight = head
+        try:
+            result = orig(*args, **kwargs)
+        finally:
+            tls.busy = False
+            recorder.inflight = None
+        t_end = _now()
+        try:
+            steps = session.steps
+            if is_p2p and shape.peer < 0 and isinstance(result, int):
+                head = head[:4] + (result,) + head[5:]  # recv from any source: the sender
+            recorder.add_collective(head + (t_end, steps.index))
+            steps.comm_ns += t_end - t_arrive
+            steps.n_collectives += 1
         except Exception as exc:  # noqa: BLE001
             _stop_recording(op_name, exc)
         return result
@@ -182,19 +188,19 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
     return wrapper
 
 
-def _track_async(session: _Session, work: Any, head: tuple, flight: InFlight) -> None:
+def _track_async(session: _Session, work: Any, head: tuple) -> None:
     if work is None:
         return
     key = id(work)
     recorder = session.recorder
-    recorder.pending[key] = (head, flight)
+    recorder.pending[key] = head
     if len(recorder.pending) > 100_000:  # works nobody waits for: do not grow forever
         recorder.pending.clear()
     try:
         future = work.get_future()
     except Exception:  # noqa: BLE001 - gloo p2p works have no future: Work.wait finishes them
         return
-    future.add_done_callback(lambda _f: _finish(session, head, flight, key))
+    future.add_done_callback(lambda _f: _finish(session, head, key))
 
 
 def _wrap_work_wait(orig: Any) -> Any:
@@ -203,18 +209,17 @@ def _wrap_work_wait(orig: Any) -> Any:
         session = _session
         if session is None:
             return orig(self, *args, **kwargs)
-        entry = session.recorder.pending.get(id(self))
-        if entry is None:
+        head = session.recorder.pending.get(id(self))
+        if head is None:
             return orig(self, *args, **kwargs)
         t0 = _now()
-        session.recorder.inflight = entry[1]
+        session.recorder.inflight = head
         try:
             result = orig(self, *args, **kwargs)
         finally:
             session.recorder.inflight = None
-        t1 = _now()
-        session.steps.comm_ns += t1 - t0
-        _finish(session, entry[0], entry[1], id(self))
+        session.steps.comm_ns += _now() - t0
+        _finish(session, head, id(self))
         return result
 
     wait.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
@@ -255,10 +260,9 @@ def _wrap_functional(name: str, orig: Any) -> Any:
                 True,
                 t_arrive,
             )
-            flight = InFlight(code, group.index, group.seq, nbytes, t_arrive)
             first = result[0] if isinstance(result, list) else result
             key = id(getattr(first, "elem", first))
-            session.recorder.pending[key] = (head, flight)
+            session.recorder.pending[key] = head
             session.steps.n_collectives += 1
         except Exception as exc:  # noqa: BLE001
             _stop_recording("functional " + name, exc)
@@ -281,13 +285,13 @@ def _wrap_wait_tensor(orig: Any) -> Any:
         session = _session
         if session is None:
             return orig(tensor)
-        entry = session.recorder.pending.get(id(tensor))
-        if entry is None:
+        head = session.recorder.pending.get(id(tensor))
+        if head is None:
             return orig(tensor)
         t0 = _now()
         result = orig(tensor)
         session.steps.comm_ns += _now() - t0
-        _finish(session, entry[0], entry[1], id(tensor))
+        _finish(session, head, id(tensor))
         return result
 
     wait_tensor.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]

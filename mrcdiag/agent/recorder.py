@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,8 @@ FLUSH_INTERVAL_S = 0.5
 DEFAULT_CAPACITY = 1 << 20
 # An in-flight collective older than this is written down, so a hang leaves a trace.
 INFLIGHT_REPORT_AFTER_NS = 1_000_000_000
-
-
-@dataclass
-class InFlight:
-    """What a rank is blocked in right now: enough for a flight-recorder style hang report."""
-
-    op: int
-    group: int
-    seq: int
-    nbytes: int
-    t_arrive_ns: int
+# Positions in a collective row (schema.COLLECTIVE_SCHEMA order).
+OP, GROUP, SEQ, NBYTES, ARRIVE = 0, 2, 3, 5, 8
 
 
 class Recorder:
@@ -47,9 +37,10 @@ class Recorder:
         self.steps: deque[tuple] = deque()
         self.new_groups: deque[dict[str, Any]] = deque()
         self.dropped = 0
-        self.inflight: InFlight | None = None
-        # id(work or tensor) -> (record without end, InFlight) for async ops not yet done
-        self.pending: dict[int, tuple[tuple, InFlight]] = {}
+        # The row (without end and step) of the collective the training thread is blocked
+        # in, and of async ones not yet complete, keyed by id(work or tensor).
+        self.inflight: tuple | None = None
+        self.pending: dict[int, tuple] = {}
         self.failed = False
         self._written_dropped = 0
         self._reported_inflight: tuple | None = None
@@ -121,22 +112,22 @@ class Recorder:
     def _note_inflight(self) -> None:
         now = time.monotonic_ns()
         candidates = [] if self.inflight is None else [self.inflight]
-        candidates += [flight for _, flight in list(self.pending.values())]
-        stuck = [c for c in candidates if now - c.t_arrive_ns > INFLIGHT_REPORT_AFTER_NS]
+        candidates += list(self.pending.values())
+        stuck = [c for c in candidates if now - c[ARRIVE] > INFLIGHT_REPORT_AFTER_NS]
         if not stuck:
             return
-        oldest = min(stuck, key=lambda c: c.t_arrive_ns)
-        key = (oldest.group, oldest.seq, oldest.op)
+        oldest = min(stuck, key=lambda c: c[ARRIVE])
+        key = (oldest[GROUP], oldest[SEQ], oldest[OP])
         if key == self._reported_inflight:
             return
         self._reported_inflight = key
         self.event(
             "in_collective",
-            op=schema.OPS[oldest.op],
-            group=oldest.group,
-            seq=oldest.seq,
-            nbytes=oldest.nbytes,
-            t_arrive_ns=oldest.t_arrive_ns,
+            op=schema.OPS[oldest[OP]],
+            group=oldest[GROUP],
+            seq=oldest[SEQ],
+            nbytes=oldest[NBYTES],
+            t_arrive_ns=oldest[ARRIVE],
         )
 
     def close(self, reason: str = "closed") -> None:

@@ -1,0 +1,36 @@
+"""A DDP step that is mostly compute, timed by itself; rank 0 writes its median step time."""
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=150)
+    args = p.parse_args()
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(6)]))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x = torch.randn(64, 512)
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+    if dist.get_rank() == 0:
+        with open(os.environ["BENCH_OUT"], "w") as f:
+            f.write(str(statistics.median(times[10:]) * 1e3))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

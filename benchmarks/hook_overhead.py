@@ -1,0 +1,131 @@
+"""Host-side cost of the hook per collective, and step-time overhead on a DDP job.
+
+    python benchmarks/hook_overhead.py [--calls 20000] [--rounds 7] [--ddp-pairs 5]
+
+1. Per collective: one process, a gloo group of size 1, all_reduce of a small tensor,
+   timed in alternating blocks with the hook recording and with the original function.
+   The difference of the medians is what the hook adds to each call.
+2. Step time: a 2-rank DDP job run bare and under `mrcdiag launch`, alternated; each run
+   times its own steps (median after warm-up); reported as instrumented / bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def per_call(calls: int, rounds: int) -> tuple[float, float]:
+    import torch
+    import torch.distributed as dist
+
+    from mrcdiag.agent import hook
+
+    hook.install(torch)
+    with tempfile.TemporaryDirectory() as tmp:
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=0, world_size=1)
+        import mrcdiag
+
+        assert mrcdiag.attach(run_dir=f"{tmp}/run", job="bench")
+        wrapped = dist.all_reduce
+        bare = wrapped.__mrcdiag_wrapped__
+        t = torch.ones(4)
+        # Alternate call by call so that drift (the gloo worker thread's wake-ups, the
+        # other core's load) hits both sides alike; compare medians of single calls.
+        bare_ns, hooked_ns = [], []
+        clock = time.perf_counter_ns
+        for _ in range(rounds):
+            for _ in range(calls // 2):
+                t0 = clock()
+                bare(t)
+                t1 = clock()
+                wrapped(t)
+                t2 = clock()
+                bare_ns.append(t1 - t0)
+                hooked_ns.append(t2 - t1)
+        # The wrapper alone, around a collective that does nothing: its own cost.
+        stub = hook._wrap_collective("all_reduce", lambda *a, **k: None)
+        t0 = clock()
+        for _ in range(calls):
+            stub(t)
+        stub_us = (clock() - t0) / calls / 1e3
+        hook.detach()
+        dist.destroy_process_group()
+    return statistics.median(bare_ns) / 1e3, statistics.median(hooked_ns) / 1e3, stub_us
+
+
+def ddp_step_ms(instrumented: bool, steps: int) -> float:
+    job = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "127.0.0.1:0",
+        str(HERE / "ddp_job.py"),
+        "--steps",
+        str(steps),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "step.txt"
+        env = dict(os.environ, OMP_NUM_THREADS="1", BENCH_OUT=str(out))
+        cmd = job
+        if instrumented:
+            cmd = [
+                sys.executable,
+                "-m",
+                "mrcdiag.cli",
+                "launch",
+                "--run-dir",
+                f"{tmp}/run",
+                "--metrics-port",
+                "0",
+                "--metrics-addr",
+                "127.0.0.1",
+                "--",
+                *job,
+            ]
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        return float(out.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--calls", type=int, default=20000)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--ddp-pairs", type=int, default=5)
+    p.add_argument("--ddp-steps", type=int, default=150)
+    args = p.parse_args()
+    bare, hooked, stub = per_call(args.calls, args.rounds)
+    print(f"wrapper alone (recording, around a no-op collective): {stub:.2f} us per call")
+    print(
+        f"all_reduce on a 1-rank gloo group, alternated call by call: bare {bare:.2f} us, "
+        f"hooked {hooked:.2f} us, difference {hooked - bare:.2f} us "
+        f"(medians of {args.rounds * args.calls // 2} calls each)"
+    )
+    if args.ddp_pairs == 0:
+        return
+    bare_ms, inst_ms = [], []
+    for _ in range(args.ddp_pairs):
+        bare_ms.append(ddp_step_ms(False, args.ddp_steps))
+        inst_ms.append(ddp_step_ms(True, args.ddp_steps))
+    b, i = statistics.median(bare_ms), statistics.median(inst_ms)
+    print(
+        f"DDP step time, 2 ranks: bare {b:.2f} ms, instrumented {i:.2f} ms, ratio {i / b:.3f} "
+        f"(medians of {args.ddp_pairs} alternated runs; bare {bare_ms}, inst {inst_ms})"
+    )
+
+
+if __name__ == "__main__":
+    main()
