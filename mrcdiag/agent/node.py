@@ -28,9 +28,10 @@ def default_collectors(common: dict[str, str], ranks: RankCollector | None) -> l
     collectors: list[Any] = [
         HostCollector(common, ranks.rank_processes if ranks else list),
     ]
+    rank_processes = ranks.rank_processes if ranks else list
     for factory in _optional_factories():
         try:
-            collector = factory(common)
+            collector = factory(common, rank_processes)
         except Exception as exc:  # noqa: BLE001 - e.g. NVML present but broken
             warn_once(f"collector-{factory.__name__}", f"{factory.__name__}: {exc}")
             continue
