@@ -1,0 +1,72 @@
+"""A fake `amdsmi`: the calls, enums and exception the collector uses, answering like the
+library for a list of fake GPUs (including ERR_NOT_SUPPORTED)."""
+
+from __future__ import annotations
+
+import enum
+import types
+
+
+class AmdSmiRetCode(enum.IntEnum):
+    SUCCESS = 0
+    ERR_NOT_SUPPORTED = 2
+    ERR_NO_PERM = 10
+
+
+class AmdSmiLibraryException(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"amdsmi error {code}")
+        self.err_code = code
+
+    def get_error_code(self) -> int:
+        return self.err_code
+
+
+def make_fake_amdsmi(gpus: list[dict], init_fails: bool = False) -> types.ModuleType:
+    m = types.ModuleType("amdsmi")
+    m.AmdSmiRetCode = AmdSmiRetCode
+    m.AmdSmiLibraryException = AmdSmiLibraryException
+    m.AmdSmiInitFlags = types.SimpleNamespace(INIT_AMD_GPUS=2)
+    m.AmdSmiClkType = types.SimpleNamespace(GFX=0, MEM=1)
+    m.AmdSmiTemperatureType = types.SimpleNamespace(EDGE=0, HOTSPOT=1)
+    m.AmdSmiTemperatureMetric = types.SimpleNamespace(CURRENT=0)
+
+    def init(flags: int) -> None:
+        if init_fails:
+            raise AmdSmiLibraryException(AmdSmiRetCode.ERR_NO_PERM)
+
+    def field(name: str):  # noqa: ANN202
+        def get(h: int, *args: object) -> object:
+            g = gpus[h]
+            if name in g.get("unsupported", ()):
+                raise AmdSmiLibraryException(AmdSmiRetCode.ERR_NOT_SUPPORTED)
+            return g[name]
+
+        return get
+
+    m.amdsmi_init = init
+    m.amdsmi_get_processor_handles = lambda: list(range(len(gpus)))
+    for name in ("activity", "vram_usage", "power_info", "total_ecc_count", "pci_throughput",
+                 "metrics_info"):
+        setattr(m, f"amdsmi_get_gpu_{name}", field(name))
+    m.amdsmi_get_power_info = field("power_info")
+    m.amdsmi_get_clock_info = field("clock_info")
+    m.amdsmi_get_temp_metric = field("temperature")
+    return m
+
+
+def mi300(**overrides: object) -> dict:
+    gpu = {
+        "activity": {"gfx_activity": 85, "umc_activity": 35, "mm_activity": 0},
+        "vram_usage": {"vram_used": 4096, "vram_total": 196608},
+        "clock_info": {"clk": 2100, "max_clk": 2100, "min_clk": 500},
+        "power_info": {"current_socket_power": 600, "power_limit": 750},
+        "temperature": 55,
+        "total_ecc_count": {"correctable_count": 1, "uncorrectable_count": 0},
+        "pci_throughput": {"sent": 1000, "received": 2000, "max_pkt_sz": 256},
+        "metrics_info": {"xgmi_read_data_acc": [10, 20, 0, 0], "xgmi_write_data_acc": [5, 5, 0, 0],
+                         "throttle_status": 0},
+        "unsupported": set(),
+    }
+    gpu.update(overrides)
+    return gpu
