@@ -149,11 +149,24 @@ def _guess_job(command: tuple[str, ...]) -> str:
     help="Write the report to this file instead of standard output.",
 )
 @click.option(
+    "--expected-busbw",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="GBPS",
+    help="Bus bandwidth the fabric should reach (GB/s, nccl-tests busbw); below half of it "
+    "is a low_bus_bandwidth finding.",
+)
+@click.option(
     "--fail-on",
     type=click.Choice(["warning", "critical"]),
     help="Exit with 3 when a finding reaches this severity (for CI and schedulers).",
 )
-def report(run_dirs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: str | None) -> None:
+def report(
+    run_dirs: tuple[Path, ...],
+    fmt: str,
+    output: Path | None,
+    expected_busbw: float | None,
+    fail_on: str | None,
+) -> None:
     """Explain a run: what made it slow, where, and what it cost.
 
     \b
@@ -167,7 +180,7 @@ def report(run_dirs: tuple[Path, ...], fmt: str, output: Path | None, fail_on: s
     from mrcdiag.store.reader import RunDirError, read_run
 
     try:
-        analysis = analyze(read_run(run_dirs))
+        analysis = analyze(read_run(run_dirs), expected_busbw_gbps=expected_busbw)
     except RunDirError as exc:
         raise click.ClickException(str(exc)) from None
     if fmt == "json":
@@ -297,7 +310,9 @@ def demo(steps: int, slow_ms: float, run_dir: Path | None) -> None:
     if code != 0:
         raise click.ClickException(f"the demo job failed with exit code {code}")
     ctx = click.get_current_context()
-    ctx.invoke(report, run_dirs=(directory,), fmt="text", output=None, fail_on=None)
+    ctx.invoke(
+        report, run_dirs=(directory,), fmt="text", output=None, expected_busbw=None, fail_on=None
+    )
     click.echo(f"\nThe run directory is {directory}", err=True)
 
 

@@ -21,8 +21,13 @@ def free_port() -> int:
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path] | None = None,
-                 interval: str = "1s") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        targets: list[str],
+        rule_files: list[Path] | None = None,
+        interval: str = "1s",
+    ) -> None:
         binary = shutil.which("prometheus")
         if binary is None:
             pytest.skip("prometheus is not installed (apt-get install -y prometheus)")
@@ -38,9 +43,14 @@ class Prometheus:
         )
         self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         self.wait_until(lambda: self._get("/-/ready") is not None, 30, "Prometheus to start")
 

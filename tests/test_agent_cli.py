@@ -17,7 +17,9 @@ def test_agent_on_a_port_in_use_is_one_line() -> None:
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
-    assert lines[-1].startswith("Error: cannot listen on 127.0.0.1:") and "Pick another" in lines[-1]
+    assert (
+        lines[-1].startswith("Error: cannot listen on 127.0.0.1:") and "Pick another" in lines[-1]
+    )
 
 
 def test_agent_with_a_bad_interval_is_a_usage_error() -> None:

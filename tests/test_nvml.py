@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from fakes.fake_pynvml import FakeGpu, make_fake_nvml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from fakes.fake_pynvml import FakeGpu, make_fake_nvml
 from mrcdiag.collectors import nvml as nvml_collector
 
 COMMON = {"job": "j", "node": "n"}
@@ -32,13 +32,16 @@ def test_reads_every_metric_of_eight_gpus() -> None:
     c.read()  # GPM rates need two samples
     samples = c.read()
     assert values(samples, "mrcdiag_gpu_up") and all(
-        v == 1.0 for v in values(samples, "mrcdiag_gpu_up").values())
+        v == 1.0 for v in values(samples, "mrcdiag_gpu_up").values()
+    )
     util = values(samples, "mrcdiag_gpu_utilization_ratio")
     assert util[(("gpu", "0"),)] == 0.9
     bw = values(samples, "mrcdiag_gpu_memory_bandwidth_utilization_ratio")
     assert bw[(("gpu", "0"),)] == 0.55  # GPM DRAM_BW_UTIL
     assert bw[(("gpu", "6"),)] == 0.40  # fallback: utilization.memory
-    assert values(samples, "mrcdiag_gpu_tensor_activity_ratio")[(("gpu", "1"),)] == pytest.approx(0.7)
+    assert values(samples, "mrcdiag_gpu_tensor_activity_ratio")[(("gpu", "1"),)] == pytest.approx(
+        0.7
+    )
     clocks = values(samples, "mrcdiag_gpu_sm_clock_hertz")
     assert clocks[(("gpu", "2"),)] == 1.2e9
     events = values(samples, "mrcdiag_gpu_clock_event_active")

@@ -19,22 +19,47 @@ def test_prometheus_sees_rank_step_collective_and_host_series(tmp_path: Path) ->
     job = None
     try:
         job = subprocess.Popen(
-            [sys.executable, "-m", "mrcdiag.cli", "launch", "--run-dir", str(tmp_path / "run"),
-             "--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--job", "promtest",
-             "--interval", "0.5", "--",
-             *torchrun(2, ["-m", "mrcdiag.demo_job", "--steps", "2000", "--work-ms", "5"])],
-            env=job_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "mrcdiag.cli",
+                "launch",
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--metrics-port",
+                str(port),
+                "--metrics-addr",
+                "127.0.0.1",
+                "--job",
+                "promtest",
+                "--interval",
+                "0.5",
+                "--",
+                *torchrun(2, ["-m", "mrcdiag.demo_job", "--steps", "2000", "--work-ms", "5"]),
+            ],
+            env=job_env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
         def have(q: str, n: int = 1):  # noqa: ANN202
             return lambda: len(prom.query(q)) >= n
 
         prom.wait_until(have('mrcdiag_steps_total{job="promtest"} > 0', 2), 90, "step series")
-        prom.wait_until(have(
-            'sum by (rank, op) (mrcdiag_collective_duration_seconds_count{job="promtest"}) > 0', 2
-        ), 30, "collective histograms")
-        steps = prom.query('histogram_quantile(0.5, sum by (rank, le) '
-                           '(rate(mrcdiag_step_duration_seconds_bucket{job="promtest"}[5s])))')
+        prom.wait_until(
+            have(
+                'sum by (rank, op) (mrcdiag_collective_duration_seconds_count{job="promtest"}) > 0',
+                2,
+            ),
+            30,
+            "collective histograms",
+        )
+        steps = prom.query(
+            "histogram_quantile(0.5, sum by (rank, le) "
+            '(rate(mrcdiag_step_duration_seconds_bucket{job="promtest"}[5s])))'
+        )
         assert {r["metric"]["rank"] for r in steps} == {"0", "1"}
         ops = prom.query('sum by (op) (mrcdiag_collective_bytes_total{job="promtest"})')
         assert "all_reduce" in {r["metric"]["op"] for r in ops}

@@ -71,3 +71,22 @@ def test_unwritable_output(small_run: Path, tmp_path: Path) -> None:
         mrcdiag("report", str(small_run), "-o", str(tmp_path / "missing" / "r.txt"))
     )
     assert "cannot write" in line
+
+
+def test_fail_on_warning_exits_3_when_a_rank_straggles(tmp_path: Path) -> None:
+    slow = write_synthetic_run(
+        tmp_path / "slow", SyntheticSpec(ranks=4, steps=60, slow_ranks=(1,), slow_factor=1.3)
+    )
+    proc = mrcdiag("report", str(slow), "--fail-on", "warning")
+    assert proc.returncode == 3 and "straggler" in proc.stdout
+    assert mrcdiag("report", str(slow), "--fail-on", "critical").returncode in (0, 3)
+
+
+def test_fail_on_warning_exits_0_on_a_clean_run(small_run: Path) -> None:
+    assert mrcdiag("report", str(small_run), "--fail-on", "warning").returncode == 0
+
+
+def test_expected_bus_bandwidth_far_above_reality_is_a_finding(small_run: Path) -> None:
+    proc = mrcdiag("report", str(small_run), "--format", "json", "--expected-busbw", "10000")
+    causes = {f["cause"] for f in json.loads(proc.stdout)["findings"]}
+    assert "low_bus_bandwidth" in causes

@@ -188,32 +188,48 @@ def _cpu_wait_rates(run: RunData) -> dict[int, float]:
     for samples in run.node_samples.values():
         names = samples["name"] == "mrcdiag_rank_cpu_wait_seconds_total"
         for labels in set(samples["labels"][names]):
-            fields = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
+            fields = _labels(labels)
             t, v = series(samples, "mrcdiag_rank_cpu_wait_seconds_total", labels)
             if len(t) >= 2 and t[-1] > t[0] and "rank" in fields:
                 rates[int(fields["rank"])] = float((v[-1] - v[0]) / ((t[-1] - t[0]) / 1e9))
     return rates
 
 
+def _labels(text: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in text.split(",") if "=" in kv)
+
+
+THROTTLE_REASONS = (
+    "sw_thermal",
+    "hw_thermal",
+    "sw_power_cap",
+    "hw_power_brake",
+    "hw_slowdown",
+    "amd_throttle",
+)
+
+
 def _gpu_throttle(run: RunData, rank: int) -> str:
-    """Names of thermal/power clock events seen on this rank's GPU, if samples exist."""
-    host = run.host_of(rank)
-    samples = run.node_samples.get(host)
+    """Thermal/power clock events seen on this rank's GPU, where GPU samples exist.
+
+    The rank's GPU comes from the agent's process map (mrcdiag_gpu_rank_info); without
+    it, GPU index = local rank, the usual one-process-per-GPU layout.
+    """
+    samples = run.node_samples.get(run.host_of(rank))
     if samples is None:
         return ""
     info = run.ranks.get(rank)
-    local = str(info.local_rank) if info else "?"
-    mask = (samples["name"] == "mrcdiag_gpu_clock_event_active") & (samples["value"] > 0)
+    gpu = str(info.local_rank) if info else "?"
+    mapped = samples["name"] == "mrcdiag_gpu_rank_info"
+    for labels in samples["labels"][mapped]:
+        fields = _labels(labels)
+        if fields.get("rank") == str(rank):
+            gpu = fields.get("gpu", gpu)
+    active = (samples["name"] == "mrcdiag_gpu_clock_event_active") & (samples["value"] > 0)
     seen = set()
-    for labels in samples["labels"][mask]:
-        fields = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
-        if fields.get("local_rank", fields.get("gpu")) == local and fields.get("reason") in (
-            "sw_thermal",
-            "hw_thermal",
-            "sw_power_cap",
-            "hw_power_brake",
-            "hw_slowdown",
-        ):
+    for labels in samples["labels"][active]:
+        fields = _labels(labels)
+        if fields.get("gpu") == gpu and fields.get("reason") in THROTTLE_REASONS:
             seen.add(fields["reason"])
     return ", ".join(sorted(seen))
 

@@ -81,8 +81,9 @@ class _Monotonic:
 
 
 class FabricCollector(SampleCollector):
-    def __init__(self, common_labels: dict[str, str],
-                 sysfs_root: Path = Path("/sys/class/infiniband")) -> None:
+    def __init__(
+        self, common_labels: dict[str, str], sysfs_root: Path = Path("/sys/class/infiniband")
+    ) -> None:
         super().__init__(common_labels)
         self.root = sysfs_root
         self.counters = _Monotonic()
@@ -113,8 +114,16 @@ class FabricCollector(SampleCollector):
         self.seen = present
         return out
 
-    def _counter(self, out: list[Sample], key: tuple, raw: int | None, name: str,
-                 labels: tuple, doc: str, scale: int = 1) -> None:
+    def _counter(
+        self,
+        out: list[Sample],
+        key: tuple,
+        raw: int | None,
+        name: str,
+        labels: tuple,
+        doc: str,
+        scale: int = 1,
+    ) -> None:
         if raw is None:
             return
         total = self.counters.update(key, raw)
@@ -126,52 +135,96 @@ class FabricCollector(SampleCollector):
         labels = (("device", device), ("port", port))
         state = _read(path / "state") or ""
         phys = _read(path / "phys_state") or ""
-        out.append(Sample("mrcdiag_fabric_port_up", 1.0 if "ACTIVE" in state else 0.0,
-                          labels + (("link_layer", link_layer),),
-                          help="1 while the port is ACTIVE"))
-        out.append(Sample("mrcdiag_fabric_port_physical_up", 1.0 if "LinkUp" in phys else 0.0,
-                          labels, help="1 while the physical link is up"))
+        out.append(
+            Sample(
+                "mrcdiag_fabric_port_up",
+                1.0 if "ACTIVE" in state else 0.0,
+                labels + (("link_layer", link_layer),),
+                help="1 while the port is ACTIVE",
+            )
+        )
+        out.append(
+            Sample(
+                "mrcdiag_fabric_port_physical_up",
+                1.0 if "LinkUp" in phys else 0.0,
+                labels,
+                help="1 while the physical link is up",
+            )
+        )
         rate = parse_rate_bytes_per_s(_read(path / "rate"))
         if rate is not None:
-            out.append(Sample("mrcdiag_fabric_port_rate_bytes_per_second", rate, labels,
-                              help="Negotiated link rate"))
+            out.append(
+                Sample(
+                    "mrcdiag_fabric_port_rate_bytes_per_second",
+                    rate,
+                    labels,
+                    help="Negotiated link rate",
+                )
+            )
         counters = path / "counters"
         key = (device, port)
         for raw_name, name, doc, scale in (
-            ("port_xmit_data", "mrcdiag_fabric_port_transmit_bytes_total", "Bytes sent",
-             WORD_BYTES),
-            ("port_rcv_data", "mrcdiag_fabric_port_receive_bytes_total", "Bytes received",
-             WORD_BYTES),
-            ("port_xmit_packets", "mrcdiag_fabric_port_transmit_packets_total",
-             "Packets sent", 1),
-            ("port_rcv_packets", "mrcdiag_fabric_port_receive_packets_total",
-             "Packets received", 1),
-            ("port_xmit_wait", "mrcdiag_fabric_port_transmit_wait_total",
-             "Ticks with data to send and no credit: congestion", 1),
-            ("link_downed", "mrcdiag_fabric_port_link_downed_total",
-             "Times the link went down", 1),
+            (
+                "port_xmit_data",
+                "mrcdiag_fabric_port_transmit_bytes_total",
+                "Bytes sent",
+                WORD_BYTES,
+            ),
+            (
+                "port_rcv_data",
+                "mrcdiag_fabric_port_receive_bytes_total",
+                "Bytes received",
+                WORD_BYTES,
+            ),
+            ("port_xmit_packets", "mrcdiag_fabric_port_transmit_packets_total", "Packets sent", 1),
+            (
+                "port_rcv_packets",
+                "mrcdiag_fabric_port_receive_packets_total",
+                "Packets received",
+                1,
+            ),
+            (
+                "port_xmit_wait",
+                "mrcdiag_fabric_port_transmit_wait_total",
+                "Ticks with data to send and no credit: congestion",
+                1,
+            ),
+            ("link_downed", "mrcdiag_fabric_port_link_downed_total", "Times the link went down", 1),
         ):
-            self._counter(out, key + (raw_name,), _int(_read(counters / raw_name)), name,
-                          labels, doc, scale)
+            self._counter(
+                out, key + (raw_name,), _int(_read(counters / raw_name)), name, labels, doc, scale
+            )
         for raw_name in ERROR_COUNTERS:
-            self._counter(out, key + (raw_name,), _int(_read(counters / raw_name)),
-                          "mrcdiag_fabric_port_errors_total",
-                          labels + (("counter", raw_name),), "Port error counters")
+            self._counter(
+                out,
+                key + (raw_name,),
+                _int(_read(counters / raw_name)),
+                "mrcdiag_fabric_port_errors_total",
+                labels + (("counter", raw_name),),
+                "Port error counters",
+            )
         hw = path / "hw_counters"
         try:
             hw_names = sorted(p.name for p in hw.iterdir())
         except OSError:
             hw_names = []
         for raw_name in hw_names:  # RoCE congestion and loss, whatever the driver exposes
-            self._counter(out, key + ("hw", raw_name), _int(_read(hw / raw_name)),
-                          "mrcdiag_fabric_hw_counter_total",
-                          labels + (("counter", raw_name),),
-                          "Driver hardware counters (RoCE ECN, CNP, retransmissions, ...)")
+            self._counter(
+                out,
+                key + ("hw", raw_name),
+                _int(_read(hw / raw_name)),
+                "mrcdiag_fabric_hw_counter_total",
+                labels + (("counter", raw_name),),
+                "Driver hardware counters (RoCE ECN, CNP, retransmissions, ...)",
+            )
         return out
 
 
-def create(common: dict[str, str], rank_processes: Callable | None = None,
-           sysfs_root: Path = Path("/sys/class/infiniband")) -> FabricCollector | None:
+def create(
+    common: dict[str, str],
+    rank_processes: Callable | None = None,
+    sysfs_root: Path = Path("/sys/class/infiniband"),
+) -> FabricCollector | None:
     """A fabric collector where the node has RDMA devices, else None."""
     if not sysfs_root.is_dir() or not any(sysfs_root.iterdir()):
         return None

@@ -128,29 +128,47 @@ class NvmlCollector(SampleCollector):
                 samples = self._read_gpu(gpu, handle, labels, pid_to_rank)
             except _Lost:
                 self.lost.add(gpu)
-                warn_once(f"gpu-lost-{gpu}", f"GPU {gpu} ({self.uuids[gpu]}) is lost; "
-                          "reporting it down")
+                warn_once(
+                    f"gpu-lost-{gpu}", f"GPU {gpu} ({self.uuids[gpu]}) is lost; reporting it down"
+                )
                 out.append(self._up(gpu, 0.0))
                 continue
             out.append(self._up(gpu, 1.0))
             out += samples
         for (gpu, xid), count in sorted(self.xid_counts.items()):
-            out.append(Sample("mrcdiag_gpu_xid_errors_total", count,
-                              (("gpu", str(gpu)), ("xid", str(xid))), "counter",
-                              "XID critical errors reported by the driver"))
+            out.append(
+                Sample(
+                    "mrcdiag_gpu_xid_errors_total",
+                    count,
+                    (("gpu", str(gpu)), ("xid", str(xid))),
+                    "counter",
+                    "XID critical errors reported by the driver",
+                )
+            )
         return out
 
     def _up(self, gpu: int, value: float) -> Sample:
-        return Sample("mrcdiag_gpu_up", value,
-                      (("gpu", str(gpu)), ("uuid", self.uuids[gpu]), ("name", self.names[gpu])),
-                      help="1 while the GPU answers NVML, 0 once it is lost")
+        return Sample(
+            "mrcdiag_gpu_up",
+            value,
+            (("gpu", str(gpu)), ("uuid", self.uuids[gpu]), ("name", self.names[gpu])),
+            help="1 while the GPU answers NVML, 0 once it is lost",
+        )
 
     def _read_gpu(self, gpu: int, h: Any, labels: tuple, pid_to_rank: dict) -> list[Sample]:
         nvml = self.nvml
         out: list[Sample] = []
 
-        def add(name: str, metric: str, fn: Any, *args: Any, scale: float = 1.0,
-                kind: str = "gauge", doc: str = "", extra: tuple = ()) -> Any:
+        def add(
+            name: str,
+            metric: str,
+            fn: Any,
+            *args: Any,
+            scale: float = 1.0,
+            kind: str = "gauge",
+            doc: str = "",
+            extra: tuple = (),
+        ) -> Any:
             try:
                 value = self._get(gpu, metric, fn, *args)
             except _Unsupported:
@@ -168,56 +186,140 @@ class NvmlCollector(SampleCollector):
         except _Unsupported:
             pass
         if util is not None:
-            out.append(Sample("mrcdiag_gpu_utilization_ratio", util.gpu / 100.0, labels,
-                              help="Share of time a kernel was running"))
+            out.append(
+                Sample(
+                    "mrcdiag_gpu_utilization_ratio",
+                    util.gpu / 100.0,
+                    labels,
+                    help="Share of time a kernel was running",
+                )
+            )
         gpm = self._gpm(gpu, h, labels) if self.gpm_supported.get(gpu) else []
         out += gpm
         if util is not None and not any(
             s.name == "mrcdiag_gpu_memory_bandwidth_utilization_ratio" for s in gpm
         ):
-            out.append(Sample("mrcdiag_gpu_memory_bandwidth_utilization_ratio",
-                              util.memory / 100.0, labels,
-                              help="Share of time device memory was read or written"))
+            out.append(
+                Sample(
+                    "mrcdiag_gpu_memory_bandwidth_utilization_ratio",
+                    util.memory / 100.0,
+                    labels,
+                    help="Share of time device memory was read or written",
+                )
+            )
         memory = None
         try:
             memory = self._get(gpu, "memory", nvml.nvmlDeviceGetMemoryInfo, h)
         except _Unsupported:
             pass
         if memory is not None:
-            out.append(Sample("mrcdiag_gpu_memory_used_bytes", float(memory.used), labels,
-                              help="Device memory in use"))
-            out.append(Sample("mrcdiag_gpu_memory_total_bytes", float(memory.total), labels,
-                              help="Device memory"))
-        add("mrcdiag_gpu_sm_clock_hertz", "sm_clock", nvml.nvmlDeviceGetClockInfo, h,
-            nvml.NVML_CLOCK_SM, scale=1e6, doc="Current SM clock")
-        add("mrcdiag_gpu_sm_clock_max_hertz", "sm_clock_max", nvml.nvmlDeviceGetMaxClockInfo, h,
-            nvml.NVML_CLOCK_SM, scale=1e6, doc="Maximum SM clock")
-        reasons_fn = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or getattr(
-            nvml, "nvmlDeviceGetCurrentClocksThrottleReasons")
+            out.append(
+                Sample(
+                    "mrcdiag_gpu_memory_used_bytes",
+                    float(memory.used),
+                    labels,
+                    help="Device memory in use",
+                )
+            )
+            out.append(
+                Sample(
+                    "mrcdiag_gpu_memory_total_bytes",
+                    float(memory.total),
+                    labels,
+                    help="Device memory",
+                )
+            )
+        add(
+            "mrcdiag_gpu_sm_clock_hertz",
+            "sm_clock",
+            nvml.nvmlDeviceGetClockInfo,
+            h,
+            nvml.NVML_CLOCK_SM,
+            scale=1e6,
+            doc="Current SM clock",
+        )
+        add(
+            "mrcdiag_gpu_sm_clock_max_hertz",
+            "sm_clock_max",
+            nvml.nvmlDeviceGetMaxClockInfo,
+            h,
+            nvml.NVML_CLOCK_SM,
+            scale=1e6,
+            doc="Maximum SM clock",
+        )
+        reasons_fn = (
+            getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+            or nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        )
         mask = add("", "clock_events", reasons_fn, h, scale=None)
         if mask is not None:
             for bit, reason in CLOCK_EVENT_REASONS.items():
-                out.append(Sample("mrcdiag_gpu_clock_event_active", 1.0 if mask & bit else 0.0,
-                                  labels + (("reason", reason),),
-                                  help="1 while this reason holds the clocks down"))
-        add("mrcdiag_gpu_power_watts", "power", nvml.nvmlDeviceGetPowerUsage, h, scale=1e-3,
-            doc="Power draw")
-        add("mrcdiag_gpu_power_limit_watts", "power_limit", nvml.nvmlDeviceGetEnforcedPowerLimit,
-            h, scale=1e-3, doc="Enforced power limit")
-        add("mrcdiag_gpu_temperature_celsius", "temperature", nvml.nvmlDeviceGetTemperature, h,
-            nvml.NVML_TEMPERATURE_GPU, doc="GPU temperature")
-        for kind, error_type in (("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
-                                 ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)):
-            add("mrcdiag_gpu_ecc_errors_total", f"ecc_{kind}", nvml.nvmlDeviceGetTotalEccErrors,
-                h, error_type, nvml.NVML_VOLATILE_ECC, kind="counter",
-                doc="ECC errors since the driver loaded", extra=(("type", kind),))
+                out.append(
+                    Sample(
+                        "mrcdiag_gpu_clock_event_active",
+                        1.0 if mask & bit else 0.0,
+                        labels + (("reason", reason),),
+                        help="1 while this reason holds the clocks down",
+                    )
+                )
+        add(
+            "mrcdiag_gpu_power_watts",
+            "power",
+            nvml.nvmlDeviceGetPowerUsage,
+            h,
+            scale=1e-3,
+            doc="Power draw",
+        )
+        add(
+            "mrcdiag_gpu_power_limit_watts",
+            "power_limit",
+            nvml.nvmlDeviceGetEnforcedPowerLimit,
+            h,
+            scale=1e-3,
+            doc="Enforced power limit",
+        )
+        add(
+            "mrcdiag_gpu_temperature_celsius",
+            "temperature",
+            nvml.nvmlDeviceGetTemperature,
+            h,
+            nvml.NVML_TEMPERATURE_GPU,
+            doc="GPU temperature",
+        )
+        for kind, error_type in (
+            ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        ):
+            add(
+                "mrcdiag_gpu_ecc_errors_total",
+                f"ecc_{kind}",
+                nvml.nvmlDeviceGetTotalEccErrors,
+                h,
+                error_type,
+                nvml.NVML_VOLATILE_ECC,
+                kind="counter",
+                doc="ECC errors since the driver loaded",
+                extra=(("type", kind),),
+            )
         if not any(s.name == "mrcdiag_gpu_pcie_transmit_bytes_per_second" for s in gpm):
-            add("mrcdiag_gpu_pcie_transmit_bytes_per_second", "pcie_tx",
-                nvml.nvmlDeviceGetPcieThroughput, h, nvml.NVML_PCIE_UTIL_TX_BYTES, scale=1024.0,
-                doc="PCIe traffic sent")
-            add("mrcdiag_gpu_pcie_receive_bytes_per_second", "pcie_rx",
-                nvml.nvmlDeviceGetPcieThroughput, h, nvml.NVML_PCIE_UTIL_RX_BYTES, scale=1024.0,
-                doc="PCIe traffic received")
+            add(
+                "mrcdiag_gpu_pcie_transmit_bytes_per_second",
+                "pcie_tx",
+                nvml.nvmlDeviceGetPcieThroughput,
+                h,
+                nvml.NVML_PCIE_UTIL_TX_BYTES,
+                scale=1024.0,
+                doc="PCIe traffic sent",
+            )
+            add(
+                "mrcdiag_gpu_pcie_receive_bytes_per_second",
+                "pcie_rx",
+                nvml.nvmlDeviceGetPcieThroughput,
+                h,
+                nvml.NVML_PCIE_UTIL_RX_BYTES,
+                scale=1024.0,
+                doc="PCIe traffic received",
+            )
         out += self._nvlink_counters(gpu, h, labels)
         out += self._processes(gpu, h, labels, pid_to_rank)
         return out
@@ -239,10 +341,16 @@ class NvmlCollector(SampleCollector):
             (getattr(nvml, const), name, 0.01) for const, name in GPM_PERCENT.items()
         ]
         wanted += [
-            (nvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC, "mrcdiag_gpu_pcie_transmit_bytes_per_second",
-             float(MIB)),
-            (nvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC, "mrcdiag_gpu_pcie_receive_bytes_per_second",
-             float(MIB)),
+            (
+                nvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+                "mrcdiag_gpu_pcie_transmit_bytes_per_second",
+                float(MIB),
+            ),
+            (
+                nvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+                "mrcdiag_gpu_pcie_receive_bytes_per_second",
+                float(MIB),
+            ),
         ]
         links = []
         for link in range(NVLINK_LINKS):
@@ -281,10 +389,22 @@ class NvmlCollector(SampleCollector):
                 totals[direction] += metric.value * MIB
                 seen = True
         if seen:
-            out.append(Sample("mrcdiag_gpu_nvlink_transmit_bytes_per_second", totals["TX"],
-                              labels, help="NVLink traffic sent, all links (GPM)"))
-            out.append(Sample("mrcdiag_gpu_nvlink_receive_bytes_per_second", totals["RX"],
-                              labels, help="NVLink traffic received, all links (GPM)"))
+            out.append(
+                Sample(
+                    "mrcdiag_gpu_nvlink_transmit_bytes_per_second",
+                    totals["TX"],
+                    labels,
+                    help="NVLink traffic sent, all links (GPM)",
+                )
+            )
+            out.append(
+                Sample(
+                    "mrcdiag_gpu_nvlink_receive_bytes_per_second",
+                    totals["RX"],
+                    labels,
+                    help="NVLink traffic received, all links (GPM)",
+                )
+            )
         return out
 
     def _nvlink_counters(self, gpu: int, h: Any, labels: tuple) -> list[Sample]:
@@ -292,8 +412,10 @@ class NvmlCollector(SampleCollector):
         nvml = self.nvml
         if (gpu, "nvlink_fields") in self.unsupported:
             return []
-        fields = [nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
-                  nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX]
+        fields = [
+            nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX,
+            nvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX,
+        ]
         try:
             values = self._get(gpu, "nvlink_fields", nvml.nvmlDeviceGetFieldValues, h, fields)
         except _Unsupported:
@@ -304,9 +426,15 @@ class NvmlCollector(SampleCollector):
         for value, name in zip(values, ("transmit", "receive"), strict=True):
             if getattr(value, "nvmlReturn", 0) != 0:
                 continue
-            out.append(Sample(f"mrcdiag_gpu_nvlink_{name}_bytes_total",
-                              float(value.value.ullVal) * 1024, labels, "counter",
-                              f"NVLink data {name}, all links"))
+            out.append(
+                Sample(
+                    f"mrcdiag_gpu_nvlink_{name}_bytes_total",
+                    float(value.value.ullVal) * 1024,
+                    labels,
+                    "counter",
+                    f"NVLink data {name}, all links",
+                )
+            )
         if not out:
             self.unsupported.add((gpu, "nvlink_fields"))
         return out
@@ -324,10 +452,15 @@ class NvmlCollector(SampleCollector):
         for proc in processes:
             if proc.pid in pid_to_rank:
                 rank, local = pid_to_rank[proc.pid]
-                out.append(Sample("mrcdiag_gpu_rank_info", 1.0,
-                                  labels + (("rank", str(rank)), ("local_rank", str(local)),
-                                            ("pid", str(proc.pid))),
-                                  help="Which rank's process runs on this GPU"))
+                out.append(
+                    Sample(
+                        "mrcdiag_gpu_rank_info",
+                        1.0,
+                        labels
+                        + (("rank", str(rank)), ("local_rank", str(local)), ("pid", str(proc.pid))),
+                        help="Which rank's process runs on this GPU",
+                    )
+                )
         return out
 
     def _drain_xid_events(self) -> None:
@@ -347,8 +480,9 @@ class NvmlCollector(SampleCollector):
             self.xid_counts[key] = self.xid_counts.get(key, 0) + 1
 
 
-def create(common: dict[str, str], rank_processes: Callable[[], list[RankProcess]] = list,
-           nvml: Any = None) -> NvmlCollector | None:
+def create(
+    common: dict[str, str], rank_processes: Callable[[], list[RankProcess]] = list, nvml: Any = None
+) -> NvmlCollector | None:
     """An NVML collector, or None (with one info line) where there is no NVIDIA driver."""
     if nvml is None:
         try:

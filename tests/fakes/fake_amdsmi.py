@@ -46,8 +46,14 @@ def make_fake_amdsmi(gpus: list[dict], init_fails: bool = False) -> types.Module
 
     m.amdsmi_init = init
     m.amdsmi_get_processor_handles = lambda: list(range(len(gpus)))
-    for name in ("activity", "vram_usage", "power_info", "total_ecc_count", "pci_throughput",
-                 "metrics_info"):
+    for name in (
+        "activity",
+        "vram_usage",
+        "power_info",
+        "total_ecc_count",
+        "pci_throughput",
+        "metrics_info",
+    ):
         setattr(m, f"amdsmi_get_gpu_{name}", field(name))
     m.amdsmi_get_power_info = field("power_info")
     m.amdsmi_get_clock_info = field("clock_info")
@@ -64,8 +70,11 @@ def mi300(**overrides: object) -> dict:
         "temperature": 55,
         "total_ecc_count": {"correctable_count": 1, "uncorrectable_count": 0},
         "pci_throughput": {"sent": 1000, "received": 2000, "max_pkt_sz": 256},
-        "metrics_info": {"xgmi_read_data_acc": [10, 20, 0, 0], "xgmi_write_data_acc": [5, 5, 0, 0],
-                         "throttle_status": 0},
+        "metrics_info": {
+            "xgmi_read_data_acc": [10, 20, 0, 0],
+            "xgmi_write_data_acc": [5, 5, 0, 0],
+            "throttle_status": 0,
+        },
         "unsupported": set(),
     }
     gpu.update(overrides)

@@ -49,8 +49,10 @@ class _Handle:
 def make_fake_nvml(gpus: list[FakeGpu], library_missing: bool = False) -> types.ModuleType:
     m = types.ModuleType("pynvml")
     for name in dir(real):  # constants, exception classes, ctypes structs
-        if not name.startswith("nvml") or name.startswith("nvmlClocks") or name.startswith(
-            "nvmlEventType"
+        if (
+            not name.startswith("nvml")
+            or name.startswith("nvmlClocks")
+            or name.startswith("nvmlEventType")
         ):
             setattr(m, name, getattr(real, name))
     handles = [_Handle(i) for i in range(len(gpus))]
@@ -76,12 +78,14 @@ def make_fake_nvml(gpus: list[FakeGpu], library_missing: bool = False) -> types.
     m.nvmlDeviceGetName = lambda h: gpus[h.index].name
     m.nvmlDeviceGetUUID = lambda h: f"GPU-fake-{h.index:04d}"
     m.nvmlDeviceGetUtilizationRates = lambda h: real.c_nvmlUtilization_t(
-        gpu(h, "utilization").util_gpu, gpu(h, "utilization").util_memory)
+        gpu(h, "utilization").util_gpu, gpu(h, "utilization").util_memory
+    )
 
     def memory(h: _Handle) -> types.SimpleNamespace:
         g = gpu(h, "memory")
-        return types.SimpleNamespace(used=g.mem_used, total=g.mem_total,
-                                     free=g.mem_total - g.mem_used)
+        return types.SimpleNamespace(
+            used=g.mem_used, total=g.mem_total, free=g.mem_total - g.mem_used
+        )
 
     m.nvmlDeviceGetMemoryInfo = memory
 
@@ -118,7 +122,8 @@ def make_fake_nvml(gpus: list[FakeGpu], library_missing: bool = False) -> types.
             values[i].fieldId = fid
             values[i].nvmlReturn = 0
             values[i].value.ullVal = (
-                g.nvlink_tx_kib if fid == real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
+                g.nvlink_tx_kib
+                if fid == real.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX
                 else g.nvlink_rx_kib
             )
         return values
@@ -177,8 +182,9 @@ def make_fake_nvml(gpus: list[FakeGpu], library_missing: bool = False) -> types.
         if not events:
             raise real.NVMLError_Timeout()
         index, xid = events.pop(0)
-        return types.SimpleNamespace(device=handles[index], eventData=xid,
-                                     eventType=real.nvmlEventTypeXidCriticalError)
+        return types.SimpleNamespace(
+            device=handles[index], eventData=xid, eventType=real.nvmlEventTypeXidCriticalError
+        )
 
     m.nvmlEventSetWait_v2 = event_wait
     m.nvmlEventTypeXidCriticalError = real.nvmlEventTypeXidCriticalError
