@@ -16,9 +16,9 @@ def main() -> None:
     args = p.parse_args()
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    model = DDP(torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(6)]))
+    model = DDP(torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(6)]))
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x = torch.randn(64, 512)
+    x = torch.randn(128, 1024)
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()

@@ -177,3 +177,16 @@ def test_slow_rank_whose_gpu_throttles_is_gpu_throttling() -> None:
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
     assert finding.ranks == (3,) and finding.cause == "gpu_throttling"
     assert finding.evidence["gpu_clock_events"] == "sw_thermal"
+
+
+def test_probe_locates_the_host_whose_links_are_slow() -> None:
+    run = lockstep(3, 30)
+    for r, host in enumerate(("a", "b", "c")):
+        run.ranks[r].host = host
+    run.link_probe = [
+        {"a": "a", "b": "b", "gbps": 0.01},
+        {"a": "a", "b": "c", "gbps": 1.0},
+        {"a": "b", "b": "c", "gbps": 0.012},
+    ]
+    links = [f for f in analyze(run).findings if f.cause == "slow_link"]
+    assert [(f.nodes, f.ranks) for f in links] == [(("b",), (1,))]

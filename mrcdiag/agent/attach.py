@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import mrcdiag
-from mrcdiag.agent import clock, hook
+from mrcdiag.agent import clock, hook, probe
 from mrcdiag.agent.log import warn_once
 from mrcdiag.agent.recorder import Recorder
 from mrcdiag.store import schema
@@ -72,11 +72,14 @@ def _attach(torch: Any, run_dir_arg: Any, job_arg: str | None) -> bool:
         t0 = time.monotonic_ns()
         estimate, hosts = clock.estimate_offsets(dist, torch, rank, world_size, group)
         clock_sync_s = (time.monotonic_ns() - t0) / 1e9
+        links = probe.probe_links(dist, torch, rank, hosts, group)
     rank_dir = hook.rank_dir_for(run_dir, rank)
     rank_dir.mkdir(parents=True, exist_ok=True)
     backend = str(dist.get_backend())
     if rank == 0:
         _write_run_files(run_dir, job, world_size, hosts, backend, torch.__version__)
+        if links:
+            write_json_atomic(run_dir / schema.PROBE_FILE, {"pairs": links})
     write_json_atomic(
         rank_dir / schema.RANK_META_FILE,
         {

@@ -36,7 +36,65 @@ def find_interconnect(
         if expected_busbw_gbps:
             findings += _below_expected(inst, bw, bucket, expected_busbw_gbps)
     findings += _exposed(m)
+    findings += slow_host_links(run, inst)
     return findings
+
+
+def slow_host_links(run: RunData, inst: Instances) -> list[Finding]:
+    """Hosts whose every probed link is far slower than the links between other hosts."""
+    pairs = [p for p in run.link_probe if p.get("gbps")]
+    hosts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
+    if len(hosts) < 2:
+        return []
+    out = []
+    for host in hosts:
+        mine = [p["gbps"] for p in pairs if host in (p["a"], p["b"])]
+        others = [p["gbps"] for p in pairs if host not in (p["a"], p["b"])]
+        if len(hosts) == 2:
+            others = []  # one link: it is slow or not, but not one host's more than the other's
+        if not mine or not others:
+            continue
+        ratio = float(np.median(mine) / np.median(others))
+        if ratio >= SLOW_GROUP:
+            continue
+        ranks = tuple(r for r, info in run.ranks.items() if info.host == host)
+        transfer_s = float(np.nansum(inst.transfer_ns) / 1e9) / max(len(run.ranks), 1)
+        busbw = _job_busbw(run, inst)
+        out.append(
+            Finding(
+                kind="interconnect",
+                severity="critical" if ratio < 0.2 else "warning",
+                cause="slow_link",
+                time_lost_s=transfer_s * (1 - ratio),
+                ranks=ranks,
+                nodes=(host,),
+                summary=f"the links of {host} carry {np.median(mine):.3f} GB/s against "
+                f"{np.median(others):.3f} GB/s between the other hosts "
+                f"({100 * ratio:.0f}%); every collective waits on them",
+                evidence={
+                    "located_by": "pairwise probe between hosts at attach (round trips over "
+                    "the gloo path)",
+                    "probe_gbps_of_host": [round(v, 4) for v in mine],
+                    "probe_gbps_other_links": [round(v, 4) for v in others],
+                    "job_busbw_gbps": busbw,
+                },
+                recommendation=f"check {host}'s NIC, cable and switch port (link rate, "
+                "errors, shaping or QoS); move the job off it to confirm",
+            )
+        )
+    return out
+
+
+def _job_busbw(run: RunData, inst: Instances) -> dict[str, float]:
+    if inst.n_instances == 0:
+        return {}
+    bw = busbw_gbps(inst, group_sizes(run, inst.group))
+    out = {}
+    for op in np.unique(inst.op):
+        vals = bw[(inst.op == op) & ~np.isnan(bw) & (inst.nbytes >= MIN_BYTES)]
+        if len(vals):
+            out[OPS[int(op)]] = round(float(np.median(vals)), 4)
+    return out
 
 
 def _slow_groups(run, inst, bw, bucket, sizes) -> list[Finding]:  # noqa: ANN001

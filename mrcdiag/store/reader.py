@@ -81,6 +81,7 @@ class RunData:
     steps: Columns  # + "rank", times aligned to rank 0
     problems: list[str] = field(default_factory=list)
     node_samples: dict[str, Columns] = field(default_factory=dict)  # host -> samples
+    link_probe: list[dict[str, Any]] = field(default_factory=list)  # probe.json pairs
 
     @property
     def hosts(self) -> list[str]:
@@ -170,7 +171,10 @@ def read_run(run_dirs: Path | str | Iterable[Path | str]) -> RunData:
     problems: list[str] = []
     run: dict[str, Any] = {}
     world: dict[str, Any] = {}
+    probe: dict[str, Any] = {}
     for d in dirs:
+        if (d / schema.PROBE_FILE).exists():
+            probe = probe or _read_json(d / schema.PROBE_FILE)
         if (d / schema.RUN_FILE).exists():
             run = run or _read_json(d / schema.RUN_FILE)
         if (d / schema.WORLD_FILE).exists():
@@ -189,7 +193,9 @@ def read_run(run_dirs: Path | str | Iterable[Path | str]) -> RunData:
             f"{dirs[0]} has no rank data yet: the job never reached init_process_group, "
             "or its workers did not run under `mrcdiag launch`"
         )
-    return _assemble(dirs, run, world, rank_dirs, problems)
+    data = _assemble(dirs, run, world, rank_dirs, problems)
+    data.link_probe = list(probe.get("pairs") or [])
+    return data
 
 
 def _assemble(

@@ -13,6 +13,7 @@ SCHEMA_VERSION = 1
 
 RUN_FILE = "run.json"  # written first by `launch` (or by rank 0 under the Python API)
 WORLD_FILE = "world.json"  # written by global rank 0 at attach: world size, hosts
+PROBE_FILE = "probe.json"  # pairwise link probe between hosts, by rank 0 at attach
 RANKS_DIR = "ranks"  # ranks/rank-00007/...
 RANK_META_FILE = "rank.json"
 COLLECTIVES_FILE = "collectives.arrows"

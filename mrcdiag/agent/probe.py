@@ -1,0 +1,66 @@
+"""Pairwise link probe between hosts at attach: which link is slow, not only that one is.
+
+A collective that waits on its slowest link is slow on every rank, so collective timings
+alone cannot say which host's link is at fault. As cluster validators and nccl-tests do,
+one rank per host exchanges a message with every other host's (a ring past 16 hosts) and
+times the round trip; a host whose every link is slow is the one to look at. The probe
+runs over the CPU (gloo) group, so it measures the path gloo takes: on NCCL jobs over
+InfiniBand that may be a different network than the collectives' (said in the finding).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+DEFAULT_BYTES = 1 << 20
+ROUNDS = 3
+ALL_PAIRS_UP_TO = 16
+
+
+def pairs_for(hosts: list[str]) -> list[tuple[int, int]]:
+    n = len(hosts)
+    if n <= ALL_PAIRS_UP_TO:
+        return [(i, j) for i in range(n) for j in range(i + 1, n)]
+    return [(i, (i + 1) % n) for i in range(n)]
+
+
+def probe_links(dist: Any, torch: Any, rank: int, rank_hosts: list[str], group: Any) -> list:
+    """Run on every rank; returns the measured pairs (the same list on every rank)."""
+    representatives: dict[str, int] = {}
+    for r, host in enumerate(rank_hosts):
+        representatives.setdefault(host, r)
+    hosts = list(representatives)
+    if len(hosts) < 2:
+        return []
+    nbytes = int(os.environ.get("MRCDIAG_PROBE_BYTES", DEFAULT_BYTES))
+    buf = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32)
+    mine = []
+    for i, j in pairs_for(hosts):
+        a, b = representatives[hosts[i]], representatives[hosts[j]]
+        if rank == a:
+            best = None
+            for _ in range(ROUNDS):
+                t0 = time.perf_counter()
+                dist.send(buf, dst=b, group=group)
+                dist.recv(buf, src=b, group=group)
+                rtt = time.perf_counter() - t0
+                best = rtt if best is None else min(best, rtt)
+            mine.append(
+                {
+                    "a": hosts[i],
+                    "b": hosts[j],
+                    "ranks": [a, b],
+                    "bytes": buf.numel() * 4,
+                    "rtt_s": best,
+                    "gbps": 2 * buf.numel() * 4 / best / 1e9,
+                }
+            )
+        elif rank == b:
+            for _ in range(ROUNDS):
+                dist.recv(buf, src=a, group=group)
+                dist.send(buf, dst=a, group=group)
+    gathered: list[Any] = [None] * len(rank_hosts)
+    dist.all_gather_object(gathered, mine, group=group)
+    return [pair for part in gathered for pair in part]
