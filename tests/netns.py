@@ -116,6 +116,14 @@ class Hosts:
                 capture_output=True,
             )
 
+    def unshape(self, host: int) -> None:
+        for ns, dev in ((self.names[host], "eth0"), (self.switch, f"{self.tag}v{host}")):
+            subprocess.run(
+                ["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"],
+                check=True,
+                capture_output=True,
+            )
+
     def cleanup(self) -> None:
         for proc in self.processes:
             if proc.poll() is None:
@@ -144,8 +152,12 @@ def launch_on_hosts(
     master_port: int = 29731,
     timeout: float = 120,
     extra_launch: list[str] | None = None,
+    host_env: dict[int, dict[str, str]] | None = None,
+    while_running=None,  # noqa: ANN001
 ) -> list[Path]:
-    """One `mrcdiag launch -- torchrun --node-rank i` per host; returns each host's run dir."""
+    """One `mrcdiag launch -- torchrun --node-rank i` per host; returns each host's run dir.
+
+    `while_running(run_dirs)` is called once every host has started."""
     run_dirs = []
     procs = []
     n = len(hosts.names)
@@ -186,10 +198,12 @@ def launch_on_hosts(
             hosts.start(
                 i,
                 argv,
-                {**env, "GLOO_SOCKET_IFNAME": "eth0"},
+                {**env, "GLOO_SOCKET_IFNAME": "eth0", **(host_env or {}).get(i, {})},
                 hosts.workdir / f"{hosts.hostnames[i]}.log",
             )
         )
+    if while_running is not None:
+        while_running(run_dirs)
     for i, proc in enumerate(procs):
         try:
             code = proc.wait(timeout=timeout)

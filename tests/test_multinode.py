@@ -73,3 +73,63 @@ def test_every_rank_of_one_host_burning_cpu_is_one_slow_node(tmp_path: Path) -> 
     ], serious
     meta = json.loads((run_dirs[1] / "ranks" / "rank-00002" / "rank.json").read_text())
     assert meta["host"] == "host1"
+
+
+def _wait_for_steps(run_dir: Path, rank: int, steps: int, timeout: float = 60) -> None:
+    import time
+
+    from mrcdiag.store.tail import StreamTail
+
+    tail = StreamTail(run_dir / "ranks" / f"rank-{rank:05d}" / "steps.arrows")
+    seen, deadline = 0, time.monotonic() + timeout
+    while seen < steps:
+        assert time.monotonic() < deadline, f"rank {rank} made only {seen} steps"
+        seen += sum(b.num_rows for b in tail.read_new())
+        time.sleep(0.05)  # polling a file another process appends to
+
+
+def test_retransmissions_during_a_slow_stretch_are_packet_loss_on_that_host(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from test_infiniband import write_port
+
+    trees = [tmp_path / f"sysfs{i}" for i in range(2)]
+    for tree in trees:
+        write_port(
+            tree,
+            "mlx5_0",
+            1,
+            {"port_xmit_data": 0, "link_downed": 0},
+            hw={"roce_adp_retrans": 0, "out_of_sequence": 0, "np_cnp_sent": 0},
+            link_layer="Ethernet",
+        )
+    hw = trees[1] / "mlx5_0" / "ports" / "1" / "hw_counters"
+
+    def degrade_host1(run_dirs: list[Path]) -> None:
+        _wait_for_steps(run_dirs[0], 0, 60)
+        hosts.shape(1, "20mbit")
+        for i in range(1, 31):  # the NIC retransmits while the link is bad
+            (hw / "roce_adp_retrans").write_text(f"{i * 40}\n")
+            (hw / "out_of_sequence").write_text(f"{i * 7}\n")
+            time.sleep(0.1)  # the fault lasts about three seconds of wall time
+        hosts.unshape(1)
+
+    with Hosts(2, tmp_path) as hosts:
+        run_dirs = launch_on_hosts(
+            hosts,
+            1,
+            demo_job("--steps", "260", "--work-ms", "8"),
+            job_env(),
+            extra_launch=["--interval", "0.25"],
+            timeout=180,
+            while_running=degrade_host1,
+            host_env={i: {"MRCDIAG_SYSFS_INFINIBAND": str(trees[i])} for i in range(2)},
+        )
+    serious = _serious(report_json(*run_dirs))
+    loss = [f for f in serious if f["cause"] == "packet_loss"]
+    assert [f["nodes"] for f in loss] == [["host1"]], serious
+    counters = loss[0]["evidence"]["counter_increase"]
+    assert any("roce_adp_retrans" in k and v == 1200 for k, v in counters.items())
+    assert not [f for f in serious if f["nodes"] == ["host0"] and f["kind"] == "interconnect"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mrcdiag.analyzers.fabric import find_fabric_causes
 from mrcdiag.analyzers.findings import Finding, sort_findings
 from mrcdiag.analyzers.hangs import find_hangs
 from mrcdiag.analyzers.idle import find_idle
@@ -37,4 +38,5 @@ def analyze(run: RunData, expected_busbw_gbps: float | None = None) -> Analysis:
     explained = any(f.severity != "info" for f in stragglers)
     findings += find_idle(run, matrix, explained)
     findings += find_interconnect(run, instances, matrix, expected_busbw_gbps)
+    findings += find_fabric_causes(run, matrix)
     return Analysis(run, instances, summary, matrix, sort_findings(findings))

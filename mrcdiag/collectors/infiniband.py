@@ -9,6 +9,7 @@ The sysfs root is a parameter so tests build the kernel's layout in a temporary 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -223,9 +224,14 @@ class FabricCollector(SampleCollector):
 def create(
     common: dict[str, str],
     rank_processes: Callable | None = None,
-    sysfs_root: Path = Path("/sys/class/infiniband"),
+    sysfs_root: Path | None = None,
 ) -> FabricCollector | None:
-    """A fabric collector where the node has RDMA devices, else None."""
+    """A fabric collector where the node has RDMA devices, else None.
+
+    MRCDIAG_SYSFS_INFINIBAND points it elsewhere (a container that mounts the host's sysfs
+    under another path, or a test tree)."""
+    if sysfs_root is None:
+        sysfs_root = Path(os.environ.get("MRCDIAG_SYSFS_INFINIBAND", "/sys/class/infiniband"))
     if not sysfs_root.is_dir() or not any(sysfs_root.iterdir()):
         return None
     return FabricCollector(common, sysfs_root)
