@@ -256,6 +256,40 @@ def agent(port: int, addr: str, interval: float, run_dir: Path | None, job: str)
     node_agent.stop()
 
 
+@main.group()
+def dashboards() -> None:
+    """Grafana dashboards: write them to files, or install them in a Grafana."""
+
+
+@dashboards.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def dashboards_export(directory: Path) -> None:
+    """Write the dashboards as JSON files that Grafana imports as they are."""
+    from mrcdiag.grafana.dashboards import export
+
+    try:
+        for path in export(directory):
+            click.echo(str(path))
+    except OSError as exc:
+        raise click.ClickException(f"cannot write to {directory}: {exc.strerror}") from None
+
+
+@dashboards.command("push")
+@click.option("--url", required=True, help="Grafana base URL, e.g. http://grafana:3000")
+@click.option("--token", envvar="GRAFANA_TOKEN", help="Service-account token [env GRAFANA_TOKEN].")
+@click.option("--folder", default="mrcdiag", show_default=True, help="Folder to put them in.")
+def dashboards_push(url: str, token: str | None, folder: str) -> None:
+    """Install or update the dashboards through the Grafana HTTP API (idempotent)."""
+    from mrcdiag.grafana.push import PushError, push
+
+    try:
+        titles = push(url, token, folder)
+    except PushError as exc:
+        raise click.ClickException(str(exc)) from None
+    for title in titles:
+        click.echo(f"pushed {title} into folder {folder!r}")
+
+
 @main.command()
 @click.option("--steps", type=click.IntRange(10, 10_000), default=60, show_default=True)
 @click.option(

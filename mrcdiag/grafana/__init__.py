@@ -1,0 +1,1 @@
+"""Grafana: dashboards generated from code, and pushing them through the HTTP API."""
