@@ -137,10 +137,17 @@ def _guess_job(command: tuple[str, ...]) -> str:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(["text", "json", "html", "perfetto"]),
     default="text",
     show_default=True,
-    help="text for people, json for pipelines.",
+    help="text for people, json for pipelines, html for a self-contained page with plots, "
+    "perfetto for a timeline (ui.perfetto.dev, chrome://tracing).",
+)
+@click.option(
+    "--compare",
+    "compare_to",
+    type=click.Path(path_type=Path),
+    help="A good run of the same job: show what changed (step time, bandwidth, findings).",
 )
 @click.option(
     "--output",
@@ -164,6 +171,7 @@ def report(
     run_dirs: tuple[Path, ...],
     fmt: str,
     output: Path | None,
+    compare_to: Path | None,
     expected_busbw: float | None,
     fail_on: str | None,
 ) -> None:
@@ -177,20 +185,46 @@ def report(
     """
     from mrcdiag.analyzers import analyze
     from mrcdiag.analyzers.findings import severity_rank
+    from mrcdiag.report.progress import reading_progress
     from mrcdiag.store.reader import RunDirError, read_run
 
     try:
-        analysis = analyze(read_run(run_dirs), expected_busbw_gbps=expected_busbw)
+        with reading_progress() as progress:
+            analysis = analyze(read_run(run_dirs, progress), expected_busbw_gbps=expected_busbw)
+            baseline = (
+                analyze(read_run([compare_to], progress), expected_busbw_gbps=expected_busbw)
+                if compare_to
+                else None
+            )
     except RunDirError as exc:
         raise click.ClickException(str(exc)) from None
+    if fmt in ("html", "perfetto") and output is None:
+        raise click.UsageError(f"--format {fmt} writes a file: add --output FILE")
+    diff = None
+    if baseline is not None:
+        from mrcdiag.report.compare import compare
+
+        diff = compare(analysis, baseline)
     if fmt == "json":
         from mrcdiag.report.json_report import render_json
 
-        text = render_json(analysis)
+        text = render_json(analysis, diff)
+    elif fmt == "html":
+        from mrcdiag.report.html import render_html
+
+        text = render_html(analysis, diff)
+    elif fmt == "perfetto":
+        from mrcdiag.report.perfetto import render_perfetto
+
+        text = render_perfetto(analysis)
     else:
         from mrcdiag.report.text import render_text
 
         text = render_text(analysis, color=False if output else None)
+        if diff is not None:
+            from mrcdiag.report.compare import render_compare_text
+
+            text += "\n" + render_compare_text(diff)
     if output:
         try:
             output.write_text(text, encoding="utf-8")
@@ -345,7 +379,13 @@ def demo(steps: int, slow_ms: float, run_dir: Path | None) -> None:
         raise click.ClickException(f"the demo job failed with exit code {code}")
     ctx = click.get_current_context()
     ctx.invoke(
-        report, run_dirs=(directory,), fmt="text", output=None, expected_busbw=None, fail_on=None
+        report,
+        run_dirs=(directory,),
+        fmt="text",
+        output=None,
+        compare_to=None,
+        expected_busbw=None,
+        fail_on=None,
     )
     click.echo(f"\nThe run directory is {directory}", err=True)
 

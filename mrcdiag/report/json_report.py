@@ -24,9 +24,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def report_dict(analysis: Analysis) -> dict[str, Any]:
+def report_dict(analysis: Analysis, diff: dict[str, Any] | None = None) -> dict[str, Any]:
     run, summary = analysis.run, analysis.summary
-    return _clean(
+    out = _clean(
         {
             "schema": JSON_SCHEMA_VERSION,
             "run": {
@@ -54,6 +54,9 @@ def report_dict(analysis: Analysis) -> dict[str, Any]:
             "problems": list(run.problems),
         }
     )
+    if diff is not None:
+        out["compare"] = _clean(diff)
+    return out
 
 
 def _clock_uncertainty_s(run: Any) -> float | None:
@@ -61,5 +64,5 @@ def _clock_uncertainty_s(run: Any) -> float | None:
     return max(values) / 1e9 if values else None
 
 
-def render_json(analysis: Analysis) -> str:
-    return json.dumps(report_dict(analysis), indent=2) + "\n"
+def render_json(analysis: Analysis, diff: dict[str, Any] | None = None) -> str:
+    return json.dumps(report_dict(analysis, diff), indent=2) + "\n"

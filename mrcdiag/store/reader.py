@@ -10,7 +10,7 @@ with one line that says what to do.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,10 @@ def _find_rank_dirs(run_dirs: Iterable[Path]) -> list[Path]:
     return found
 
 
-def read_run(run_dirs: Path | str | Iterable[Path | str]) -> RunData:
+def read_run(
+    run_dirs: Path | str | Iterable[Path | str],
+    progress: Callable[[int, int], None] | None = None,
+) -> RunData:
     """Read and merge the parts of one run. Raises RunDirError when nothing is readable."""
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
@@ -193,7 +196,7 @@ def read_run(run_dirs: Path | str | Iterable[Path | str]) -> RunData:
             f"{dirs[0]} has no rank data yet: the job never reached init_process_group, "
             "or its workers did not run under `mrcdiag launch`"
         )
-    data = _assemble(dirs, run, world, rank_dirs, problems)
+    data = _assemble(dirs, run, world, rank_dirs, problems, progress)
     data.link_probe = list(probe.get("pairs") or [])
     return data
 
@@ -204,6 +207,7 @@ def _assemble(
     world: dict[str, Any],
     rank_dirs: list[Path],
     problems: list[str],
+    progress: Callable[[int, int], None] | None = None,
 ) -> RunData:
     group_ids: dict[str, int] = {}
     groups: list[GroupInfo] = []
@@ -214,7 +218,9 @@ def _assemble(
     step_tables: list[pa.Table] = []
     step_rank: list[np.ndarray] = []
     offsets: list[tuple[int, int, int]] = []  # (rank, n_coll, n_step) per part for offsets
-    for rank_dir in rank_dirs:
+    for done, rank_dir in enumerate(rank_dirs):
+        if progress is not None and done % 16 == 0:
+            progress(done, len(rank_dirs))
         meta_path = rank_dir / schema.RANK_META_FILE
         if not meta_path.exists():
             problems.append(f"{rank_dir} has no rank.json; skipped")
