@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=1024)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--format", default="json", choices=["json", "html", "text"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = write_synthetic_run(
@@ -59,6 +60,7 @@ def main() -> None:
             f"({', '.join(f'{t:.2f}' for t in times)})"
         )
         print(f"peak memory: {max(peaks) / 1024:.0f} MiB")
+        print(f"{args.format} report: {(Path(tmp) / 'report.out').stat().st_size / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

@@ -123,13 +123,16 @@ def _start_agent_quietly(launcher: object) -> None:
 
 
 def _guess_job(command: tuple[str, ...]) -> str:
-    for part in command:
-        if part.endswith(".py"):
-            return Path(part).stem
+    """The training script's or module's name: the last *.py or `-m module` that is not
+    the launcher itself (torchrun, python -m torch.distributed.run)."""
+    launchers = {"torch.distributed.run", "torch.distributed.launch"}
+    found = None
     for i, part in enumerate(command):
-        if part == "-m" and i + 1 < len(command):
-            return command[i + 1].rsplit(".", 1)[-1]
-    return Path(command[0]).name
+        if part.endswith(".py"):
+            found = Path(part).stem
+        elif part == "-m" and i + 1 < len(command) and command[i + 1] not in launchers:
+            found = command[i + 1].rsplit(".", 1)[-1]
+    return found or Path(command[0]).name
 
 
 @main.command()

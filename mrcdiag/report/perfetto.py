@@ -27,7 +27,7 @@ COUNTERS = (
 
 
 def trace_events(analysis: Analysis) -> list[dict[str, Any]]:
-    run, inst = analysis.run, analysis.instances
+    run = analysis.run
     t0 = _origin(run)
     us = lambda ns: (int(ns) - t0) / 1e3  # noqa: E731
     events: list[dict[str, Any]] = []
@@ -162,9 +162,9 @@ def _counters(run: Any, us: Any) -> list[dict[str, Any]]:
 
 
 def _origin(run: Any) -> int:
-    starts = [
-        int(v.min()) for v in (run.steps["t_start_ns"], run.collectives["t_arrive_ns"]) if len(v)
-    ]
+    columns = [run.steps["t_start_ns"], run.collectives["t_arrive_ns"]]
+    columns += [samples["t_ns"] for samples in run.node_samples.values()]
+    starts = [int(v.min()) for v in columns if len(v)]
     return min(starts) if starts else 0
 
 
