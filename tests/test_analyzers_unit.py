@@ -190,3 +190,17 @@ def test_probe_locates_the_host_whose_links_are_slow() -> None:
     ]
     links = [f for f in analyze(run).findings if f.cause == "slow_link"]
     assert [(f.nodes, f.ranks) for f in links] == [(("b",), (1,))]
+
+
+def test_run_without_marked_steps_gets_steps_from_its_collectives() -> None:
+    from mrcdiag.store.reader import Columns
+
+    marked = lockstep(3, 40, compute_ms={0: 10, 1: 10, 2: 16})
+    empty = {k: v[:0] for k, v in marked.steps.data.items()}
+    unmarked = make_run(3, [], [])
+    unmarked.collectives = marked.collectives
+    unmarked.steps = Columns(empty)
+    a = analyze(unmarked)
+    assert any("no step was marked" in p for p in a.run.problems)
+    (finding,) = [f for f in a.findings if f.kind == "straggler"]
+    assert finding.ranks == (2,)

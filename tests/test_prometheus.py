@@ -56,11 +56,14 @@ def test_prometheus_sees_rank_step_collective_and_host_series(tmp_path: Path) ->
             30,
             "collective histograms",
         )
-        steps = prom.query(
+        median = (
             "histogram_quantile(0.5, sum by (rank, le) "
             '(rate(mrcdiag_step_duration_seconds_bucket{job="promtest"}[5s])))'
         )
+        prom.wait_until(have(median, 2), 30, "step time quantiles of both ranks")
+        steps = prom.query(median)
         assert {r["metric"]["rank"] for r in steps} == {"0", "1"}
+        assert all(0 < float(r["value"][1]) < 5 for r in steps)
         ops = prom.query('sum by (op) (mrcdiag_collective_bytes_total{job="promtest"})')
         assert "all_reduce" in {r["metric"]["op"] for r in ops}
         host = prom.query('mrcdiag_host_cpu_utilization_ratio{job="promtest"}')

@@ -22,6 +22,7 @@ import functools
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +108,25 @@ def _stop_recording(reason: str, exc: BaseException) -> None:
         session.recorder.event("disabled", reason=f"{reason}: {exc!r}")
 
 
-def _finish(session: _Session, head: tuple, key: int) -> None:
-    """Completion of an async op (future callback or Work.wait): write its row."""
+def _owner(entry: tuple) -> Any:
+    owner = entry[1]
+    return owner() if isinstance(owner, weakref.ref) else owner
+
+
+def _pending_for(session: _Session, obj: Any) -> tuple | None:
+    """The pending entry of this work or tensor. The entry holds the object (or a weak
+    reference to it), so an id reused by a newer object is never mistaken for it."""
+    entry = session.recorder.pending.get(id(obj))
+    return entry if entry is not None and _owner(entry) is obj else None
+
+
+def _finish(session: _Session, obj: Any) -> None:
+    """Completion of an async op (future callback, Work.wait, wait_tensor): write its row."""
     try:
-        if session.recorder.pending.pop(key, None) is not None:
-            session.recorder.add_collective(head + (_now(), session.steps.index))
+        pending = session.recorder.pending
+        entry = _pending_for(session, obj)
+        if entry is not None and pending.pop(id(obj), None) is not None:
+            session.recorder.add_collective(entry[0] + (_now(), session.steps.index))
     except Exception as exc:  # noqa: BLE001
         _stop_recording("completion", exc)
 
@@ -191,16 +206,15 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
 def _track_async(session: _Session, work: Any, head: tuple) -> None:
     if work is None:
         return
-    key = id(work)
     recorder = session.recorder
-    recorder.pending[key] = head
     if len(recorder.pending) > 100_000:  # works nobody waits for: do not grow forever
         recorder.pending.clear()
+    recorder.pending[id(work)] = (head, work)
     try:
         future = work.get_future()
     except Exception:  # noqa: BLE001 - gloo p2p works have no future: Work.wait finishes them
         return
-    future.add_done_callback(lambda _f: _finish(session, head, key))
+    future.add_done_callback(lambda _f: _finish(session, work))
 
 
 def _wrap_work_wait(orig: Any) -> Any:
@@ -209,17 +223,17 @@ def _wrap_work_wait(orig: Any) -> Any:
         session = _session
         if session is None:
             return orig(self, *args, **kwargs)
-        head = session.recorder.pending.get(id(self))
-        if head is None:
+        entry = _pending_for(session, self)
+        if entry is None:
             return orig(self, *args, **kwargs)
         t0 = _now()
-        session.recorder.inflight = head
+        session.recorder.inflight = entry[0]
         try:
             result = orig(self, *args, **kwargs)
         finally:
             session.recorder.inflight = None
         session.steps.comm_ns += _now() - t0
-        _finish(session, head, id(self))
+        _finish(session, self)
         return result
 
     wait.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
@@ -261,8 +275,8 @@ def _wrap_functional(name: str, orig: Any) -> Any:
                 t_arrive,
             )
             first = result[0] if isinstance(result, list) else result
-            key = id(getattr(first, "elem", first))
-            session.recorder.pending[key] = head
+            tensor = getattr(first, "elem", first)
+            session.recorder.pending[id(tensor)] = (head, weakref.ref(tensor))
             session.steps.n_collectives += 1
         except Exception as exc:  # noqa: BLE001
             _stop_recording("functional " + name, exc)
@@ -285,13 +299,12 @@ def _wrap_wait_tensor(orig: Any) -> Any:
         session = _session
         if session is None:
             return orig(tensor)
-        head = session.recorder.pending.get(id(tensor))
-        if head is None:
+        if _pending_for(session, tensor) is None:
             return orig(tensor)
         t0 = _now()
         result = orig(tensor)
         session.steps.comm_ns += _now() - t0
-        _finish(session, head, id(tensor))
+        _finish(session, tensor)
         return result
 
     wait_tensor.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]

@@ -12,6 +12,8 @@ def warn_once(key: str, message: str) -> None:
         return
     _said.add(key)
     try:
-        print(f"mrcdiag: {message}", file=sys.stderr, flush=True)
+        # one write per line: ranks share the launcher's stderr and must not interleave
+        sys.stderr.write(f"mrcdiag: {message}\n")
+        sys.stderr.flush()
     except Exception:  # noqa: BLE001 - a closed stderr must not hurt the job
         pass

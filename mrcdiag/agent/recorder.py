@@ -38,7 +38,7 @@ class Recorder:
         self.new_groups: deque[dict[str, Any]] = deque()
         self.dropped = 0
         # The row (without end and step) of the collective the training thread is blocked
-        # in, and of async ones not yet complete, keyed by id(work or tensor).
+        # in; and async ones not yet complete: id(work or tensor) -> (row, its owner).
         self.inflight: tuple | None = None
         self.pending: dict[int, tuple] = {}
         self.failed = False
@@ -112,7 +112,7 @@ class Recorder:
     def _note_inflight(self) -> None:
         now = time.monotonic_ns()
         candidates = [] if self.inflight is None else [self.inflight]
-        candidates += list(self.pending.values())
+        candidates += [entry[0] for entry in list(self.pending.values())]
         stuck = [c for c in candidates if now - c[ARRIVE] > INFLIGHT_REPORT_AFTER_NS]
         if not stuck:
             return

@@ -11,6 +11,7 @@ from mrcdiag.analyzers.idle import find_idle
 from mrcdiag.analyzers.instances import Instances, collective_instances
 from mrcdiag.analyzers.interconnect import find_interconnect
 from mrcdiag.analyzers.lateness import RankStepMatrix, rank_step_matrix
+from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
 from mrcdiag.analyzers.slowdown import find_slowdowns
 from mrcdiag.analyzers.stragglers import find_stragglers
 from mrcdiag.analyzers.summary import Summary, summarize
@@ -27,6 +28,7 @@ class Analysis:
 
 
 def analyze(run: RunData, expected_busbw_gbps: float | None = None) -> Analysis:
+    run = with_pseudo_steps(run)
     instances = collective_instances(run)
     matrix = rank_step_matrix(run, instances)
     summary = summarize(run, instances, matrix)
