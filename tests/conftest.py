@@ -40,6 +40,27 @@ def torchrun(nproc: int, target: list[str], master_port: int | None = None) -> l
     return cmd + target
 
 
+def launch_command(
+    run_dir: Path, job_command: list[str], port: int = 0, extra: list[str] | None = None
+) -> list[str]:
+    """`mrcdiag launch` of `job_command`, its /metrics on 127.0.0.1:port (0: any)."""
+    return [
+        sys.executable,
+        "-m",
+        "mrcdiag.cli",
+        "launch",
+        "--run-dir",
+        str(run_dir),
+        "--metrics-port",
+        str(port),
+        "--metrics-addr",
+        "127.0.0.1",
+        *(extra or []),
+        "--",
+        *job_command,
+    ]
+
+
 def launch(
     run_dir: Path,
     nproc: int,
@@ -49,21 +70,7 @@ def launch(
     env: dict[str, str] | None = None,
 ) -> JobResult:
     """Run `mrcdiag launch -- torchrun ... target` and wait for it."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "mrcdiag.cli",
-        "launch",
-        "--run-dir",
-        str(run_dir),
-        "--metrics-port",
-        "0",
-        "--metrics-addr",
-        "127.0.0.1",
-        *(extra_launch or []),
-        "--",
-        *torchrun(nproc, target),
-    ]
+    cmd = launch_command(run_dir, torchrun(nproc, target), extra=extra_launch)
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=env or job_env(), cwd=REPO
     )

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, job_env, torchrun
+from conftest import REPO, job_env, launch_command, torchrun
 from fakes.fake_pynvml import FakeGpu, make_fake_nvml
 from prom import Prometheus, free_port
 from test_infiniband import write_port
@@ -92,24 +91,12 @@ def test_every_panel_query_returns_data_from_a_real_run(tmp_path: Path) -> None:
         tmp_path, [f"127.0.0.1:{job_port}", f"127.0.0.1:{gpu_port}"], rule_files=[fast_rules]
     )
     job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mrcdiag.cli",
-            "launch",
-            "--run-dir",
-            str(tmp_path / "run"),
-            "--metrics-port",
-            str(job_port),
-            "--metrics-addr",
-            "127.0.0.1",
-            "--job",
-            "promtest",
-            "--interval",
-            "0.5",
-            "--",
-            *torchrun(2, ["-m", "mrcdiag.demo_job", "--steps", "3000", "--work-ms", "5"]),
-        ],
+        launch_command(
+            tmp_path / "run",
+            torchrun(2, ["-m", "mrcdiag.demo_job", "--steps", "3000", "--work-ms", "5"]),
+            port=job_port,
+            extra=["--job", "promtest", "--interval", "0.5"],
+        ),
         env=job_env(),
         cwd=REPO,
         stdout=subprocess.DEVNULL,

@@ -37,6 +37,12 @@ def test_clean_run_on_three_hosts_merges_and_has_no_warning(tmp_path: Path) -> N
     report = report_json(*run_dirs)
     assert _serious(report) == []
     assert set(run.node_samples) == {"host0", "host1", "host2"}
+    for host, samples in run.node_samples.items():  # each host's own NIC, in the run data
+        sent = samples["value"][
+            (samples["name"] == "mrcdiag_host_network_transmit_bytes_total")
+            & (samples["labels"] == "nic=eth0")
+        ]
+        assert len(sent) >= 2 and sent[-1] > sent[0], host
 
 
 def test_slow_link_of_one_host_is_found_and_is_not_a_compute_straggler(tmp_path: Path) -> None:

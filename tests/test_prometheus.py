@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, job_env, torchrun
+from conftest import REPO, job_env, launch_command, torchrun
 from prom import Prometheus, free_port
 
 pytestmark = pytest.mark.slow
@@ -19,24 +18,12 @@ def test_prometheus_sees_rank_step_collective_and_host_series(tmp_path: Path) ->
     job = None
     try:
         job = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mrcdiag.cli",
-                "launch",
-                "--run-dir",
-                str(tmp_path / "run"),
-                "--metrics-port",
-                str(port),
-                "--metrics-addr",
-                "127.0.0.1",
-                "--job",
-                "promtest",
-                "--interval",
-                "0.5",
-                "--",
-                *torchrun(2, ["-m", "mrcdiag.demo_job", "--steps", "2000", "--work-ms", "5"]),
-            ],
+            launch_command(
+                tmp_path / "run",
+                torchrun(2, ["-m", "mrcdiag.demo_job", "--steps", "2000", "--work-ms", "5"]),
+                port=port,
+                extra=["--job", "promtest", "--interval", "0.5"],
+            ),
             env=job_env(),
             cwd=REPO,
             stdout=subprocess.PIPE,
