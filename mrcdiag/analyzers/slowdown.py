@@ -52,8 +52,11 @@ def find_slowdowns(m: RankStepMatrix) -> list[Finding]:
         return []
     before, after = job[:k], job[k:]
     b, a = float(np.median(before)), float(np.median(after))
-    noise = max(robust_sigma(before), robust_sigma(after), 1e-6)
-    if b <= 0 or a / b < MIN_RATIO or (a - b) < SIGMAS * noise:
+    # The shift must stand out from the noise of single steps (2 sigma) and, as a shift of
+    # medians, from their standard error (4 SE); the 15% floor keeps small drifts out.
+    sigma = max(robust_sigma(before), robust_sigma(after), 1e-6)
+    standard_error = 1.2533 * sigma * np.sqrt(1 / len(before) + 1 / len(after))
+    if b <= 0 or a / b < MIN_RATIO or (a - b) < max(2 * sigma, SIGMAS * standard_error):
         return []
     # Whose own work grew? busy = step - waiting for peers - data wait
     busy = m.duration_s[:, cols] - m.wait_s[:, cols] - m.data_wait_s[:, cols]
