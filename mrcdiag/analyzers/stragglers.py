@@ -39,7 +39,8 @@ OUTLIER_SIGMAS = 6.0
 WARNING_LATENESS_OF_STEP = 0.03
 WARNING_LOST_OF_RUN = 0.02
 CRITICAL_LOST_OF_RUN = 0.20
-CPU_WAIT_EXCESS = 0.15  # s of run-queue wait per s beyond the other ranks'
+CPU_WAIT_EXCESS = 0.15
+MIN_SHARE_OF_RUN = 0.25  # share of the steady steps a lateness must span to warn  # s of run-queue wait per s beyond the other ranks'
 
 
 def find_stragglers(run: RunData, inst: Instances, m: RankStepMatrix) -> list[Finding]:
@@ -85,10 +86,14 @@ def _cross_host(run: RunData) -> bool:
     return any(i.clock_method == "ping_pong" for i in run.ranks.values())
 
 
-def _severity(late_s: float, lost_s: float, step_s: float, run_s: float) -> str:
+def _severity(
+    late_s: float, lost_s: float, step_s: float, run_s: float, share_of_run: float = 1.0
+) -> str:
+    """critical: costs a fifth of the run; warning: late by 3% of a step through at least
+    a quarter of the run, or costing 2% of it; a short episode alone stays info."""
     if run_s > 0 and lost_s / run_s >= CRITICAL_LOST_OF_RUN:
         return "critical"
-    if late_s / step_s >= WARNING_LATENESS_OF_STEP or (
+    if (late_s / step_s >= WARNING_LATENESS_OF_STEP and share_of_run >= MIN_SHARE_OF_RUN) or (
         run_s > 0 and lost_s / run_s >= WARNING_LOST_OF_RUN
     ):
         return "warning"
@@ -118,7 +123,7 @@ def _rank_finding(
     host = run.host_of(rank)
     return Finding(
         kind="straggler",
-        severity=_severity(late_s, lost_s, step_s, run_s),
+        severity=_severity(late_s, lost_s, step_s, run_s, len(steps) / len(cols)),
         cause=cause,
         time_lost_s=lost_s,
         ranks=(rank,),
