@@ -123,3 +123,15 @@ def lockstep(
             )
         t = end + buckets * 1000
     return make_run(world, steps, colls, groups=[members])
+
+
+def node_samples(rows: list[tuple[int, str, str, float]]) -> Columns:
+    """Node-agent samples from (t_ns, metric, labels, value) rows."""
+    return Columns(
+        {
+            "t_ns": np.array([r[0] for r in rows]),
+            "name": np.array([r[1] for r in rows], object),
+            "labels": np.array([r[2] for r in rows], object),
+            "value": np.array([r[3] for r in rows], dtype=float),
+        }
+    )

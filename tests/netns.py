@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import launch_command
 
 SUBNET = "10.213.{}.{}"
 
@@ -164,36 +165,26 @@ def launch_on_hosts(
     for i in range(n):
         run_dir = hosts.workdir / hosts.hostnames[i] / "run"  # each host's "local disk"
         run_dirs.append(run_dir)
-        argv = [
-            sys.executable,
-            "-m",
-            "mrcdiag.cli",
-            "launch",
-            "--run-dir",
-            str(run_dir),
-            "--metrics-port",
-            "0",
-            "--metrics-addr",
-            "127.0.0.1",
-            "--job",
-            "multi",
-            *(extra_launch or []),
-            "--",
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes",
-            str(n),
-            "--node-rank",
-            str(i),
-            "--nproc-per-node",
-            str(nproc),
-            "--master-addr",
-            hosts.addresses[0],
-            "--master-port",
-            str(master_port),
-            *target,
-        ]
+        argv = launch_command(
+            run_dir,
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                str(n),
+                "--node-rank",
+                str(i),
+                "--nproc-per-node",
+                str(nproc),
+                "--master-addr",
+                hosts.addresses[0],
+                "--master-port",
+                str(master_port),
+                *target,
+            ],
+            extra=["--job", "multi", *(extra_launch or [])],
+        )
         procs.append(
             hosts.start(
                 i,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from handmade import MS, lockstep, make_run
+from handmade import MS, lockstep, make_run, node_samples
 
 from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.slowdown import change_point
@@ -157,8 +157,6 @@ def test_slow_group_among_equal_groups_is_a_slow_link() -> None:
 
 
 def test_slow_rank_whose_gpu_throttles_is_gpu_throttling() -> None:
-    from mrcdiag.store.reader import Columns
-
     run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 16})
     rows = [(t, "mrcdiag_gpu_rank_info", "gpu=1,rank=3,local_rank=3,pid=9", 1.0) for t in range(5)]
     rows += [
@@ -166,14 +164,7 @@ def test_slow_rank_whose_gpu_throttles_is_gpu_throttling() -> None:
         for t in range(5)
         for g in range(4)
     ]
-    run.node_samples["h0"] = Columns(
-        {
-            "t_ns": np.array([r[0] for r in rows]),
-            "name": np.array([r[1] for r in rows], object),
-            "labels": np.array([r[2] for r in rows], object),
-            "value": np.array([r[3] for r in rows]),
-        }
-    )
+    run.node_samples["h0"] = node_samples(rows)
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
     assert finding.ranks == (3,) and finding.cause == "gpu_throttling"
     assert finding.evidence["gpu_clock_events"] == "sw_thermal"

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-from handmade import lockstep
+from handmade import lockstep, node_samples
 
 from mrcdiag.analyzers import analyze
 from mrcdiag.report.html import MAX_COLS, MAX_ROWS, render_html
-from mrcdiag.store.reader import Columns
 
 
 def test_gpu_samples_are_plotted_over_time() -> None:
@@ -20,14 +18,7 @@ def test_gpu_samples_are_plotted_over_time() -> None:
         for t in range(10)
         for g in range(2)
     ]
-    run.node_samples["h0"] = Columns(
-        {
-            "t_ns": np.array([r[0] for r in rows]),
-            "name": np.array([r[1] for r in rows], object),
-            "labels": np.array([r[2] for r in rows], object),
-            "value": np.array([r[3] for r in rows]),
-        }
-    )
+    run.node_samples["h0"] = node_samples(rows)
     page = render_html(analyze(run))
     assert '<h2 id="gpu">GPUs over time</h2>' in page
     assert page.count("<polyline") == 2
