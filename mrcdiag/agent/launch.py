@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,3 @@ class Launcher:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return 128 - code if code < 0 else code
-
-
-def python_executable() -> str:
-    return sys.executable

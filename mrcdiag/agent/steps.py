@@ -60,9 +60,7 @@ class StepTracker:
         self._close(_now())
 
     def begin_manual(self) -> None:
-        if not self.manual:
-            self.manual = True
-            self.index = 0 if self.index == 0 else self.index
+        self.manual = True
         self.in_manual_step = True
         self._reset(_now())
 

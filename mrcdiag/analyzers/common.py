@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrcdiag.analyzers.summary import WARMUP_STEPS
-
 MAD_TO_SIGMA = 1.4826
+WARMUP_STEPS = 3  # first steps hold compilation, allocator growth and connection set-up
 
 
 def steady_columns(n_steps: int) -> np.ndarray:

@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.instances import Instances
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData
 from mrcdiag.store.schema import OPS, busbw_factor
-
-WARMUP_STEPS = 3  # first steps hold compilation, allocator growth and connection set-up
 
 
 @dataclass(frozen=True)
@@ -49,17 +48,9 @@ class Summary:
     per_op: list[OpStats]
 
 
-def steady_mask(step_index: np.ndarray) -> np.ndarray:
-    """Steps after warm-up, when the run has enough steps to leave warm-up out."""
-    if len(step_index) == 0:
-        return np.zeros(0, dtype=bool)
-    cut = WARMUP_STEPS if step_index.max() >= 2 * WARMUP_STEPS else 0
-    return step_index >= cut
-
-
 def summarize(run: RunData, inst: Instances, m: RankStepMatrix) -> Summary:
     n_steps = m.duration_s.shape[1]
-    keep = steady_mask(np.arange(n_steps))
+    keep = steady_columns(n_steps)
     duration = m.duration_s[:, keep]
     data = m.data_wait_s[:, keep]
     blocked = m.blocked_s[:, keep]
