@@ -94,9 +94,13 @@ def test_compare_names_what_changed(runs: dict[str, Path]) -> None:
     proc = mrcdiag("report", str(runs["slow"]), "--compare", str(runs["clean"]), "--format", "json")
     diff = json.loads(proc.stdout)["compare"]
     assert diff["step_time_p50_s"]["ratio"] > 1.3
-    assert [(f["kind"], f["ranks"]) for f in diff["new_findings"]] == [("straggler", [2])]
+    # Three ranks on two cores: the "clean" run's third rank is sometimes a small
+    # straggler itself, so the slow run's straggler is either new or much worse.
+    changed = diff["new_findings"] + diff["worse_findings"]
+    assert [(f["kind"], f["ranks"]) for f in changed] == [("straggler", [2])]
     text = mrcdiag("report", str(runs["slow"]), "--compare", str(runs["clean"])).stdout
-    assert "Compared with" in text and "new: straggler slow_compute ranks [2]" in text
+    assert "Compared with" in text
+    assert re.search(r"(new|worse): straggler slow_compute ranks \[2\]", text)
 
 
 def _chromium() -> str | None:

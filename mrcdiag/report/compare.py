@@ -37,6 +37,7 @@ def compare(current: Analysis, baseline: Analysis) -> dict[str, Any]:
     key = lambda f: (f.kind, f.cause, f.ranks, f.nodes)  # noqa: E731
     base_keys = {key(f) for f in baseline.findings if f.severity != "info"}
     cur_keys = {key(f) for f in current.findings if f.severity != "info"}
+    base_lost = {key(f): f.time_lost_s for f in baseline.findings}
     return {
         "baseline_run_dirs": [str(d) for d in baseline.run.run_dirs],
         "step_time_p50_s": {
@@ -55,12 +56,23 @@ def compare(current: Analysis, baseline: Analysis) -> dict[str, Any]:
             for f in current.findings
             if f.severity != "info" and key(f) not in base_keys
         ],
+        # present in both, but now costing at least twice as much
+        "worse_findings": [
+            {**f.as_json(), "baseline_time_lost_s": base_lost[key(f)]}
+            for f in current.findings
+            if f.severity != "info"
+            and key(f) in base_keys
+            and f.time_lost_s >= WORSE * max(base_lost[key(f)], 1e-9)
+        ],
         "gone_findings": [
             f.as_json()
             for f in baseline.findings
             if f.severity != "info" and key(f) not in cur_keys
         ],
     }
+
+
+WORSE = 2.0
 
 
 def render_compare_text(diff: dict[str, Any]) -> str:
@@ -83,8 +95,13 @@ def render_compare_text(diff: dict[str, Any]) -> str:
         lines.append(
             f"  new: {f['kind']} {f['cause']} ranks {f['ranks']} ({f['time_lost_s']:.2f} s lost)"
         )
+    for f in diff["worse_findings"]:
+        lines.append(
+            f"  worse: {f['kind']} {f['cause']} ranks {f['ranks']} "
+            f"({f['baseline_time_lost_s']:.2f} -> {f['time_lost_s']:.2f} s lost)"
+        )
     for f in diff["gone_findings"]:
         lines.append(f"  gone: {f['kind']} {f['cause']} ranks {f['ranks']}")
-    if not diff["new_findings"] and not diff["gone_findings"]:
-        lines.append("  no finding appeared or disappeared")
+    if not (diff["new_findings"] or diff["worse_findings"] or diff["gone_findings"]):
+        lines.append("  no finding appeared, grew or disappeared")
     return "\n".join(lines) + "\n"
