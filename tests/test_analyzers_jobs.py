@@ -108,6 +108,8 @@ def test_killed_rank_is_a_hang_naming_it_and_where_the_others_wait(run_dir: Path
 
 @pytest.mark.parametrize("attempt", [1, 2])
 def test_clean_run_of_hundreds_of_steps_has_no_warning(run_dir: Path, attempt: int) -> None:
-    result = launch(run_dir, 3, demo_job("--steps", "300", "--work-ms", "8"))
+    # Two ranks on this machine's two cores: a third rank would share a core, and a rank
+    # that really gets less CPU is a finding, not a clean run.
+    result = launch(run_dir, 2, demo_job("--steps", "300", "--work-ms", "8"))
     assert result.returncode == 0, result.stderr
     assert _warnings(report_json(run_dir)) == []
