@@ -195,3 +195,15 @@ def test_run_without_marked_steps_gets_steps_from_its_collectives() -> None:
     assert any("no step was marked" in p for p in a.run.problems)
     (finding,) = [f for f in a.findings if f.kind == "straggler"]
     assert finding.ranks == (2,)
+
+
+def test_rank_that_vanished_is_named_not_the_ones_the_launcher_terminated() -> None:
+    colls = []
+    for seq in range(1, 11):  # terminated survivors lost their last records unevenly
+        for r, last in ((0, 7), (1, 10), (2, 9)):
+            if seq <= last:
+                colls.append((r, "all_reduce", 0, seq, 4096, seq * MS, seq * MS + 100, seq, False))
+    run = make_run(3, [], colls, closed={0: False, 1: False, 2: False})
+    run.ranks[0].terminated = run.ranks[1].terminated = True
+    (hang,) = [f for f in analyze(run).findings if f.kind == "hang"]
+    assert hang.ranks == (2,)

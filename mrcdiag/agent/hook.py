@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import signal
 import threading
 import time
 import weakref
@@ -550,7 +551,33 @@ def start_session(recorder: Recorder, dist: Any, rank: int) -> _Session:
     session = _Session(recorder, dist, rank)
     _session = session
     atexit.register(detach)
+    _flush_on_sigterm()
     return session
+
+
+def _flush_on_sigterm() -> None:
+    """Flush before dying of SIGTERM (what torchrun sends the others when a rank fails),
+    so that the survivors' last half-second is on disk and the dead rank stands out.
+    Only where nobody else handles SIGTERM: a handler of the user's is left alone."""
+    try:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        ):
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):
+        pass
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    global _session
+    session, _session = _session, None
+    try:
+        if session is not None and not session.recorder.closing:
+            session.recorder.close("terminated")
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
 
 def current_session() -> _Session | None:

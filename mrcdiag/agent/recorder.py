@@ -53,6 +53,7 @@ class Recorder:
         self._events = JsonLines(rank_dir / schema.EVENTS_FILE)
         self._thread = threading.Thread(target=self._run, name="mrcdiag-writer", daemon=True)
         self._lock = threading.Lock()  # writer side only: flush() from atexit vs the thread
+        self.closing = False  # set first thing in close(), so a signal never re-enters it
 
     # --- hot path ------------------------------------------------------------------
     def add_collective(self, row: tuple) -> None:
@@ -132,6 +133,7 @@ class Recorder:
 
     def close(self, reason: str = "closed") -> None:
         """Flush and close the files; safe to call twice and from atexit."""
+        self.closing = True
         self._stop.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=2.0)

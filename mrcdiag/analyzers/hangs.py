@@ -44,6 +44,22 @@ def find_hangs(run: RunData) -> list[Finding]:
             got = reached.get(r, 0)
             if r in ended_badly and got < furthest and r not in stuck:
                 lagging.setdefault(r, {"group": info.name, "last_seq": got, "others_at": furthest})
+    # Ranks that the launcher terminated flushed on SIGTERM; a rank with neither a clean
+    # close nor that flush died on its own (kill -9, OOM, segfault): it is the lost one.
+    if any(run.ranks[r].terminated for r in ended_badly):
+        vanished = [r for r in ended_badly if not run.ranks[r].terminated]
+        lagging = {r: v for r, v in lagging.items() if r in vanished}
+        for r in vanished:
+            lagging.setdefault(
+                r,
+                {
+                    "group": "-",
+                    "last_seq": max(
+                        (s for (rank, _), s in last_seq.items() if rank == r), default=0
+                    ),
+                    "others_at": max(last_seq.values(), default=0),
+                },
+            )
     lost = sorted(set(lagging) | set(missing))
     if not lost:
         # Everyone stopped together (the whole job was killed): say so, mildly.

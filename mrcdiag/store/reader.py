@@ -52,6 +52,7 @@ class RankInfo:
     last_record_ns: int  # aligned; 0 when the rank recorded nothing
     stuck_in: dict[str, Any] | None  # last in_collective event, group resolved to a name
     disabled_reason: str | None
+    terminated: bool = False  # flushed on SIGTERM: stopped by the launcher, not lost
 
 
 @dataclass
@@ -360,6 +361,7 @@ def _rank_info(
         last_record_ns=last,
         stuck_in=stuck,
         disabled_reason=disabled,
+        terminated=any(e.get("event") == "terminated" for e in events),
     )
 
 
