@@ -85,21 +85,23 @@ def lockstep(
     group: tuple[int, ...] | None = None,
     data_ms: dict[int, float] | None = None,
     seed: int = 0,
+    end_late_ms: dict[int, float] | None = None,
 ) -> RunData:
-    """Synchronous steps: compute, then `buckets` collectives that end together."""
+    """Synchronous steps: compute, then `buckets` collectives that end together, or, with
+    `end_late_ms`, later for some ranks (a ring whose slow link delivers to them last)."""
     rng = np.random.default_rng(seed)
     members = group or tuple(range(world))
     steps, colls = [], []
-    t = 0
+    start = dict.fromkeys(range(world), 0)
     seq = 0
     for k in range(n_steps):
         arrive = {}
         for r in range(world):
             base = compute_ms[r] if isinstance(compute_ms, dict) else compute_ms
             d = (data_ms or {}).get(r, 0.0)
-            arrive[r] = t + int((base + d + abs(rng.normal(0, noise_ms))) * MS)
+            arrive[r] = start[r] + int((base + d + abs(rng.normal(0, noise_ms))) * MS)
         last = max(arrive[r] for r in members)
-        end = last + 2 * MS
+        ends = {r: last + int((2 + (end_late_ms or {}).get(r, 0.0)) * MS) for r in range(world)}
         for b in range(buckets):
             seq += 1
             for r in members:
@@ -111,17 +113,16 @@ def lockstep(
                         seq,
                         1 << 20,
                         arrive[r] + b * 1000,
-                        end + b * 1000,
+                        ends[r] + b * 1000,
                         k,
                         is_async,
                     )
                 )
         for r in range(world):
             d = (data_ms or {}).get(r, 0.0)
-            steps.append(
-                (r, k, t, end + buckets * 1000, int(d * MS), 0 if is_async else end - arrive[r])
-            )
-        t = end + buckets * 1000
+            end = ends[r] + buckets * 1000
+            steps.append((r, k, start[r], end, int(d * MS), 0 if is_async else end - arrive[r]))
+            start[r] = end
     return make_run(world, steps, colls, groups=[members])
 
 

@@ -25,6 +25,16 @@ def test_one_slow_rank_is_the_only_straggler_with_its_cost() -> None:
     assert abs(stragglers[0].time_lost_s - 0.005 * 57) < 0.05
 
 
+def test_rank_late_only_because_its_collectives_end_late_is_no_straggler() -> None:
+    """Ring all-reduce over a slow link: one rank always gets the result 5 ms after the
+    others, so it arrives 5 ms late at the next one, though its own work is no slower."""
+    late_ends = lockstep(4, 60, end_late_ms={2: 5})
+    assert not [f for f in analyze(late_ends).findings if f.kind == "straggler"]
+    both = analyze(lockstep(4, 60, compute_ms={0: 10, 1: 10, 2: 10, 3: 15}, end_late_ms={2: 5}))
+    stragglers = [f for f in both.findings if f.kind == "straggler"]
+    assert [(f.ranks, f.cause) for f in stragglers] == [((3,), "slow_compute")]
+
+
 def test_single_rank_run_has_a_summary_and_no_findings() -> None:
     a = analyze(lockstep(1, 20))
     assert a.findings == []

@@ -6,6 +6,13 @@ members' arrivals (leave-one-out, so that two ranks do not cancel out):
   excess = max(0, arrival - max(others))   how much later the collective started because
                                            of this rank alone (the what-if saving)
   wait   = last arrival - arrival          time the rank sat waiting for peers
+  own    = gap - median(others' gaps)      how much longer the rank's own work took, where
+                                           gap = arrival - the rank's latest completion
+                                           of a collective before it
+A rank that arrives late only because its previous collective finished late (a ring
+whose slow link delivers to it last) has a late arrival but no own lateness: it is not a
+straggler, the link is. The gap needs no clock alignment either: both ends are read on
+the rank's own clock.
 Values are folded into rank x step matrices. Within a step, synchronous collectives add
 up (each is its own meeting point) while asynchronous ones overlap (DDP's bucket
 all-reduces are issued together), so their contributions take the maximum.
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrcdiag.analyzers.instances import Instances
-from mrcdiag.store.reader import RunData
+from mrcdiag.store.reader import Columns, RunData
 
 
 @dataclass
@@ -31,6 +38,7 @@ class RankStepMatrix:
     data_wait_s: np.ndarray
     blocked_s: np.ndarray  # in collectives as seen by the training thread
     late_s: np.ndarray
+    own_late_s: np.ndarray  # lateness of the rank's own work since its last completion
     excess_s: np.ndarray
     wait_s: np.ndarray
     has_instances: np.ndarray  # bool: a collective of this rank fell in this step
@@ -54,13 +62,31 @@ def _leave_one_out(arrivals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return med_others, max_others
 
 
-def record_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray]:
-    """(late_ns, excess_ns) per record of inst.records; NaN for incomplete instances."""
+def _ready_ns(rec: Columns) -> np.ndarray:
+    """Per record: the rank's latest collective completion at or before its arrival
+    (NaN when it has none), i.e. when the rank was free to start the work that led here."""
+    ready = np.full(len(rec), np.nan)
+    ends_all = rec["t_end_ns"]
+    for rank in np.unique(rec["rank"]):
+        mine = np.flatnonzero(rec["rank"] == rank)
+        ends = np.sort(ends_all[mine][ends_all[mine] > 0]).astype(np.float64)
+        if len(ends) == 0:
+            continue
+        at = np.searchsorted(ends, rec["t_arrive_ns"][mine].astype(np.float64), "right") - 1
+        ready[mine[at >= 0]] = ends[at[at >= 0]]
+    return ready
+
+
+def record_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(late_ns, own_late_ns, excess_ns) per record of inst.records; NaN for incomplete
+    instances. own_late falls back to late where a member has no earlier completion."""
     rec = inst.records
     late = np.full(len(rec), np.nan)
+    own = np.full(len(rec), np.nan)
     excess = np.full(len(rec), np.nan)
     if inst.n_instances == 0:
-        return late, excess
+        return late, own, excess
+    gap = rec["t_arrive_ns"].astype(np.float64) - _ready_ns(rec)
     counts = inst.n_arrived[rec["instance"]]
     for n in np.unique(counts):
         if n < 2:
@@ -71,7 +97,11 @@ def record_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray]:
         med_others, max_others = _leave_one_out(arrivals)
         late[order] = (arrivals - med_others).ravel()
         excess[order] = np.maximum(arrivals - max_others, 0).ravel()
-    return late, excess
+        gaps = gap[order].reshape(-1, n)
+        known = ~np.isnan(gaps).any(axis=1, keepdims=True)
+        gap_others, _ = _leave_one_out(np.where(known, gaps, 0.0))
+        own[order] = np.where(known, gaps - gap_others, arrivals - med_others).ravel()
+    return late, own, excess
 
 
 def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
@@ -89,7 +119,7 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     duration = dense((steps["t_end_ns"] - steps["t_start_ns"]) / 1e9)
     data_wait = dense(steps["data_wait_ns"] / 1e9)
     blocked = dense(steps["comm_ns"] / 1e9)
-    late_ns, excess_ns = record_lateness(inst)
+    late_ns, own_ns, excess_ns = record_lateness(inst)
     rec = inst.records
     wait_ns = inst.wait_ns.astype(np.float64)
     valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(late_ns)
@@ -97,7 +127,7 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     col = rec["step"][valid]
     is_async = rec["is_async"][valid]
     matrices = []
-    for values in (late_ns[valid], excess_ns[valid], wait_ns[valid]):
+    for values in (late_ns[valid], own_ns[valid], excess_ns[valid], wait_ns[valid]):
         summed = np.zeros(shape)
         np.add.at(summed, (row[~is_async], col[~is_async]), values[~is_async] / 1e9)
         peak = np.full(shape, -np.inf)
@@ -112,7 +142,8 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
         data_wait_s=data_wait,
         blocked_s=blocked,
         late_s=np.where(has, matrices[0], np.nan),
-        excess_s=np.where(has, matrices[1], np.nan),
-        wait_s=np.where(has, matrices[2], 0.0),
+        own_late_s=np.where(has, matrices[1], np.nan),
+        excess_s=np.where(has, matrices[2], np.nan),
+        wait_s=np.where(has, matrices[3], 0.0),
         has_instances=has,
     )

@@ -1,11 +1,14 @@
 """Stragglers: ranks (or whole nodes) that everyone else keeps waiting for, and why.
 
-A rank is a straggler when, over a window of steady steps, it arrives behind the median
-of its peers in at least three steps out of four and by at least 1% of the step time
-(and, with five ranks or more, by far more than the ranks' own spread: median/MAD).
-Warm-up steps are left out, and one-off hiccups do not move a median. The time lost is
-a what-if: how much earlier each collective would have started had this rank arrived
-with the others (its excess over the last of its peers), summed over steps.
+A rank is a straggler when, over a window of steady steps, its own work between
+collectives (from its last completion to its next arrival) takes longer than its peers'
+in at least three steps out of four and by at least 1% of the step time (and, with five
+ranks or more, by far more than the ranks' own spread: median/MAD). A rank that arrives
+late only because its previous collective ended late for it is left to the interconnect
+analyzer. Warm-up steps are left out, and one-off hiccups do not move a median. The time
+lost is a what-if: how much earlier each collective would have started had this rank
+arrived with the others (its excess over the last of its peers, as far as its own work
+explains it), summed over steps.
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ def find_stragglers(run: RunData, inst: Instances, m: RankStepMatrix) -> list[Fi
     floor = max(MIN_LATENESS_OF_STEP * step_s, 3 * uncertainty if _cross_host(run) else 0, 1e-4)
     flagged: dict[int, np.ndarray] = {}  # row -> steps in which it straggled
     for window in windows(cols):
-        late = m.late_s[:, window]
+        late = m.own_late_s[:, window]  # arriving late only because a link delivered
+        # to this rank last is the link's finding (interconnect), not a straggler
         with warnings.catch_warnings():  # ranks outside every group have all-NaN rows
             warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(late, axis=1)
@@ -110,12 +114,15 @@ def _rank_finding(
     run_s: float,
 ) -> Finding:
     rank = int(m.ranks[row])
-    late_s = float(np.nanmedian(m.late_s[row, steps]))
-    lost_s = robust_total(m.excess_s[row, steps])
+    late_s = float(np.nanmedian(m.own_late_s[row, steps]))
+    lost_s = robust_total(
+        np.minimum(m.excess_s[row, steps], np.maximum(m.own_late_s[row, steps], 0))
+    )
     others = np.arange(len(m.ranks)) != row
     evidence: dict[str, object] = {
         "median_lateness_ms": round(late_s * 1e3, 3),
-        "steps_behind_peers": f"{100 * np.nanmean(m.late_s[row, steps] > 0):.0f}%",
+        "median_arrival_lateness_ms": round(float(np.nanmedian(m.late_s[row, steps])) * 1e3, 3),
+        "steps_behind_peers": f"{100 * np.nanmean(m.own_late_s[row, steps] > 0):.0f}%",
         "job_step_time_ms": round(step_s * 1e3, 3),
         "straggling_steps": f"{int(steps.min())}-{int(steps.max())}",
     }
@@ -283,7 +290,7 @@ def _slow_nodes(
         if len(ranks) < 2 or not set(ranks) <= flagged_ranks:
             continue
         member_rows = [m.row(r) for r in ranks]
-        late_s = float(np.nanmedian(m.late_s[np.ix_(member_rows, cols)]))
+        late_s = float(np.nanmedian(m.own_late_s[np.ix_(member_rows, cols)]))
         lost_s = robust_total(_set_excess(inst, set(ranks), m, cols))
         out.append(
             Finding(
