@@ -10,6 +10,9 @@ clock, and sees every caller: the Python functions, the functional collectives, 
 DDP's gradient all-reduces, which we route through a Python comm hook (a user's own hook
 keeps working: we call it instead of ours).
 
+On CUDA tensors the times are the device's: CUDA events around the call, resolved by
+the writer thread (agent/device_timer.py); on CPU backends the host's.
+
 Every wrapper does the same thing: time the call, put one tuple in the recorder's
 deque, never raise from our side. If anything of ours fails, recording stops with one
 warning and the wrapped function keeps working.
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mrcdiag.agent import ops
+from mrcdiag.agent.device_timer import device_timer_for
 from mrcdiag.agent.log import warn_once
 from mrcdiag.agent.recorder import Recorder
 from mrcdiag.agent.steps import StepTracker
@@ -68,6 +72,23 @@ class _Session:
         self.rank = rank
         self.groups: dict[int, _Group] = {}
         self.default_pg = torch_dist.distributed_c10d._get_default_group()
+        import torch
+
+        recorder.device_timer = device_timer_for(torch)
+
+    def start_on_device(self, device: int) -> Any:
+        """The device-arrival event of a collective on CUDA device `device`, else None."""
+        timer = self.recorder.device_timer
+        return timer.start(device) if device >= 0 and timer is not None else None
+
+    def add_record(self, row: tuple, start_event: Any = None, device: int = -1) -> None:
+        """A finished record: straight to the buffer, or first to wait for its device
+        completion, recorded now on the current stream (ordered after the collective)."""
+        timer = self.recorder.device_timer
+        if start_event is None or timer is None:
+            self.recorder.add_collective(row)
+        else:
+            timer.finish(row, start_event, device)
 
     def group(self, pg: Any) -> _Group:
         if pg is None:
@@ -127,7 +148,7 @@ def _finish(session: _Session, obj: Any) -> None:
         pending = session.recorder.pending
         entry = _pending_for(session, obj)
         if entry is not None and pending.pop(id(obj), None) is not None:
-            session.recorder.add_collective(entry[0] + (_now(), session.steps.index))
+            session.add_record(entry[0] + (_now(), session.steps.index), *entry[2:])
     except Exception as exc:  # noqa: BLE001
         _stop_recording("completion", exc)
 
@@ -165,6 +186,7 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
                 shape.is_async,
                 t_arrive,
             )
+            start_event = session.start_on_device(shape.device)
         except Exception as exc:  # noqa: BLE001
             _stop_recording(op_name, exc)
             return orig(*args, **kwargs)
@@ -178,7 +200,7 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
             try:
                 session.steps.n_collectives += 1
                 work = result[-1] if isinstance(result, list) and result else result
-                _track_async(session, work, head)
+                _track_async(session, work, head, start_event, shape.device)
             except Exception as exc:  # noqa: BLE001
                 _stop_recording(op_name, exc)
             return result
@@ -193,7 +215,7 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
             steps = session.steps
             if is_p2p and shape.peer < 0 and isinstance(result, int):
                 head = head[:4] + (result,) + head[5:]  # recv from any source: the sender
-            recorder.add_collective(head + (t_end, steps.index))
+            session.add_record(head + (t_end, steps.index), start_event, shape.device)
             steps.comm_ns += t_end - t_arrive
             steps.n_collectives += 1
         except Exception as exc:  # noqa: BLE001
@@ -204,13 +226,15 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
     return wrapper
 
 
-def _track_async(session: _Session, work: Any, head: tuple) -> None:
+def _track_async(
+    session: _Session, work: Any, head: tuple, start_event: Any = None, device: int = -1
+) -> None:
     if work is None:
         return
     recorder = session.recorder
     if len(recorder.pending) > 100_000:  # works nobody waits for: do not grow forever
         recorder.pending.clear()
-    recorder.pending[id(work)] = (head, work)
+    recorder.pending[id(work)] = (head, work, start_event, device)
     try:
         future = work.get_future()
     except Exception:  # noqa: BLE001 - gloo p2p works have no future: Work.wait finishes them
@@ -251,6 +275,12 @@ def _wrap_functional(name: str, orig: Any) -> Any:
         if session is None or _tls.busy:
             return orig(*args, **kwargs)
         t_arrive = _now()
+        try:
+            device = ops.cuda_index(args[0] if args else kwargs.get("self", kwargs.get("inputs")))
+            start_event = session.start_on_device(device)
+        except Exception as exc:  # noqa: BLE001
+            _stop_recording("functional " + name, exc)
+            return orig(*args, **kwargs)
         _tls.busy = True
         try:
             result = orig(*args, **kwargs)
@@ -277,7 +307,12 @@ def _wrap_functional(name: str, orig: Any) -> Any:
             )
             first = result[0] if isinstance(result, list) else result
             tensor = getattr(first, "elem", first)
-            session.recorder.pending[id(tensor)] = (head, weakref.ref(tensor))
+            session.recorder.pending[id(tensor)] = (
+                head,
+                weakref.ref(tensor),
+                start_event,
+                device,
+            )
             session.steps.n_collectives += 1
         except Exception as exc:  # noqa: BLE001
             _stop_recording("functional " + name, exc)
@@ -361,6 +396,8 @@ class _DDPDispatch:
         tensor = bucket.buffer()
         size = self.process_group.size()
         work = dist.all_reduce(tensor, group=self.process_group, async_op=True)
+        if size == 1:  # the average of one: no pass over the gradients at all
+            return work.get_future().then(lambda fut: fut.value()[0])
         return work.get_future().then(lambda fut: fut.value()[0].div_(size))
 
 

@@ -20,6 +20,7 @@ class CallShape(NamedTuple):
     group: Any  # a ProcessGroup or None for the default group
     is_async: bool
     peer: int  # global rank of the peer for point-to-point, else -1
+    device: int = -1  # CUDA device index of the tensors, -1 off the GPU
 
 
 _dtype_cache: dict[Any, int] = {}
@@ -37,6 +38,18 @@ def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) ->
     if len(args) > pos:
         return args[pos]
     return kwargs.get(name, default)
+
+
+def cuda_index(obj: Any) -> int:
+    """CUDA device index of a tensor (or of the first of a list of them); -1 otherwise."""
+    if isinstance(obj, (list, tuple)):
+        obj = obj[0] if obj else None
+        if isinstance(obj, (list, tuple)):
+            obj = obj[0] if obj else None
+    if obj is None or not getattr(obj, "is_cuda", False):
+        return -1
+    index = obj.device.index
+    return 0 if index is None else int(index)
 
 
 def _nbytes(tensor: Any) -> int:
@@ -60,6 +73,7 @@ def _one(tensor_pos: int, tensor_name: str, group_pos: int, async_pos: int, scal
             group,
             bool(_arg(args, kwargs, async_pos, "async_op", False)),
             -1,
+            cuda_index(tensor),
         )
 
     return read
@@ -76,6 +90,7 @@ def _many(list_pos: int, list_name: str, group_pos: int, async_pos: int, nested:
             _arg(args, kwargs, group_pos, "group"),
             bool(_arg(args, kwargs, async_pos, "async_op", False)),
             -1,
+            cuda_index(tensors),
         )
 
     return read
@@ -95,7 +110,14 @@ def _p2p(peer_name: str, is_async: bool):
         if peer is None:
             group_peer = kwargs.get("group_" + peer_name)
             peer = _global_rank(group, group_peer) if group_peer is not None else -1
-        return CallShape(_nbytes(tensor), dtype_code(tensor.dtype), group, is_async, int(peer))
+        return CallShape(
+            _nbytes(tensor),
+            dtype_code(tensor.dtype),
+            group,
+            is_async,
+            int(peer),
+            cuda_index(tensor),
+        )
 
     return read
 
@@ -109,6 +131,7 @@ def _batch_p2p(args: tuple, kwargs: dict) -> CallShape:
         first.group,
         True,
         int(first.peer) if len(p2p_ops) == 1 else -1,
+        cuda_index(first.tensor),
     )
 
 

@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from mrcdiag.agent.device_timer import DeviceTimer
 from mrcdiag.agent.log import warn_once
 from mrcdiag.store import schema
 from mrcdiag.store.writer import JsonLines, StreamTable
@@ -54,6 +55,8 @@ class Recorder:
         self._thread = threading.Thread(target=self._run, name="mrcdiag-writer", daemon=True)
         self._lock = threading.Lock()  # writer side only: flush() from atexit vs the thread
         self.closing = False  # set first thing in close(), so a signal never re-enters it
+        # CUDA collectives wait here for their device times (None off the GPU).
+        self.device_timer: DeviceTimer | None = None
 
     # --- hot path ------------------------------------------------------------------
     def add_collective(self, row: tuple) -> None:
@@ -104,11 +107,33 @@ class Recorder:
         for group in self._drain(self.new_groups):
             self._groups.append(group)
         self._collective_table.append_rows(self._drain(self.collectives))
+        self._collective_table.append_rows(self._device_timed())
         self._step_table.append_rows(self._drain(self.steps))
-        if self.dropped != self._written_dropped:
-            self._written_dropped = self.dropped
-            self.event("dropped", records=self.dropped)
+        if self.total_dropped != self._written_dropped:
+            self._written_dropped = self.total_dropped
+            self.event("dropped", records=self._written_dropped)
         self._note_inflight()
+
+    @property
+    def total_dropped(self) -> int:
+        timer = self.device_timer
+        return self.dropped + (timer.dropped if timer else 0)
+
+    def _device_timed(self) -> list[tuple]:
+        """Rows whose CUDA events have completed. A failure there costs the device times
+        only: the rows still queued are written with their host times."""
+        timer = self.device_timer
+        if timer is None:
+            return []
+        rows: list[tuple] = []
+        try:
+            timer.resolve(rows, final=self.closing)
+        except Exception as exc:  # noqa: BLE001
+            self.device_timer = None
+            warn_once("device-timer", f"collectives keep host times only ({exc!r})")
+            self.event("device_timing_off", reason=repr(exc))
+            rows += [entry[0] for entry in timer.take_all()]
+        return rows
 
     def _note_inflight(self) -> None:
         now = time.monotonic_ns()
@@ -143,7 +168,7 @@ class Recorder:
                 return
             self.failed = True  # nothing is written after close
             try:
-                self.event(reason, dropped=self.dropped)
+                self.event(reason, dropped=self.total_dropped)
                 self._collective_table.close()
                 self._step_table.close()
                 self._groups.close()
