@@ -6,12 +6,16 @@
    timed in alternating blocks with the hook recording and with the original function.
    The difference of the medians is what the hook adds to each call.
 2. Step time: a 2-rank DDP job run bare and under `mrcdiag launch`, alternated; each run
-   times its own steps (median after warm-up); reported as instrumented / bare.
+   times its own steps (median after warm-up); reported as instrumented / bare. Also
+   the CPU time rank 0's process spends per step (all its threads), which the other
+   tenants of a shared machine move far less than wall time: on 2 shared cores the wall
+   ratio of one session can differ from the next by more than the 2% being measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -62,7 +66,7 @@ def per_call(calls: int, rounds: int) -> tuple[float, float]:
     return statistics.median(bare_ns) / 1e3, statistics.median(hooked_ns) / 1e3, stub_us
 
 
-def ddp_step_ms(instrumented: bool, steps: int, nproc: int) -> float:
+def ddp_step_ms(instrumented: bool, steps: int, nproc: int) -> dict[str, float]:
     job = [
         sys.executable,
         "-m",
@@ -97,7 +101,7 @@ def ddp_step_ms(instrumented: bool, steps: int, nproc: int) -> float:
                 *job,
             ]
         subprocess.run(cmd, check=True, capture_output=True, env=env)
-        return float(out.read_text())
+        return json.loads(out.read_text())
 
 
 def main() -> None:
@@ -123,15 +127,18 @@ def main() -> None:
     )
     if args.ddp_pairs == 0:
         return
-    bare_ms, inst_ms = [], []
+    bare, inst = [], []
     for _ in range(args.ddp_pairs):
-        bare_ms.append(ddp_step_ms(False, args.ddp_steps, args.ddp_nproc))
-        inst_ms.append(ddp_step_ms(True, args.ddp_steps, args.ddp_nproc))
-    b, i = statistics.median(bare_ms), statistics.median(inst_ms)
-    print(
-        f"DDP step time, {args.ddp_nproc} rank(s): bare {b:.2f} ms, instrumented {i:.2f} ms, ratio {i / b:.3f} "
-        f"(medians of {args.ddp_pairs} alternated runs; bare {bare_ms}, inst {inst_ms})"
-    )
+        bare.append(ddp_step_ms(False, args.ddp_steps, args.ddp_nproc))
+        inst.append(ddp_step_ms(True, args.ddp_steps, args.ddp_nproc))
+    for key, what in (("wall_ms", "step time"), ("cpu_ms", "CPU time of rank 0 per step")):
+        b = statistics.median(r[key] for r in bare)
+        i = statistics.median(r[key] for r in inst)
+        print(
+            f"DDP {what}, {args.ddp_nproc} rank(s): bare {b:.2f} ms, instrumented {i:.2f} ms, "
+            f"ratio {i / b:.3f} (medians of {args.ddp_pairs} alternated runs; "
+            f"bare {[round(r[key], 1) for r in bare]}, inst {[round(r[key], 1) for r in inst]})"
+        )
 
 
 if __name__ == "__main__":

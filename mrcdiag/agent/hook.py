@@ -356,6 +356,7 @@ class _DDPDispatch:
         self.cpu = cpu  # gloo: average after the sum, off the training thread
         self.user_state: Any = None
         self.user_hook: Any = None
+        self.gloo_avg = True  # until gloo refuses ReduceOp.AVG once
 
     def as_hook(self) -> Any:
         """A plain function, as DDP wants: named, and with no annotation on `bucket`."""
@@ -382,23 +383,37 @@ class _DDPDispatch:
             _tls.source = previous
 
     def _allreduce_then_average(self, bucket: Any) -> Any:
-        """DDP's average, dividing on gloo's completion thread after the sum.
+        """DDP's average on CPU, with no pass over the gradients on the training thread.
 
         DDP's own C++ path folds the division into its copy into the bucket; a Python
         hook that divides first (torch's allreduce_hook) adds a pass over every gradient
-        on the training thread. On CPU that pass costs a few percent of a step, so here
-        the sum is issued at once and the division runs when it completes, off the
-        training thread. GPU jobs keep torch's allreduce_hook (a division kernel on the
-        GPU is cheap and stream-ordered).
+        on the training thread, a few percent of a CPU step. Gloo averages inside the
+        all-reduce (ReduceOp.AVG, torch >= 2.6), on its own thread; where it refuses,
+        the division runs when the sum completes, still off the training thread. GPU
+        jobs keep torch's allreduce_hook (a division kernel on the GPU is cheap and
+        stream-ordered, and dividing first keeps fp16 sums from overflowing).
         """
         import torch.distributed as dist
 
         tensor = bucket.buffer()
         size = self.process_group.size()
-        work = dist.all_reduce(tensor, group=self.process_group, async_op=True)
         if size == 1:  # the average of one: no pass over the gradients at all
-            return work.get_future().then(lambda fut: fut.value()[0])
+            work = dist.all_reduce(tensor, group=self.process_group, async_op=True)
+            return work.get_future().then(_first_value)
+        if self.gloo_avg:
+            try:
+                work = dist.all_reduce(
+                    tensor, op=dist.ReduceOp.AVG, group=self.process_group, async_op=True
+                )
+                return work.get_future().then(_first_value)
+            except (RuntimeError, ValueError):  # an older gloo: sum, then divide
+                self.gloo_avg = False
+        work = dist.all_reduce(tensor, group=self.process_group, async_op=True)
         return work.get_future().then(lambda fut: fut.value()[0].div_(size))
+
+
+def _first_value(fut: Any) -> Any:
+    return fut.value()[0]
 
 
 def _is_cpu_module(ddp: Any) -> bool:
