@@ -41,7 +41,7 @@ def _run(tmp_path: Path, mode: str) -> tuple[dict, np.ndarray, np.ndarray, list[
 
 
 def test_cuda_collectives_get_device_times_and_none_is_lost(tmp_path: Path) -> None:
-    host, arrive, end, _ = _run(tmp_path, "ok")
+    host, arrive, end, events = _run(tmp_path, "ok")
     assert len(arrive) == 5  # sync, async, held then released, CPU, never completed
     for i, mark in enumerate(("sync", "async", "held")):
         late = arrive[i] - host[mark]
@@ -51,6 +51,9 @@ def test_cuda_collectives_get_device_times_and_none_is_lost(tmp_path: Path) -> N
     assert 0 <= arrive[3] - host["held"] < DELAY_NS  # the CPU collective: host time
     never = arrive[4] - host["never_done"]  # still on the GPU at exit: kept, host time
     assert 0 <= never < SLACK_NS, never / MS
+    # not done on the GPU: the writer says where the rank is stuck, as for a host wait
+    stuck = [e for e in events if e["event"] == "in_collective"]
+    assert [(e["op"], e["seq"]) for e in stuck] == [("all_reduce", 5)]
 
 
 def test_failing_device_timer_keeps_host_times_and_recording(tmp_path: Path) -> None:

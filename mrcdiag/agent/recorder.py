@@ -139,6 +139,10 @@ class Recorder:
         now = time.monotonic_ns()
         candidates = [] if self.inflight is None else [self.inflight]
         candidates += [entry[0] for entry in list(self.pending.values())]
+        timer = self.device_timer
+        oldest_on_device = timer.queued[0] if timer is not None and timer.queued else None
+        if oldest_on_device is not None and not oldest_on_device[2].query():
+            candidates.append(oldest_on_device[0])  # queued long ago, still not done on the GPU
         stuck = [c for c in candidates if now - c[ARRIVE] > INFLIGHT_REPORT_AFTER_NS]
         if not stuck:
             return

@@ -20,6 +20,7 @@ import fake_cuda  # noqa: E402
 
 import mrcdiag  # noqa: E402
 from mrcdiag.agent import hook  # noqa: E402
+from mrcdiag.agent import recorder as recorder_module  # noqa: E402
 from mrcdiag.agent.device_timer import DeviceTimer  # noqa: E402
 
 DELAY_MS = 250.0
@@ -67,6 +68,8 @@ def main() -> None:
     stream.hold()
     host["never_done"] = time.monotonic_ns()
     nccl_sync(tensor)  # still on the GPU when the process ends
+    recorder_module.INFLIGHT_REPORT_AFTER_NS = 0  # "long ago" is now: a hung GPU
+    recorder.flush()
     dist.destroy_process_group()
     print(json.dumps(host))
 
