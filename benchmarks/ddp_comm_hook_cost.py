@@ -13,11 +13,10 @@ mrcdiag uses on CPU). Rank 0 prints the median wall and CPU time per step of eac
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 import torch.distributed as dist
+from alternating_blocks import model_like_the_benchmarks, time_in_blocks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
@@ -35,32 +34,18 @@ def _avg_hook(_state, bucket):  # noqa: ANN001, ANN202
 def main() -> None:
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    net = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(6)])
+    net = model_like_the_benchmarks()
     models = {name: DDP(copy.deepcopy(net)) for name in ("no hook", "builtin", "sum", "avg")}
     models["builtin"]._register_builtin_comm_hook(dist.BuiltinCommHookType.ALLREDUCE)
     models["sum"].register_comm_hook(None, _sum_hook)
     models["avg"].register_comm_hook(None, _avg_hook)
-    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3) for name, m in models.items()}
-    x = torch.randn(128, 1024)
-    wall: dict[str, list[float]] = {name: [] for name in models}
-    cpu: dict[str, list[float]] = {name: [] for name in models}
-    for _block in range(20):
-        for name, model in models.items():
-            for step in range(8):
-                t0, c0 = time.perf_counter(), time.process_time()
-                model(x).pow(2).mean().backward()
-                optimizers[name].step()
-                optimizers[name].zero_grad()
-                if step >= 2:  # the first steps of a block warm its caches
-                    wall[name].append(time.perf_counter() - t0)
-                    cpu[name].append(time.process_time() - c0)
+    times = time_in_blocks(models)
     if dist.get_rank() == 0:
-        base_wall, base_cpu = statistics.median(wall["no hook"]), statistics.median(cpu["no hook"])
-        for name in models:
-            w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        base_wall, base_cpu = times["no hook"]
+        for name, (w, c) in times.items():
             print(
-                f"{name:8s} wall {w * 1e3:6.2f} ms ({w / base_wall:.3f})  "
-                f"CPU {c * 1e3:6.2f} ms ({c / base_cpu:.3f})"
+                f"{name:8s} wall {w:6.2f} ms ({w / base_wall:.3f})  "
+                f"CPU {c:6.2f} ms ({c / base_cpu:.3f})"
             )
     dist.destroy_process_group()
 

@@ -16,45 +16,28 @@ adds to a step's own path. Rank 0 prints medians of wall and CPU time per step.
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 
 import torch
 import torch.distributed as dist
+from alternating_blocks import model_like_the_benchmarks, time_in_blocks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 def main() -> None:
     dist.init_process_group("gloo")
     torch.manual_seed(0)
-    net = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(6)])
+    net = model_like_the_benchmarks()
     recorded = DDP(copy.deepcopy(net))
     if not hasattr(recorded, "__mrcdiag_dispatch__"):
         raise SystemExit("run this under `mrcdiag launch`: DDP is not being recorded")
     bare = DDP.__new__(DDP)
     DDP.__init__.__wrapped__(bare, copy.deepcopy(net))  # DDP's own constructor
-    models = {"bare": bare, "mrcdiag": recorded}
-    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3) for name, m in models.items()}
-    x = torch.randn(128, 1024)
-    wall: dict[str, list[float]] = {name: [] for name in models}
-    cpu: dict[str, list[float]] = {name: [] for name in models}
-    for _block in range(25):
-        for name, model in models.items():
-            for step in range(8):
-                t0, c0 = time.perf_counter(), time.process_time()
-                model(x).pow(2).mean().backward()
-                optimizers[name].step()
-                optimizers[name].zero_grad()
-                if step >= 2:  # the first steps of a block warm its caches
-                    wall[name].append(time.perf_counter() - t0)
-                    cpu[name].append(time.process_time() - c0)
+    times = time_in_blocks({"bare": bare, "mrcdiag": recorded}, blocks=25)
     if dist.get_rank() == 0:
-        w = {name: statistics.median(v) * 1e3 for name, v in wall.items()}
-        c = {name: statistics.median(v) * 1e3 for name, v in cpu.items()}
+        (bw, bc), (mw, mc) = times["bare"], times["mrcdiag"]
         print(
-            f"wall per step: bare {w['bare']:.2f} ms, mrcdiag {w['mrcdiag']:.2f} ms, "
-            f"ratio {w['mrcdiag'] / w['bare']:.3f}; CPU per step: bare {c['bare']:.2f} ms, "
-            f"mrcdiag {c['mrcdiag']:.2f} ms, ratio {c['mrcdiag'] / c['bare']:.3f}"
+            f"wall per step: bare {bw:.2f} ms, mrcdiag {mw:.2f} ms, ratio {mw / bw:.3f}; "
+            f"CPU per step: bare {bc:.2f} ms, mrcdiag {mc:.2f} ms, ratio {mc / bc:.3f}"
         )
     dist.destroy_process_group()
 

@@ -1,0 +1,42 @@
+"""Shared by the in-job A/B benchmarks: time several DDP models in alternating blocks.
+
+Machine noise on a small shared host is larger than the differences being measured, so
+every model runs a block of steps in turn, many times over, and each gets the median of
+its steps' wall and CPU time (the process's, all threads), in ms.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def model_like_the_benchmarks() -> torch.nn.Module:
+    """Six 1024x1024 layers: 24 MB of gradients per step, like benchmarks/ddp_job.py."""
+    return torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(6)])
+
+
+def time_in_blocks(
+    models: dict[str, torch.nn.Module], blocks: int = 20, steps: int = 8
+) -> dict[str, tuple[float, float]]:
+    """name -> (median wall ms, median CPU ms) per step, warm-up steps of a block left out."""
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3) for name, m in models.items()}
+    x = torch.randn(128, 1024)
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
+    for _block in range(blocks):
+        for name, model in models.items():
+            for step in range(steps):
+                t0, c0 = time.perf_counter(), time.process_time()
+                model(x).pow(2).mean().backward()
+                optimizers[name].step()
+                optimizers[name].zero_grad()
+                if step >= 2:  # the first steps of a block warm its caches
+                    wall[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
+    return {
+        name: (statistics.median(wall[name]) * 1e3, statistics.median(cpu[name]) * 1e3)
+        for name in models
+    }
