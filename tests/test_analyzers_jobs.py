@@ -79,7 +79,7 @@ def test_job_that_slows_down_partway_is_one_slowdown_and_no_straggler(run_dir: P
         run_dir,
         2,
         demo_job(
-            "--steps", "90", "--work-ms", "10", "--slowdown-at-step", str(at), "--slowdown-ms", "15"
+            "--steps", "90", "--work-ms", "10", "--slowdown-at-step", str(at), "--slowdown-ms", "25"
         ),
     )
     assert result.returncode == 0, result.stderr
