@@ -19,11 +19,16 @@ def model_like_the_benchmarks() -> torch.nn.Module:
 
 
 def time_in_blocks(
-    models: dict[str, torch.nn.Module], blocks: int = 20, steps: int = 8
+    models: dict[str, torch.nn.Module], blocks: int = 20, steps: int = 8, batch: int = 128
 ) -> dict[str, tuple[float, float]]:
-    """name -> (median wall ms, median CPU ms) per step, warm-up steps of a block left out."""
+    """name -> (median wall ms, median CPU ms) per step, warm-up steps of a block left out.
+
+    `batch` sets the compute per byte of gradient: 128 samples of 1024 features is 768
+    FLOP per parameter per step, far less than a real training step (a transformer does
+    6 FLOP per parameter per token, with thousands of tokens per rank), so any cost that
+    scales with the gradients' size shows here at its largest."""
     optimizers = {name: torch.optim.SGD(m.parameters(), lr=1e-3) for name, m in models.items()}
-    x = torch.randn(128, 1024)
+    x = torch.randn(batch, 1024)
     wall: dict[str, list[float]] = {name: [] for name in models}
     cpu: dict[str, list[float]] = {name: [] for name in models}
     for _block in range(blocks):
@@ -40,3 +45,28 @@ def time_in_blocks(
         name: (statistics.median(wall[name]) * 1e3, statistics.median(cpu[name]) * 1e3)
         for name in models
     }
+
+
+def paired_steps(
+    first: torch.nn.Module, second: torch.nn.Module, pairs: int, batch: int = 128
+) -> list[tuple[float, float, float, float]]:
+    """Per pair of adjacent steps, one of each model: (wall a, wall b, CPU a, CPU b), s.
+
+    The order within a pair flips every pair (ABBA...), so that whatever the step before
+    leaves behind (caches, the gloo thread's last work) falls on both alike. The first
+    pairs warm up and are left out."""
+    models = (first, second)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=1e-3) for m in models]
+    x = torch.randn(batch, 1024)
+    out: list[tuple[float, float, float, float]] = []
+    for pair in range(pairs + 5):
+        wall, cpu = [0.0, 0.0], [0.0, 0.0]
+        for which in (0, 1) if pair % 2 == 0 else (1, 0):
+            t0, c0 = time.perf_counter(), time.process_time()
+            models[which](x).pow(2).mean().backward()
+            optimizers[which].step()
+            optimizers[which].zero_grad()
+            wall[which], cpu[which] = time.perf_counter() - t0, time.process_time() - c0
+        if pair >= 5:
+            out.append((wall[0], wall[1], cpu[0], cpu[1]))
+    return out

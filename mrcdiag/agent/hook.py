@@ -70,7 +70,8 @@ class _Session:
         self.steps = StepTracker(recorder)
         self.dist = torch_dist
         self.rank = rank
-        self.groups: dict[int, _Group] = {}
+        self.groups: dict[Any, _Group] = {}  # ProcessGroup (or None) -> its entry
+        self.n_groups = 0
         self.default_pg = torch_dist.distributed_c10d._get_default_group()
         import torch
 
@@ -91,14 +92,17 @@ class _Session:
             timer.finish(row, start_event, device)
 
     def group(self, pg: Any) -> _Group:
-        if pg is None:
-            pg = self.default_pg
-        found = self.groups.get(id(pg))
-        if found is None:
-            found = self._new_group(pg)
-        return found
+        """The entry of a process group (None: the default group), made on first use."""
+        found = self.groups.get(pg)
+        return self.new_group(pg) if found is None else found
 
-    def _new_group(self, pg: Any) -> _Group:
+    def new_group(self, pg: Any) -> _Group:
+        """Keyed by the group object itself (None too, for the default group): the hot
+        path finds it with one dict lookup, and the entry keeps the group alive."""
+        if pg is None:
+            entry = self.group(self.default_pg)
+            self.groups[None] = entry
+            return entry
         dist = self.dist
         ranks = list(dist.get_process_group_ranks(pg))
         try:
@@ -109,8 +113,9 @@ class _Session:
             backend = str(dist.get_backend(pg))
         except Exception:  # noqa: BLE001
             backend = "unknown"
-        entry = _Group(len(self.groups), pg, len(ranks))
-        self.groups[id(pg)] = entry
+        entry = _Group(self.n_groups, pg, len(ranks))
+        self.n_groups += 1
+        self.groups[pg] = entry
         self.recorder.new_groups.append(
             {"index": entry.index, "name": name, "ranks": ranks, "backend": backend}
         )
@@ -158,6 +163,8 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
     read = ops.CALL_READERS[op_name]
     is_p2p = op_name in schema.POINT_TO_POINT_OPS
 
+    # The hot path: every collective of the job passes here. It stays a straight line of
+    # attribute reads and tuple building (see benchmarks/hook_overhead.py for its cost).
     @functools.wraps(orig)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         session = _session
@@ -166,8 +173,10 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
             return orig(*args, **kwargs)
         t_arrive = _now()
         try:
-            shape = read(args, kwargs)
-            group = session.group(shape.group)
+            nbytes, dtype, pg, is_async, peer, device = read(args, kwargs)
+            group = session.groups.get(pg)
+            if group is None:
+                group = session.new_group(pg)
             if is_p2p:
                 group.p2p_seq += 1
                 seq = group.p2p_seq
@@ -175,24 +184,14 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
                 group.seq += 1
                 seq = group.seq
             # The row without its end: also what "in flight" means while we wait.
-            head = (
-                code,
-                tls.source,
-                group.index,
-                seq,
-                shape.peer,
-                shape.nbytes,
-                shape.dtype,
-                shape.is_async,
-                t_arrive,
-            )
-            start_event = session.start_on_device(shape.device)
+            head = (code, tls.source, group.index, seq, peer, nbytes, dtype, is_async, t_arrive)
+            start_event = None if device < 0 else session.start_on_device(device)
         except Exception as exc:  # noqa: BLE001
             _stop_recording(op_name, exc)
             return orig(*args, **kwargs)
         recorder = session.recorder
         tls.busy = True
-        if shape.is_async:
+        if is_async:
             try:
                 result = orig(*args, **kwargs)
             finally:
@@ -200,7 +199,7 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
             try:
                 session.steps.n_collectives += 1
                 work = result[-1] if isinstance(result, list) and result else result
-                _track_async(session, work, head, start_event, shape.device)
+                _track_async(session, work, head, start_event, device)
             except Exception as exc:  # noqa: BLE001
                 _stop_recording(op_name, exc)
             return result
@@ -213,9 +212,12 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
         t_end = _now()
         try:
             steps = session.steps
-            if is_p2p and shape.peer < 0 and isinstance(result, int):
+            if is_p2p and peer < 0 and isinstance(result, int):
                 head = head[:4] + (result,) + head[5:]  # recv from any source: the sender
-            session.add_record(head + (t_end, steps.index), start_event, shape.device)
+            if start_event is None:
+                recorder.add_collective(head + (t_end, steps.index))
+            else:
+                session.add_record(head + (t_end, steps.index), start_event, device)
             steps.comm_ns += t_end - t_arrive
             steps.n_collectives += 1
         except Exception as exc:  # noqa: BLE001
@@ -291,7 +293,7 @@ def _wrap_functional(name: str, orig: Any) -> Any:
             pg = _resolve_functional_group(session, group_spec, kwargs.get("tag", ""))
             group = session.group(pg)
             group.seq += 1
-            nbytes = sum(t.numel() * t.element_size() for t in tensors)
+            nbytes = sum(t.nbytes for t in tensors)
             if output_sized:
                 nbytes *= group.size
             head = (

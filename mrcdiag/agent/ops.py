@@ -15,6 +15,9 @@ from mrcdiag.store.schema import DTYPE_CODE
 
 
 class CallShape(NamedTuple):
+    """What a reader returns: a plain tuple in this order (a NamedTuple costs a Python
+    call per collective; this class names the fields for readers of the code and tests)."""
+
     nbytes: int
     dtype: int
     group: Any  # a ProcessGroup or None for the default group
@@ -23,6 +26,7 @@ class CallShape(NamedTuple):
     device: int = -1  # CUDA device index of the tensors, -1 off the GPU
 
 
+# torch.dtype -> our code; filled by bind_torch, and lazily for anything else.
 _dtype_cache: dict[Any, int] = {}
 
 
@@ -32,12 +36,6 @@ def dtype_code(dtype: Any) -> int:
         code = DTYPE_CODE.get(str(dtype).removeprefix("torch."), 0)
         _dtype_cache[dtype] = code
     return code
-
-
-def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any = None) -> Any:
-    if len(args) > pos:
-        return args[pos]
-    return kwargs.get(name, default)
 
 
 def cuda_index(obj: Any) -> int:
@@ -52,43 +50,44 @@ def cuda_index(obj: Any) -> int:
     return 0 if index is None else int(index)
 
 
-def _nbytes(tensor: Any) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
 def _sum_bytes(tensors: Any) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(t.nbytes for t in tensors)
 
 
+# The readers run on every collective, so they avoid helper calls: arguments are read
+# inline (`args[i] if len(args) > i else kwargs.get(name)`), bytes come from `nbytes`.
 def _one(tensor_pos: int, tensor_name: str, group_pos: int, async_pos: int, scale_by_group=False):
-    def read(args: tuple, kwargs: dict) -> CallShape:
-        tensor = _arg(args, kwargs, tensor_pos, tensor_name)
-        group = _arg(args, kwargs, group_pos, "group")
-        nbytes = _nbytes(tensor)
+    def read(args: tuple, kwargs: dict) -> tuple:
+        n = len(args)
+        tensor = args[tensor_pos] if n > tensor_pos else kwargs.get(tensor_name)
+        group = args[group_pos] if n > group_pos else kwargs.get("group")
+        nbytes = tensor.nbytes
         if scale_by_group:
             nbytes *= _group_size(group)
-        return CallShape(
+        dtype = _dtype_cache.get(tensor.dtype)
+        return (
             nbytes,
-            dtype_code(tensor.dtype),
+            dtype_code(tensor.dtype) if dtype is None else dtype,
             group,
-            bool(_arg(args, kwargs, async_pos, "async_op", False)),
+            bool(args[async_pos] if n > async_pos else kwargs.get("async_op", False)),
             -1,
-            cuda_index(tensor),
+            cuda_index(tensor) if tensor.is_cuda else -1,
         )
 
     return read
 
 
 def _many(list_pos: int, list_name: str, group_pos: int, async_pos: int, nested: bool = False):
-    def read(args: tuple, kwargs: dict) -> CallShape:
-        tensors = _arg(args, kwargs, list_pos, list_name)
+    def read(args: tuple, kwargs: dict) -> tuple:
+        n = len(args)
+        tensors = args[list_pos] if n > list_pos else kwargs.get(list_name)
         if nested:
             tensors = [t for inner in tensors for t in inner]
-        return CallShape(
+        return (
             _sum_bytes(tensors),
             dtype_code(tensors[0].dtype) if tensors else 0,
-            _arg(args, kwargs, group_pos, "group"),
-            bool(_arg(args, kwargs, async_pos, "async_op", False)),
+            args[group_pos] if n > group_pos else kwargs.get("group"),
+            bool(args[async_pos] if n > async_pos else kwargs.get("async_op", False)),
             -1,
             cuda_index(tensors),
         )
@@ -96,22 +95,29 @@ def _many(list_pos: int, list_name: str, group_pos: int, async_pos: int, nested:
     return read
 
 
-def _barrier(args: tuple, kwargs: dict) -> CallShape:
-    return CallShape(
-        0, 0, _arg(args, kwargs, 0, "group"), bool(_arg(args, kwargs, 1, "async_op", False)), -1
+def _barrier(args: tuple, kwargs: dict) -> tuple:
+    n = len(args)
+    return (
+        0,
+        0,
+        args[0] if n > 0 else kwargs.get("group"),
+        bool(args[1] if n > 1 else kwargs.get("async_op", False)),
+        -1,
+        -1,
     )
 
 
 def _p2p(peer_name: str, is_async: bool):
-    def read(args: tuple, kwargs: dict) -> CallShape:
-        tensor = _arg(args, kwargs, 0, "tensor")
-        peer = _arg(args, kwargs, 1, peer_name)
-        group = _arg(args, kwargs, 2, "group")
+    def read(args: tuple, kwargs: dict) -> tuple:
+        n = len(args)
+        tensor = args[0] if n > 0 else kwargs.get("tensor")
+        peer = args[1] if n > 1 else kwargs.get(peer_name)
+        group = args[2] if n > 2 else kwargs.get("group")
         if peer is None:
             group_peer = kwargs.get("group_" + peer_name)
             peer = _global_rank(group, group_peer) if group_peer is not None else -1
-        return CallShape(
-            _nbytes(tensor),
+        return (
+            tensor.nbytes,
             dtype_code(tensor.dtype),
             group,
             is_async,
@@ -122,10 +128,10 @@ def _p2p(peer_name: str, is_async: bool):
     return read
 
 
-def _batch_p2p(args: tuple, kwargs: dict) -> CallShape:
-    p2p_ops = _arg(args, kwargs, 0, "p2p_op_list")
+def _batch_p2p(args: tuple, kwargs: dict) -> tuple:
+    p2p_ops = args[0] if args else kwargs.get("p2p_op_list")
     first = p2p_ops[0]
-    return CallShape(
+    return (
         _sum_bytes(op.tensor for op in p2p_ops),
         dtype_code(first.tensor.dtype),
         first.group,
@@ -155,7 +161,7 @@ def _global_rank(group: Any, group_rank: int) -> int:
 
 
 # op name -> reader of (args, kwargs); every entry is wrapped in torch.distributed.
-CALL_READERS: dict[str, Callable[[tuple, dict], CallShape]] = {
+CALL_READERS: dict[str, Callable[[tuple, dict], tuple]] = {
     "all_reduce": _one(0, "tensor", 2, 3),
     "all_gather": _many(0, "tensor_list", 2, 3),
     "all_gather_into_tensor": _one(0, "output_tensor", 2, 3),
@@ -184,17 +190,16 @@ CALL_READERS: dict[str, Callable[[tuple, dict], CallShape]] = {
 # and how to find (tensors, group) in the call.
 def _functional_one(group_pos: int):
     def read(args: tuple, kwargs: dict) -> tuple[list, Any]:
-        return [_arg(args, kwargs, 0, "self")], _arg(args, kwargs, group_pos, "group")
+        tensor = args[0] if args else kwargs.get("self")
+        return [tensor], args[group_pos] if len(args) > group_pos else kwargs.get("group")
 
     return read
 
 
 def _functional_many(group_pos: int):
     def read(args: tuple, kwargs: dict) -> tuple[list, Any]:
-        tensors = _arg(args, kwargs, 0, "self")
-        if tensors is None:
-            tensors = kwargs.get("inputs")
-        return list(tensors), _arg(args, kwargs, group_pos, "group")
+        tensors = args[0] if args else kwargs.get("self", kwargs.get("inputs"))
+        return list(tensors), args[group_pos] if len(args) > group_pos else kwargs.get("group")
 
     return read
 

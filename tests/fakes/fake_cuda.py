@@ -95,3 +95,7 @@ class FakeCudaTensor:
 
     def element_size(self) -> int:
         return 4
+
+    @property
+    def nbytes(self) -> int:
+        return self._numel * 4
