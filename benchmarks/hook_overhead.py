@@ -5,11 +5,14 @@
 1. Per collective: one process, a gloo group of size 1, all_reduce of a small tensor,
    timed in alternating blocks with the hook recording and with the original function.
    The difference of the medians is what the hook adds to each call.
+   Also the wrapper alone around a no-op, in a tight loop and between small matrix
+   products (compute between collectives leaves the interpreter's caches cold).
 2. Step time: a 2-rank DDP job run bare and under `mrcdiag launch`, alternated; each run
    times its own steps (median after warm-up); reported as instrumented / bare. Also
    the CPU time rank 0's process spends per step (all its threads), which the other
    tenants of a shared machine move far less than wall time: on 2 shared cores the wall
-   ratio of one session can differ from the next by more than the 2% being measured.
+   ratio of one session can differ from the next by more than the 2% being measured;
+   benchmarks/ddp_overhead.py measures the same inside one job, step by step.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def per_call(calls: int, rounds: int) -> tuple[float, float]:
+def per_call(calls: int, rounds: int) -> tuple[float, float, float, float]:
     import torch
     import torch.distributed as dist
 
@@ -55,15 +58,33 @@ def per_call(calls: int, rounds: int) -> tuple[float, float]:
                 t2 = clock()
                 bare_ns.append(t1 - t0)
                 hooked_ns.append(t2 - t1)
-        # The wrapper alone, around a collective that does nothing: its own cost.
-        stub = hook._wrap_collective("all_reduce", lambda *a, **k: None)
+        # The wrapper alone, around a collective that does nothing: its own cost, in a
+        # tight loop (warm caches), and between small matrix products, as in a real step
+        # where compute runs between collectives and evicts the interpreter's caches.
+        nothing = lambda *a, **k: None  # noqa: E731
+        stub = hook._wrap_collective("all_reduce", nothing)
         t0 = clock()
         for _ in range(calls):
             stub(t)
         stub_us = (clock() - t0) / calls / 1e3
+        x = torch.randn(64, 64)
+        blocks: dict[str, list[float]] = {"nothing": [], "stub": []}
+        for _ in range(rounds * 10):
+            for name, fn in (("nothing", nothing), ("stub", stub)):
+                t0 = clock()
+                for _ in range(200):
+                    fn(t)
+                    x @ x
+                blocks[name].append((clock() - t0) / 200 / 1e3)
+        between_us = statistics.median(blocks["stub"]) - statistics.median(blocks["nothing"])
         hook.detach()
         dist.destroy_process_group()
-    return statistics.median(bare_ns) / 1e3, statistics.median(hooked_ns) / 1e3, stub_us
+    return (
+        statistics.median(bare_ns) / 1e3,
+        statistics.median(hooked_ns) / 1e3,
+        stub_us,
+        between_us,
+    )
 
 
 def ddp_step_ms(instrumented: bool, steps: int, nproc: int) -> dict[str, float]:
@@ -118,8 +139,9 @@ def main() -> None:
         "thread, as a GPU node has host cores to spare",
     )
     args = p.parse_args()
-    bare, hooked, stub = per_call(args.calls, args.rounds)
+    bare, hooked, stub, between = per_call(args.calls, args.rounds)
     print(f"wrapper alone (recording, around a no-op collective): {stub:.2f} us per call")
+    print(f"same, each call after a 64x64 matrix product: {between:.2f} us per call")
     print(
         f"all_reduce on a 1-rank gloo group, alternated call by call: bare {bare:.2f} us, "
         f"hooked {hooked:.2f} us, difference {hooked - bare:.2f} us "

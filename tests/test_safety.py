@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,25 @@ def test_attach_and_step_by_hand_without_launch(tmp_path: Path) -> None:
         assert list(mine["step"]) == [0, 1, 2, 3, 4]
         assert list(mine["n_collectives"]) == [2] * 5
         assert (mine["comm_ns"] > 0).all()
+
+
+def test_sigterm_during_the_final_close_keeps_every_record(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tests" / "jobs" / "sigterm_while_closing.py"),
+            str(run_dir),
+            "7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=job_env(),
+        cwd=REPO,
+    )
+    assert proc.returncode == -signal.SIGTERM, proc.stderr  # it still dies of the signal
+    assert "survived SIGTERM" not in proc.stdout
+    run = read_run(run_dir)
+    assert len(run.collectives) == 7  # all of them reached the disk before it died
+    assert run.ranks[0].closed_cleanly

@@ -624,8 +624,13 @@ def _flush_on_sigterm() -> None:
 
 
 def _on_sigterm(signum: int, _frame: Any) -> None:
-    global _session
+    global _session, _deferred_signal
     session, _session = _session, None
+    if session is None and _closing:
+        # detach() is flushing in this very thread (at exit, after a failed collective):
+        # dying now would lose the last half-second it is writing. It re-sends this.
+        _deferred_signal = signum
+        return
     try:
         if session is not None and not session.recorder.closing:
             session.recorder.close("terminated")
@@ -649,17 +654,29 @@ class own_traffic:
         _tls.busy = self._previous
 
 
+_closing = False  # detach() is closing the records
+_deferred_signal: int | None = None  # a SIGTERM that came meanwhile, re-sent after
+
+
 def detach() -> None:
     """Stop recording and flush; called at destroy_process_group and at exit."""
-    global _session
+    global _session, _closing, _deferred_signal
     session = _session
     _session = None
     if session is None:
         return
-    steps = session.steps
-    if steps.manual and steps.in_manual_step:
-        steps.end_manual()
-    session.recorder.close("closed")
+    _closing = True
+    try:
+        steps = session.steps
+        if steps.manual and steps.in_manual_step:
+            steps.end_manual()
+        session.recorder.close("closed")
+    finally:
+        _closing = False
+        signum, _deferred_signal = _deferred_signal, None
+        if signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 def rank_dir_for(run_dir: Path, rank: int) -> Path:
