@@ -44,6 +44,9 @@ WARNING_LOST_OF_RUN = 0.02
 CRITICAL_LOST_OF_RUN = 0.20
 CPU_WAIT_EXCESS = 0.15  # s of run-queue wait per s beyond the other ranks'
 MIN_SHARE_OF_RUN = 0.5  # share of the steady steps a lateness must span to warn
+# A lasting lateness under this warns only through what it costs: a rank a few hundred
+# microseconds behind is the scheduling of a shared host, not a slow rank to go and see.
+MIN_PERSISTENT_LATENESS_S = 0.001
 
 
 def find_stragglers(run: RunData, inst: Instances, m: RankStepMatrix) -> list[Finding]:
@@ -94,13 +97,17 @@ def _severity(
     late_s: float, lost_s: float, step_s: float, run_s: float, share_of_run: float = 1.0
 ) -> str:
     """critical: costs a fifth of the run; warning: costs 2% of it, or late by 3% of a step
-    through at least half of it (a rank 5% slower among a thousand costs the job little,
+    (and at least a millisecond) through at least half of it (a rank 5% slower among a thousand costs the job little,
     the others' own jitter hides most of it, yet it is a rank to look at). An episode
     that neither lasts nor costs (the jitter of a shared machine) stays info."""
     lost_share = lost_s / run_s if run_s > 0 else 0.0
     if lost_share >= CRITICAL_LOST_OF_RUN:
         return "critical"
-    persistent = late_s / step_s >= WARNING_LATENESS_OF_STEP and share_of_run >= MIN_SHARE_OF_RUN
+    persistent = (
+        late_s / step_s >= WARNING_LATENESS_OF_STEP
+        and late_s >= MIN_PERSISTENT_LATENESS_S
+        and share_of_run >= MIN_SHARE_OF_RUN
+    )
     if lost_share >= WARNING_LOST_OF_RUN or persistent:
         return "warning"
     return "info"
