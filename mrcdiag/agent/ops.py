@@ -1,6 +1,8 @@
 """How to read one call of each torch.distributed collective: its tensor, bytes, group.
 
-Each reader takes the call's (args, kwargs) and returns a `CallShape`. The positions
+Each reader takes the call's (args, kwargs) and returns a plain tuple (nbytes, dtype
+code, group or None for the default group, is_async, peer's global rank or -1, CUDA
+device index or -1): a NamedTuple would cost a Python call per collective. The positions
 follow the signatures of torch.distributed in torch 2.x (checked against 2.13). Bytes
 follow nccl-tests' "size": the whole buffer that crosses the group (the gathered
 output for all_gather, the input for reduce_scatter and all_to_all).
@@ -9,24 +11,11 @@ output for all_gather, the input for reduce_scatter and all_to_all).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from mrcdiag.store.schema import DTYPE_CODE
 
-
-class CallShape(NamedTuple):
-    """What a reader returns: a plain tuple in this order (a NamedTuple costs a Python
-    call per collective; this class names the fields for readers of the code and tests)."""
-
-    nbytes: int
-    dtype: int
-    group: Any  # a ProcessGroup or None for the default group
-    is_async: bool
-    peer: int  # global rank of the peer for point-to-point, else -1
-    device: int = -1  # CUDA device index of the tensors, -1 off the GPU
-
-
-# torch.dtype -> our code; filled by bind_torch, and lazily for anything else.
+# torch.dtype -> our code, filled the first time each dtype is seen.
 _dtype_cache: dict[Any, int] = {}
 
 
