@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 DEFAULT_BYTES = 1 << 20
-ROUNDS = 3
+ROUNDS = 5
 ALL_PAIRS_UP_TO = 16
 
 
@@ -36,31 +36,40 @@ def probe_links(dist: Any, torch: Any, rank: int, rank_hosts: list[str], group: 
         return []
     nbytes = int(os.environ.get("MRCDIAG_PROBE_BYTES", DEFAULT_BYTES))
     buf = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32)
-    mine = []
-    for i, j in pairs_for(hosts):
-        a, b = representatives[hosts[i]], representatives[hosts[j]]
-        if rank == a:
-            best = None
-            for _ in range(ROUNDS):
+    token = torch.zeros(1, dtype=torch.float32)
+    best: dict[tuple[int, int], float] = {}
+    # Rounds go over every pair in turn rather than one pair at a time, so that a burst of
+    # load on a host (another process, the job's own start-up) spoils one round of several
+    # pairs, not every round of one pair; the fastest round of each pair is kept.
+    for _ in range(ROUNDS):
+        for i, j in pairs_for(hosts):
+            a, b = representatives[hosts[i]], representatives[hosts[j]]
+            # An untimed one-element round trip first: b may still be busy with another
+            # pair, and waiting for it is not the link's time.
+            if rank == a:
+                dist.send(token, dst=b, group=group)
+                dist.recv(token, src=b, group=group)
                 t0 = time.perf_counter()
                 dist.send(buf, dst=b, group=group)
                 dist.recv(buf, src=b, group=group)
                 rtt = time.perf_counter() - t0
-                best = rtt if best is None else min(best, rtt)
-            mine.append(
-                {
-                    "a": hosts[i],
-                    "b": hosts[j],
-                    "ranks": [a, b],
-                    "bytes": buf.numel() * 4,
-                    "rtt_s": best,
-                    "gbps": 2 * buf.numel() * 4 / best / 1e9,
-                }
-            )
-        elif rank == b:
-            for _ in range(ROUNDS):
+                best[(i, j)] = min(rtt, best.get((i, j), rtt))
+            elif rank == b:
+                dist.recv(token, src=a, group=group)
+                dist.send(token, dst=a, group=group)
                 dist.recv(buf, src=a, group=group)
                 dist.send(buf, dst=a, group=group)
+    mine = [
+        {
+            "a": hosts[i],
+            "b": hosts[j],
+            "ranks": [representatives[hosts[i]], representatives[hosts[j]]],
+            "bytes": buf.numel() * 4,
+            "rtt_s": rtt,
+            "gbps": 2 * buf.numel() * 4 / rtt / 1e9,
+        }
+        for (i, j), rtt in best.items()
+    ]
     gathered: list[Any] = [None] * len(rank_hosts)
     dist.all_gather_object(gathered, mine, group=group)
     return [pair for part in gathered for pair in part]
