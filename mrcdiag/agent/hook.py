@@ -353,12 +353,12 @@ def _wrap_wait_tensor(orig: Any) -> Any:
 class _DDPDispatch:
     """Our comm hook on a DDP module: runs the user's hook if one was registered."""
 
-    def __init__(self, process_group: Any, cpu: bool = False) -> None:
+    def __init__(self, process_group: Any, average_in_collective: bool = False) -> None:
         self.process_group = process_group
-        self.cpu = cpu  # gloo: average after the sum, off the training thread
+        self.average_in_collective = average_in_collective  # ReduceOp.AVG: gloo, NCCL
         self.user_state: Any = None
         self.user_hook: Any = None
-        self.gloo_avg = True  # until gloo refuses ReduceOp.AVG once
+        self.avg_refused = False  # set when the backend refuses ReduceOp.AVG once
 
     def as_hook(self) -> Any:
         """A plain function, as DDP wants: named, and with no annotation on `bucket`."""
@@ -376,24 +376,23 @@ class _DDPDispatch:
         try:
             if self.user_hook is not None:
                 return self.user_hook(self.user_state, bucket)
-            if self.cpu:
-                return self._allreduce_then_average(bucket)
-            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-
-            return default_hooks.allreduce_hook(self.process_group, bucket)
+            if self.average_in_collective:
+                return self._average_in_collective(bucket)
+            return _torch_allreduce_hook(self.process_group, bucket)
         finally:
             _tls.source = previous
 
-    def _allreduce_then_average(self, bucket: Any) -> Any:
-        """DDP's average on CPU, with no pass over the gradients on the training thread.
+    def _average_in_collective(self, bucket: Any) -> Any:
+        """DDP's average with no extra pass over the gradients.
 
         DDP's own C++ path folds the division into its copy into the bucket; a Python
-        hook that divides first (torch's allreduce_hook) adds a pass over every gradient
-        on the training thread, a few percent of a CPU step. Gloo averages inside the
-        all-reduce (ReduceOp.AVG, torch >= 2.6), on its own thread; where it refuses,
-        the division runs when the sum completes, still off the training thread. GPU
-        jobs keep torch's allreduce_hook (a division kernel on the GPU is cheap and
-        stream-ordered, and dividing first keeps fp16 sums from overflowing).
+        hook that divides first (torch's allreduce_hook) adds a pass over every gradient:
+        on CPU a few percent of a step on the training thread, on a GPU a read and a
+        write of every gradient byte in device memory. Gloo (torch >= 2.6) and NCCL
+        (>= 2.10) average inside the all-reduce (ReduceOp.AVG; NCCL pre-multiplies
+        floats by 1/n, so fp16 sums do not overflow). Where the backend refuses: on CPU
+        the division runs when the sum completes, off the training thread; on a GPU,
+        torch's allreduce_hook (divide first, against fp16 overflow).
         """
         import torch.distributed as dist
 
@@ -402,29 +401,44 @@ class _DDPDispatch:
         if size == 1:  # the average of one: no pass over the gradients at all
             work = dist.all_reduce(tensor, group=self.process_group, async_op=True)
             return work.get_future().then(_first_value)
-        if self.gloo_avg:
+        if not self.avg_refused:
             try:
                 work = dist.all_reduce(
                     tensor, op=dist.ReduceOp.AVG, group=self.process_group, async_op=True
                 )
                 return work.get_future().then(_first_value)
-            except (RuntimeError, ValueError):  # an older gloo: sum, then divide
-                self.gloo_avg = False
+            except (RuntimeError, ValueError):  # an older gloo or NCCL
+                self.avg_refused = True
+        if tensor.is_cuda:
+            return _torch_allreduce_hook(self.process_group, bucket)
         work = dist.all_reduce(tensor, group=self.process_group, async_op=True)
         return work.get_future().then(lambda fut: fut.value()[0].div_(size))
+
+
+def _torch_allreduce_hook(process_group: Any, bucket: Any) -> Any:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    return default_hooks.allreduce_hook(process_group, bucket)
 
 
 def _first_value(fut: Any) -> Any:
     return fut.value()[0]
 
 
-def _is_cpu_module(ddp: Any) -> bool:
+def _averages_in_collective(ddp: Any) -> bool:
+    """Whether this DDP's gradients go to a backend that averages inside the all-reduce:
+    NCCL for CUDA parameters, gloo for CPU ones ("cpu:gloo,cuda:nccl" routes by device).
+    Gloo's CUDA path and other backends (MPI, XCCL, vendors') keep torch's own hook."""
     try:
-        return str(ddp.process_group.name()).lower() == "gloo" and all(
-            not p.is_cuda for p in ddp.module.parameters()
-        )
+        import torch.distributed as dist
+
+        backend = str(dist.get_backend(ddp.process_group)).lower()
+        on_gpu = any(p.is_cuda for p in ddp.module.parameters())
     except Exception:  # noqa: BLE001 - when unsure, torch's own hook
         return False
+    if on_gpu:
+        return "nccl" in backend
+    return backend == "gloo" or "cpu:gloo" in backend
 
 
 def _patch_ddp(ddp_cls: Any) -> None:
@@ -440,7 +454,7 @@ def _patch_ddp(ddp_cls: Any) -> None:
         if _session is None:
             return
         try:
-            dispatch = _DDPDispatch(self.process_group, _is_cpu_module(self))
+            dispatch = _DDPDispatch(self.process_group, _averages_in_collective(self))
             orig_register(self, None, dispatch.as_hook())
             self.__mrcdiag_dispatch__ = dispatch
         except Exception as exc:  # noqa: BLE001

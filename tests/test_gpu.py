@@ -1,0 +1,132 @@
+"""On a real NVIDIA GPU: NVML through the real pynvml, collectives timed with real CUDA
+events, and a straggler whose lateness only the device sees.
+
+Skipped where there is no CUDA GPU (this machine and CI); run them where there is one:
+    python -m pytest -m gpu tests/test_gpu.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import job_env, launch, report_json, script
+
+from mrcdiag.store.reader import read_run
+from mrcdiag.store.schema import OPS, SOURCES
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+MS = 1_000_000
+
+
+def _values(samples, name: str) -> dict:  # noqa: ANN001
+    return {s.labels: s.value for s in samples if s.name == name}
+
+
+def test_nvml_collector_reads_the_real_gpu_while_it_works() -> None:
+    import os
+
+    import pynvml
+
+    from mrcdiag.agent import log
+    from mrcdiag.collectors import nvml as nvml_collector
+
+    torch.cuda.init()
+    a = torch.randn(8192, 8192, device="cuda")
+    me = lambda: [(0, 0, os.getpid())]  # noqa: E731
+    collector = nvml_collector.create({"job": "t", "node": "n"}, me, nvml=pynvml)
+    assert collector is not None and collector.count == torch.cuda.device_count()
+    collector.read()  # GPM rates need two samples
+    for _ in range(200):  # about a second of matrix products between the two samples
+        a = torch.tanh(a @ a)
+    torch.cuda.synchronize()
+    samples = collector.read()
+    gpu0 = (("gpu", "0"),)
+    assert (
+        _values(samples, "mrcdiag_gpu_up")[
+            (("gpu", "0"), ("uuid", collector.uuids[0]), ("name", collector.names[0]))
+        ]
+        == 1.0
+    )
+    total = _values(samples, "mrcdiag_gpu_memory_total_bytes")[gpu0]
+    assert total == pytest.approx(torch.cuda.get_device_properties(0).total_memory, rel=0.05)
+    assert _values(samples, "mrcdiag_gpu_memory_used_bytes")[gpu0] >= 256 << 20
+    assert 0.0 < _values(samples, "mrcdiag_gpu_utilization_ratio")[gpu0] <= 1.0
+    sm = _values(samples, "mrcdiag_gpu_sm_clock_hertz")[gpu0]
+    assert 100e6 < sm <= _values(samples, "mrcdiag_gpu_sm_clock_max_hertz")[gpu0]
+    assert 10 < _values(samples, "mrcdiag_gpu_power_watts")[gpu0] < 2000
+    assert 10 < _values(samples, "mrcdiag_gpu_temperature_celsius")[gpu0] < 110
+    reasons = {
+        dict(k)["reason"]
+        for k in _values(samples, "mrcdiag_gpu_clock_event_active")
+        if k[0] == gpu0[0]
+    }
+    assert reasons == set(nvml_collector.CLOCK_EVENT_REASONS.values())
+    assert (("gpu", "0"), ("rank", "0"), ("local_rank", "0"), ("pid", str(os.getpid()))) in (
+        _values(samples, "mrcdiag_gpu_rank_info")
+    )
+    if collector.gpm_supported.get(0):  # Hopper and later: rates from GPM
+        assert 0.0 < _values(samples, "mrcdiag_gpu_sm_activity_ratio")[gpu0] <= 1.0
+        assert gpu0 in _values(samples, "mrcdiag_gpu_memory_bandwidth_utilization_ratio")
+    assert not [k for k in log._said if k.startswith("nvml-")], log._said
+    print(sorted({s.name for s in samples}), collector.unsupported)
+
+
+def test_collective_queued_behind_gpu_work_arrives_when_the_device_gets_there(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    marks = tmp_path / "marks.json"
+    result = launch(
+        run_dir, 1, script("gpu_ddp.py", "--steps", "20"), env=job_env(HOST_MARKS=str(marks))
+    )
+    assert result.returncode == 0, result.stderr
+    host = json.loads(marks.read_text())
+    run = read_run(run_dir)
+    assert not run.problems
+    c = run.collectives
+    order = np.argsort(c["seq"])
+    ops = [OPS[int(o)] for o in c["op"][order]]
+    queued = next(i for i, op in enumerate(ops) if op == "all_reduce")
+    arrive = int(c["t_arrive_ns"][order][queued])
+    # The host called it at once; the device reached it after ~50 ms of queued work.
+    assert arrive - host["queued_call_ns"] >= 30 * MS, (arrive - host["queued_call_ns"]) / MS
+    ddp = c["nbytes"][order][queued + 1 :] > 0
+    assert ddp.sum() >= 20  # DDP's all-reduces, one bucket or more per step
+    assert np.all(c["t_end_ns"] >= c["t_arrive_ns"])
+    report = report_json(run_dir)
+    assert report["findings"] is not None
+
+
+def test_rank_whose_gpu_is_late_is_the_straggler_though_its_host_is_on_time(
+    run_dir: Path,
+) -> None:
+    steps, slow_ms = 40, 25.0
+    result = launch(
+        run_dir,
+        2,
+        script("gpu_ddp.py", "--steps", str(steps), "--slow-rank", "1", "--slow-ms", str(slow_ms)),
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    report = report_json(run_dir)
+    serious = [f for f in report["findings"] if f["severity"] in ("warning", "critical")]
+    stragglers = [f for f in serious if f["kind"] == "straggler"]
+    assert [f["ranks"] for f in stragglers] == [[1]], serious
+    print(json.dumps(stragglers, indent=1))
+    run = read_run(run_dir)
+    samples = next(iter(run.node_samples.values()))
+    names = set(samples["name"])
+    assert {"mrcdiag_gpu_utilization_ratio", "mrcdiag_gpu_rank_info"} <= names, names
+
+
+def test_ddp_on_the_gpu_averages_gradients_as_ddp_does(run_dir: Path) -> None:
+    result = launch(run_dir, 2, script("ddp_grads_match.py", "--cuda"))
+    assert result.returncode == 0, result.stderr
+    run = read_run(run_dir)
+    assert (run.collectives["source"] == SOURCES.index("ddp")).sum() >= 2 * 3
