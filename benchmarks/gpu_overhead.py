@@ -1,7 +1,7 @@
 """mrcdiag's cost on a real GPU: per collective on NCCL, and per DDP step.
 
     python benchmarks/gpu_overhead.py [--calls 20000] [--rounds 5] [--pairs 150]
-        [--layers 8] [--width 4096] [--batch 256]
+        [--layers 8] [--width 4096] [--batch 256 2048]
 
 One process, an NCCL group of one (a file store in a temporary folder), mrcdiag attached
 in-process as `mrcdiag launch` would.
@@ -108,7 +108,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=150)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--batch", type=int, default=256, action="append")
+    p.add_argument("--batch", type=int, nargs="+", default=[256, 2048])
     args = p.parse_args()
     import mrcdiag
     from mrcdiag.agent import hook
@@ -123,9 +123,8 @@ def main() -> None:
             "torch": torch.__version__,
             "nccl_all_reduce": per_call(args.calls, args.rounds),
         }
-        batches = args.batch[1:] or args.batch  # --batch given: only those
         result["ddp"] = [
-            {"batch": b, **per_step(args.pairs, args.layers, args.width, b)} for b in batches
+            {"batch": b, **per_step(args.pairs, args.layers, args.width, b)} for b in args.batch
         ]
         hook.detach()
         dist.destroy_process_group()

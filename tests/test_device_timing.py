@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import JOBS, job_env
 
 from mrcdiag.store.reader import read_run
@@ -48,7 +49,7 @@ def test_cuda_collectives_get_device_times_and_none_is_lost(tmp_path: Path) -> N
         assert DELAY_NS <= late < DELAY_NS + SLACK_NS, (mark, late / MS)
         assert end[i] >= arrive[i]
     assert host["queued_while_held"] == 1 and host["queued_after_release"] == 0
-    assert 0 <= arrive[3] - host["held"] < DELAY_NS  # the CPU collective: host time
+    assert 0 <= arrive[3] - host["cpu"] < DELAY_NS  # the CPU collective: host time
     never = arrive[4] - host["never_done"]  # still on the GPU at exit: kept, host time
     assert 0 <= never < SLACK_NS, never / MS
     # not done on the GPU: the writer says where the rank is stuck, as for a host wait
@@ -64,3 +65,17 @@ def test_failing_device_timer_keeps_host_times_and_recording(tmp_path: Path) -> 
     off = [e for e in events if e["event"] == "device_timing_off"]
     assert len(off) == 1 and "illegal memory access" in off[0]["reason"]
     assert not [e for e in events if e["event"] == "disabled"]
+
+
+def test_device_timing_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    sys.path.insert(0, str(Path(__file__).parent / "fakes"))
+    import fake_cuda
+
+    from mrcdiag.agent.device_timer import DeviceTimer, device_timer_for
+
+    torch_with_a_gpu = types.SimpleNamespace(cuda=fake_cuda, _C=types.SimpleNamespace())
+    assert isinstance(device_timer_for(torch_with_a_gpu), DeviceTimer)
+    monkeypatch.setenv("MRCDIAG_DEVICE_TIMING", "0")
+    assert device_timer_for(torch_with_a_gpu) is None

@@ -19,8 +19,10 @@ process ending) are written with their host times, so nothing recorded is lost.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from mrcdiag.store.schema import COLLECTIVE_SCHEMA
@@ -50,8 +52,15 @@ class _Anchor:
 class DeviceTimer:
     """Brackets collectives on CUDA tensors with events; resolves them off the hot path."""
 
-    def __init__(self, cuda: Any, capacity: int = 1 << 16) -> None:
+    def __init__(
+        self, cuda: Any, raw_stream: Callable[[int], int] | None = None, capacity: int = 1 << 16
+    ) -> None:
         self.cuda = cuda
+        # `cuda.current_stream()` builds a new Stream object per call (a few us, twice per
+        # collective); the raw handle of the current stream is one C call, and names the
+        # same stream for as long as it is current, so its Stream object is kept.
+        self.raw_stream = raw_stream
+        self._streams: dict[int, Any] = {}  # raw cudaStream_t -> its Stream
         self.capacity = capacity
         self.queued: deque[tuple] = deque()  # (row, start event, end event, device)
         self.dropped = 0
@@ -60,27 +69,41 @@ class DeviceTimer:
         self._idle_streams: dict[int, Any] = {}
 
     # --- training thread --------------------------------------------------------------
+    # Twice per collective: kept to pool pops, one C call for the stream, one dict lookup
+    # and the event's record (see benchmarks/cuda_hot_path.py).
     def start(self, device: int) -> Any:
         """Record the device arrival on the current stream of `device`."""
-        event = self._event()
-        event.record(self.cuda.current_stream(device))
+        try:  # completion callbacks may call finish() on another thread: pop, not check
+            event = self._pool.pop()
+        except IndexError:
+            event = self.cuda.Event(enable_timing=True)
+        raw_stream = self.raw_stream
+        stream = None if raw_stream is None else self._streams.get(raw_stream(device))
+        event.record(self._stream_of(device) if stream is None else stream)
         return event
 
     def finish(self, row: tuple, start: Any, device: int) -> None:
         """Record the device completion; `row` is the full record with its host times."""
+        pool = self._pool
         if len(self.queued) >= self.capacity:
             self.dropped += 1
-            self._pool.append(start)
+            pool.append(start)
             return
-        end = self._event()
-        end.record(self.cuda.current_stream(device))
+        try:
+            end = pool.pop()
+        except IndexError:
+            end = self.cuda.Event(enable_timing=True)
+        raw_stream = self.raw_stream
+        stream = None if raw_stream is None else self._streams.get(raw_stream(device))
+        end.record(self._stream_of(device) if stream is None else stream)
         self.queued.append((row, start, end, device))
 
-    def _event(self) -> Any:
-        try:
-            return self._pool.pop()
-        except IndexError:
-            return self.cuda.Event(enable_timing=True)
+    def _stream_of(self, device: int) -> Any:
+        """The current stream of `device`, kept under its raw handle for the next call."""
+        stream = self.cuda.current_stream(device)
+        if self.raw_stream is not None:
+            self._streams[self.raw_stream(device)] = stream
+        return stream
 
     # --- writer thread ----------------------------------------------------------------
     def resolve(self, out: list[tuple], final: bool = False) -> None:
@@ -88,27 +111,29 @@ class DeviceTimer:
         times on the host clock; with `final`, the rest too, with their host times. A row
         leaves the queue only once it is in `out`, so an error loses none."""
         queued = self.queued
+        pool = self._pool
+        anchors: dict[int, _Anchor] = {}
         while queued:
             row, start, end, device = queued[0]
             if not end.query():
                 break
-            out.append(self._on_host_clock(row, start, end, device))
+            anchor = anchors.get(device)
+            if anchor is None:
+                anchor = anchors[device] = self._anchor(device)
+            arrive, done = anchor.host_time(start), anchor.host_time(end)
+            if 0 < arrive <= done:
+                row = row[:_ARRIVE] + (arrive, done) + row[_END + 1 :]
+            # else a clock we cannot trust: the row keeps the host's view
+            out.append(row)
             queued.popleft()
-            self._pool.append(start)
-            self._pool.append(end)
+            pool.append(start)
+            pool.append(end)
         if final:
             out.extend(entry[0] for entry in self.take_all())
 
     def take_all(self) -> list[tuple]:
         """Everything still queued, resolved or not: (row, start, end, device)."""
         return [self.queued.popleft() for _ in range(len(self.queued))]
-
-    def _on_host_clock(self, row: tuple, start: Any, end: Any, device: int) -> tuple:
-        anchor = self._anchor(device)
-        arrive, done = anchor.host_time(start), anchor.host_time(end)
-        if not 0 < arrive <= done:  # a clock we cannot trust: keep the host's view
-            return row
-        return row[:_ARRIVE] + (arrive, done) + row[_END + 1 :]
 
     def _anchor(self, device: int) -> _Anchor:
         anchor = self._anchors.get(device)
@@ -121,10 +146,15 @@ class DeviceTimer:
 
 
 def device_timer_for(torch: Any) -> DeviceTimer | None:
-    """A timer when this process can use CUDA; None on CPU-only machines and builds."""
+    """A timer when this process can use CUDA; None on CPU-only machines and builds, and
+    with MRCDIAG_DEVICE_TIMING=0: a job issuing many thousands of small collectives per
+    second may trade the device's view (CUDA collectives then get the host's times, when
+    the kernel was queued) for the two event records per collective."""
+    if os.environ.get("MRCDIAG_DEVICE_TIMING", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
     try:
         if torch.cuda.is_available():
-            return DeviceTimer(torch.cuda)
+            return DeviceTimer(torch.cuda, getattr(torch._C, "_cuda_getCurrentRawStream", None))
     except Exception:  # noqa: BLE001 - a broken CUDA setup: host times only
         return None
     return None

@@ -70,6 +70,11 @@ def current_stream(device: Any = None) -> Stream:
     return _current[int(device or 0)]
 
 
+def raw_stream(device: int) -> int:
+    """As torch._C._cuda_getCurrentRawStream: the current stream's handle."""
+    return id(_current[int(device)])
+
+
 def set_current_stream(stream: Stream) -> None:
     _current[stream.device] = stream
 

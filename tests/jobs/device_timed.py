@@ -41,7 +41,7 @@ def main() -> None:
     dist.init_process_group("gloo", init_method=f"file://{run_dir}.store", rank=0, world_size=1)
     assert mrcdiag.attach(run_dir=run_dir, job="device")
     recorder = hook.current_session().recorder
-    timer = recorder.device_timer = DeviceTimer(fake_cuda)
+    timer = recorder.device_timer = DeviceTimer(fake_cuda, fake_cuda.raw_stream)
     stream = fake_cuda.Stream(0, delay_ms=DELAY_MS)
     fake_cuda.set_current_stream(stream)
     nccl_sync = hook._wrap_collective("all_reduce", lambda *a, **k: None)
@@ -64,6 +64,7 @@ def main() -> None:
     stream.release()
     recorder.flush()
     host["queued_after_release"] = len(timer.queued)
+    host["cpu"] = time.monotonic_ns()
     dist.all_reduce(torch.ones(4))  # a CPU collective: host times, as always
     stream.hold()
     host["never_done"] = time.monotonic_ns()
