@@ -27,6 +27,7 @@ import signal
 import threading
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,20 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
     return wrapper
 
 
+# The last all-reduces of DDP, kept from Python. A Work issued in backward holds Python
+# objects: the tensors our comm hook hands over (bucket.buffer()), the Python callbacks
+# of its future, and the thread-local state it captured (torch 2.13 stashes a
+# contextvars context there for the length of backward(); DDP's own C++ all-reduces
+# carry it too). Whoever drops a Work last frees them, and must take the GIL to do so. If that is gloo's worker thread
+# (a barrier keeps the works before it, and is freed there when it ends) after the
+# interpreter began to finalize, the thread is torn down inside a C++ destructor and the
+# process aborts at exit ("terminate called without an active exception": a 2-rank DDP
+# demo aborted so in 3 exits of 20 without mrcdiag, none of 40 with this). Held here, the
+# last reference is dropped by the main thread, at the latest when this module is torn
+# down. Bucket buffers are DDP's own, long-lived memory: keeping their Works costs nothing.
+_ddp_works_kept: deque = deque(maxlen=64)
+
+
 def _track_async(
     session: _Session, work: Any, head: tuple, start_event: Any = None, device: int = -1
 ) -> None:
@@ -237,6 +252,8 @@ def _track_async(
     if len(recorder.pending) > 100_000:  # works nobody waits for: do not grow forever
         recorder.pending.clear()
     recorder.pending[id(work)] = (head, work, start_event, device)
+    if head[1] == _DDP:
+        _ddp_works_kept.append(work)
     try:
         future = work.get_future()
     except Exception:  # noqa: BLE001 - gloo p2p works have no future: Work.wait finishes them
