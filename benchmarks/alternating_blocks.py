@@ -1,4 +1,5 @@
-"""Shared by the in-job A/B benchmarks: time several DDP models in alternating blocks.
+"""Shared by the A/B benchmarks: time several DDP models in alternating blocks, build a
+bare DDP under mrcdiag, alternate a bare and a recorded call one by one.
 
 Machine noise on a small shared host is larger than the differences being measured, so
 every model runs a block of steps in turn, many times over, and each gets the median of
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 def model_like_the_benchmarks() -> torch.nn.Module:
@@ -70,3 +74,36 @@ def paired_steps(
         if pair >= 5:
             out.append((wall[0], wall[1], cpu[0], cpu[1]))
     return out
+
+
+def bare_ddp(net: torch.nn.Module, **kwargs: Any) -> DDP:
+    """A DDP built by DDP's own constructor while mrcdiag records: no comm hook of ours,
+    nothing recorded (the constructor mrcdiag wraps keeps the original as __wrapped__)."""
+    bare = DDP.__new__(DDP)
+    DDP.__init__.__wrapped__(bare, net, **kwargs)
+    return bare
+
+
+def alternate_calls(
+    bare: Callable[[Any], Any],
+    wrapped: Callable[[Any], Any],
+    arg: Any,
+    calls: int,
+    rounds: int,
+    after_round: Callable[[], Any] = lambda: None,
+) -> tuple[float, float]:
+    """Median host time of one call, bare and wrapped, in us, alternated call by call so
+    that drift (a worker thread's wake-ups, the other cores' load) hits both alike."""
+    bare_ns, wrapped_ns = [], []
+    clock = time.perf_counter_ns
+    for _ in range(rounds):
+        for _ in range(calls // 2):
+            t0 = clock()
+            bare(arg)
+            t1 = clock()
+            wrapped(arg)
+            t2 = clock()
+            bare_ns.append(t1 - t0)
+            wrapped_ns.append(t2 - t1)
+        after_round()
+    return statistics.median(bare_ns) / 1e3, statistics.median(wrapped_ns) / 1e3

@@ -28,15 +28,8 @@ import sys
 
 import torch
 import torch.distributed as dist
-from alternating_blocks import model_like_the_benchmarks, paired_steps
+from alternating_blocks import bare_ddp, model_like_the_benchmarks, paired_steps
 from torch.nn.parallel import DistributedDataParallel as DDP
-
-
-def _bare_ddp(net: torch.nn.Module) -> DDP:
-    """A DDP built by DDP's own constructor: no comm hook, nothing recorded."""
-    bare = DDP.__new__(DDP)
-    DDP.__init__.__wrapped__(bare, net)
-    return bare
 
 
 def main() -> None:
@@ -50,11 +43,11 @@ def main() -> None:
     torch.manual_seed(0)
     net = model_like_the_benchmarks()
     if args.bare_first:
-        bare = _bare_ddp(copy.deepcopy(net))
+        bare = bare_ddp(copy.deepcopy(net))
         recorded = DDP(copy.deepcopy(net))
     else:
         recorded = DDP(copy.deepcopy(net))
-        bare = _bare_ddp(copy.deepcopy(net))
+        bare = bare_ddp(copy.deepcopy(net))
     if not hasattr(recorded, "__mrcdiag_dispatch__"):
         raise SystemExit("run this under `mrcdiag launch`: DDP is not being recorded")
     pairs = paired_steps(bare, recorded, args.pairs, batch=args.batch)

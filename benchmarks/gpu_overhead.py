@@ -32,33 +32,17 @@ import time
 
 import torch
 import torch.distributed as dist
+from alternating_blocks import alternate_calls, bare_ddp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 def per_call(calls: int, rounds: int) -> dict[str, float]:
     wrapped = dist.all_reduce
-    bare = wrapped.__mrcdiag_wrapped__
     t = torch.ones(1024, device="cuda")
-    bare_ns, hooked_ns = [], []
-    clock = time.perf_counter_ns
-    for _ in range(rounds):
-        for _ in range(calls // 2):
-            t0 = clock()
-            bare(t)
-            t1 = clock()
-            wrapped(t)
-            t2 = clock()
-            bare_ns.append(t1 - t0)
-            hooked_ns.append(t2 - t1)
-        torch.cuda.synchronize()
-    b, h = statistics.median(bare_ns) / 1e3, statistics.median(hooked_ns) / 1e3
+    b, h = alternate_calls(
+        wrapped.__mrcdiag_wrapped__, wrapped, t, calls, rounds, torch.cuda.synchronize
+    )
     return {"bare_us": round(b, 2), "recorded_us": round(h, 2), "added_us": round(h - b, 2)}
-
-
-def _bare_ddp(net: torch.nn.Module) -> DDP:
-    bare = DDP.__new__(DDP)
-    DDP.__init__.__wrapped__(bare, net, device_ids=[0])
-    return bare
 
 
 def per_step(pairs: int, layers: int, width: int, batch: int) -> dict[str, object]:
@@ -67,9 +51,9 @@ def per_step(pairs: int, layers: int, width: int, batch: int) -> dict[str, objec
     torch.manual_seed(0)
     net = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)]).cuda()
     models = {
-        "bare": _bare_ddp(copy.deepcopy(net)),
+        "bare": bare_ddp(copy.deepcopy(net), device_ids=[0]),
         "recorded": DDP(copy.deepcopy(net), device_ids=[0]),
-        "torch_hook": _bare_ddp(copy.deepcopy(net)),
+        "torch_hook": bare_ddp(copy.deepcopy(net), device_ids=[0]),
     }
     assert hasattr(models["recorded"], "__mrcdiag_dispatch__"), "mrcdiag is not recording"
     models["torch_hook"].register_comm_hook(None, default_hooks.allreduce_hook)

@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 def per_call(calls: int, rounds: int) -> tuple[float, float, float, float]:
     import torch
     import torch.distributed as dist
+    from alternating_blocks import alternate_calls
 
     from mrcdiag.agent import hook
 
@@ -43,21 +44,9 @@ def per_call(calls: int, rounds: int) -> tuple[float, float, float, float]:
 
         assert mrcdiag.attach(run_dir=f"{tmp}/run", job="bench")
         wrapped = dist.all_reduce
-        bare = wrapped.__mrcdiag_wrapped__
         t = torch.ones(4)
-        # Alternate call by call so that drift (the gloo worker thread's wake-ups, the
-        # other core's load) hits both sides alike; compare medians of single calls.
-        bare_ns, hooked_ns = [], []
+        bare_us, hooked_us = alternate_calls(wrapped.__mrcdiag_wrapped__, wrapped, t, calls, rounds)
         clock = time.perf_counter_ns
-        for _ in range(rounds):
-            for _ in range(calls // 2):
-                t0 = clock()
-                bare(t)
-                t1 = clock()
-                wrapped(t)
-                t2 = clock()
-                bare_ns.append(t1 - t0)
-                hooked_ns.append(t2 - t1)
         # The wrapper alone, around a collective that does nothing: its own cost, in a
         # tight loop (warm caches), and between small matrix products, as in a real step
         # where compute runs between collectives and evicts the interpreter's caches.
@@ -79,12 +68,7 @@ def per_call(calls: int, rounds: int) -> tuple[float, float, float, float]:
         between_us = statistics.median(blocks["stub"]) - statistics.median(blocks["nothing"])
         hook.detach()
         dist.destroy_process_group()
-    return (
-        statistics.median(bare_ns) / 1e3,
-        statistics.median(hooked_ns) / 1e3,
-        stub_us,
-        between_us,
-    )
+    return bare_us, hooked_us, stub_us, between_us
 
 
 def ddp_step_ms(instrumented: bool, steps: int, nproc: int) -> dict[str, float]:
