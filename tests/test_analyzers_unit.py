@@ -180,6 +180,18 @@ def test_slow_rank_whose_gpu_throttles_is_gpu_throttling() -> None:
     assert finding.evidence["gpu_clock_events"] == "sw_thermal"
 
 
+def test_power_cap_on_every_gpu_is_not_the_slow_ranks_cause() -> None:
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 16})
+    rows = [
+        (t, "mrcdiag_gpu_clock_event_active", f"gpu={g},reason=sw_power_cap", 1.0)
+        for t in range(5)
+        for g in range(4)
+    ]
+    run.node_samples["h0"] = node_samples(rows)
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (3,) and finding.cause == "slow_compute"
+
+
 def test_probe_locates_the_host_whose_links_are_slow() -> None:
     run = lockstep(3, 30)
     for r, host in enumerate(("a", "b", "c")):

@@ -230,15 +230,34 @@ THROTTLE_REASONS = (
 )
 
 
-def _gpu_throttle(run: RunData, rank: int) -> str:
-    """Thermal/power clock events seen on this rank's GPU, where GPU samples exist.
+THROTTLED_SHARE = 0.2  # of the samples; and by this much more than the peers' GPUs
 
-    The rank's GPU comes from the agent's process map (mrcdiag_gpu_rank_info); without
-    it, GPU index = local rank, the usual one-process-per-GPU layout.
+
+def _gpu_throttle(run: RunData, rank: int) -> str:
+    """Thermal/power clock events that hold this rank's GPU down more than its peers'.
+
+    A GPU at full load often sits at its power cap (sw_power_cap) as a matter of course:
+    that is throttling only where this rank's GPU is held down in a clearly larger share
+    of the samples than the median of the other ranks' GPUs. The rank's GPU comes from the
+    agent's process map (mrcdiag_gpu_rank_info); without it, GPU index = local rank, the
+    usual one-process-per-GPU layout.
     """
+    share, reasons = _throttled_share(run, rank)
+    if share < THROTTLED_SHARE:
+        return ""
+    peers = [_throttled_share(run, r)[0] for r in run.ranks if r != rank]
+    peers = [v for v in peers if not np.isnan(v)]
+    if peers and share - float(np.median(peers)) < THROTTLED_SHARE:
+        return ""
+    return ", ".join(sorted(reasons))
+
+
+def _throttled_share(run: RunData, rank: int) -> tuple[float, set[str]]:
+    """(share of the samples with a throttle reason active, the reasons seen) of the rank's
+    GPU; NaN where its node has no GPU samples."""
     samples = run.node_samples.get(run.host_of(rank))
     if samples is None:
-        return ""
+        return float("nan"), set()
     info = run.ranks.get(rank)
     gpu = str(info.local_rank) if info else "?"
     mapped = samples["name"] == "mrcdiag_gpu_rank_info"
@@ -246,13 +265,23 @@ def _gpu_throttle(run: RunData, rank: int) -> str:
         fields = _labels(labels)
         if fields.get("rank") == str(rank):
             gpu = fields.get("gpu", gpu)
-    active = (samples["name"] == "mrcdiag_gpu_clock_event_active") & (samples["value"] > 0)
-    seen = set()
-    for labels in samples["labels"][active]:
+    events = samples["name"] == "mrcdiag_gpu_clock_event_active"
+    sampled: set[int] = set()
+    held: set[int] = set()
+    reasons: set[str] = set()
+    for t, labels, value in zip(
+        samples["t_ns"][events], samples["labels"][events], samples["value"][events], strict=True
+    ):
         fields = _labels(labels)
-        if fields.get("gpu") == gpu and fields.get("reason") in THROTTLE_REASONS:
-            seen.add(fields["reason"])
-    return ", ".join(sorted(seen))
+        if fields.get("gpu") != gpu:
+            continue
+        sampled.add(int(t))
+        if value > 0 and fields.get("reason") in THROTTLE_REASONS:
+            held.add(int(t))
+            reasons.add(fields["reason"])
+    if not sampled:
+        return float("nan"), set()
+    return len(held) / len(sampled), reasons
 
 
 def _set_excess(
