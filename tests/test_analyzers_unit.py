@@ -229,3 +229,40 @@ def test_rank_that_vanished_is_named_not_the_ones_the_launcher_terminated() -> N
     run.ranks[0].terminated = run.ranks[1].terminated = True
     (hang,) = [f for f in analyze(run).findings if f.kind == "hang"]
     assert hang.ranks == (2,)
+
+
+def _port_samples(rate_gbit: list[float], sent_mb: float) -> object:
+    rate = "mrcdiag_fabric_port_rate_bytes_per_second"
+    sent = "mrcdiag_fabric_port_transmit_bytes_total"
+    rows = [(t, rate, "device=mlx5_0,port=1", g * 1e9 / 8) for t, g in enumerate(rate_gbit)]
+    rows += [(t, sent, "device=mlx5_0,port=1", t * sent_mb * 1e6) for t in range(len(rate_gbit))]
+    return node_samples(rows)
+
+
+def test_port_that_trained_down_on_one_node_is_a_degraded_link() -> None:
+    run = lockstep(3, 30)
+    for r, host in enumerate(("a", "b", "c")):
+        run.ranks[r].host = host
+        run.node_samples[host] = _port_samples([400.0] * 5 if host != "b" else [200.0] * 5, 50)
+    (link,) = [f for f in analyze(run).findings if f.cause == "link_degraded"]
+    assert (link.nodes, link.ranks, link.severity) == (("b",), (1,), "warning")
+    assert link.evidence["rate_gbit_s"] == 200.0 and link.evidence["usual_gbit_s"] == 400.0
+
+
+def test_port_that_drops_mid_run_is_degraded_and_an_idle_one_only_info() -> None:
+    run = lockstep(2, 30)
+    for r, host in enumerate(("a", "b")):
+        run.ranks[r].host = host
+    run.node_samples["a"] = _port_samples([400.0, 400.0, 100.0, 100.0], 50)
+    run.node_samples["b"] = _port_samples([400.0, 400.0, 400.0, 100.0], 0)  # carried nothing
+    links = {f.nodes: f for f in analyze(run).findings if f.cause == "link_degraded"}
+    assert links[("a",)].severity == "warning" and links[("a",)].evidence["dropped_during_run"]
+    assert links[("b",)].severity == "info" and links[("b",)].time_lost_s == 0.0
+
+
+def test_ports_at_the_same_rate_everywhere_are_no_finding() -> None:
+    run = lockstep(3, 30)
+    for r, host in enumerate(("a", "b", "c")):
+        run.ranks[r].host = host
+        run.node_samples[host] = _port_samples([400.0] * 5, 50)
+    assert not [f for f in analyze(run).findings if f.cause == "link_degraded"]

@@ -17,12 +17,13 @@ def write_port(
     hw: dict[str, int] | None = None,
     state: str = "4: ACTIVE",
     link_layer: str = "InfiniBand",
+    rate: str = "400 Gb/sec (4X NDR)",
 ) -> Path:
     p = root / device / "ports" / str(port)
     (p / "counters").mkdir(parents=True, exist_ok=True)
     (p / "state").write_text(state + "\n")
     (p / "phys_state").write_text("5: LinkUp\n" if "ACTIVE" in state else "3: Disabled\n")
-    (p / "rate").write_text("400 Gb/sec (4X NDR)\n")
+    (p / "rate").write_text(rate + "\n")
     (p / "link_layer").write_text(link_layer + "\n")
     for name, value in counters.items():
         (p / "counters" / name).write_text(f"{value}\n")

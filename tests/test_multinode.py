@@ -139,3 +139,36 @@ def test_retransmissions_during_a_slow_stretch_are_packet_loss_on_that_host(
     counters = loss[0]["evidence"]["counter_increase"]
     assert any("roce_adp_retrans" in k and v == 1200 for k, v in counters.items())
     assert not [f for f in serious if f["nodes"] == ["host0"] and f["kind"] == "interconnect"]
+
+
+def test_port_that_trained_down_on_one_host_is_a_degraded_link(tmp_path: Path) -> None:
+    from test_infiniband import write_port
+
+    trees = [tmp_path / f"sysfs{i}" for i in range(2)]
+    rates = ["400 Gb/sec (4X NDR)", "200 Gb/sec (4X HDR)"]  # host1's link trained down
+    for tree, rate in zip(trees, rates, strict=True):
+        write_port(tree, "mlx5_0", 1, {"port_xmit_data": 0}, rate=rate)
+
+    def job_traffic_through_the_ports(run_dirs: list[Path]) -> None:
+        _wait_for_steps(run_dirs[0], 0, 20)
+        for tree in trees:  # the job's bytes, as the NIC counts them (4-byte words)
+            (tree / "mlx5_0" / "ports" / "1" / "counters" / "port_xmit_data").write_text(
+                f"{256 << 20}\n"
+            )
+
+    with Hosts(2, tmp_path) as hosts:
+        run_dirs = launch_on_hosts(
+            hosts,
+            1,
+            demo_job("--steps", "200", "--work-ms", "8"),
+            job_env(),
+            extra_launch=["--interval", "0.25"],
+            timeout=180,
+            while_running=job_traffic_through_the_ports,
+            host_env={i: {"MRCDIAG_SYSFS_INFINIBAND": str(trees[i])} for i in range(2)},
+        )
+    serious = _serious(report_json(*run_dirs))
+    degraded = [f for f in serious if f["cause"] == "link_degraded"]
+    assert [(f["nodes"], f["ranks"]) for f in degraded] == [(["host1"], [1])], serious
+    assert degraded[0]["evidence"]["rate_gbit_s"] == 200.0
+    assert degraded[0]["evidence"]["usual_gbit_s"] == 400.0

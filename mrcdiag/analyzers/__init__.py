@@ -11,6 +11,7 @@ from mrcdiag.analyzers.idle import find_idle
 from mrcdiag.analyzers.instances import Instances, collective_instances
 from mrcdiag.analyzers.interconnect import find_interconnect
 from mrcdiag.analyzers.lateness import RankStepMatrix, rank_step_matrix
+from mrcdiag.analyzers.link_rates import find_degraded_links
 from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
 from mrcdiag.analyzers.slowdown import find_slowdowns
 from mrcdiag.analyzers.stragglers import find_stragglers
@@ -41,4 +42,5 @@ def analyze(run: RunData, expected_busbw_gbps: float | None = None) -> Analysis:
     findings += find_idle(run, matrix, explained)
     findings += find_interconnect(run, instances, matrix, expected_busbw_gbps)
     findings += find_fabric_causes(run, matrix)
+    findings += find_degraded_links(run, instances)
     return Analysis(run, instances, summary, matrix, sort_findings(findings))

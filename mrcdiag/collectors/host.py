@@ -83,10 +83,24 @@ class HostCollector(SampleCollector):
     def _nics(self) -> list[Sample]:
         out = []
         counters = psutil.net_io_counters(pernic=True)
+        try:
+            stats = psutil.net_if_stats()
+        except OSError:
+            stats = {}
         for nic, c in sorted(counters.items()):
             if nic == "lo":
                 continue
             labels = (("nic", nic),)
+            speed_mbit = getattr(stats.get(nic), "speed", 0)
+            if speed_mbit > 0:  # 0: the driver does not say (virtual NICs, some drivers)
+                out.append(
+                    Sample(
+                        "mrcdiag_host_network_speed_bytes_per_second",
+                        speed_mbit * 1e6 / 8,
+                        labels,
+                        help="Negotiated link speed",
+                    )
+                )
             for name, value, doc in (
                 ("receive_bytes", c.bytes_recv, "Bytes received"),
                 ("transmit_bytes", c.bytes_sent, "Bytes sent"),
