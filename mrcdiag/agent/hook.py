@@ -239,7 +239,9 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
 # process aborts at exit ("terminate called without an active exception": a 2-rank DDP
 # demo aborted so in 3 exits of 20 without mrcdiag, none of 40 with this). Held here, the
 # last reference is dropped by the main thread, at the latest when this module is torn
-# down. Bucket buffers are DDP's own, long-lived memory: keeping their Works costs nothing.
+# down. Only CPU (gloo) Works, where this was seen: their bucket buffers are DDP's own,
+# long-lived memory, so keeping them costs nothing; on GPUs a user's compression hook
+# makes a new tensor per bucket, and 64 of those would hold device memory.
 _ddp_works_kept: deque = deque(maxlen=64)
 
 
@@ -252,7 +254,7 @@ def _track_async(
     if len(recorder.pending) > 100_000:  # works nobody waits for: do not grow forever
         recorder.pending.clear()
     recorder.pending[id(work)] = (head, work, start_event, device)
-    if head[1] == _DDP:
+    if head[1] == _DDP and device < 0:
         _ddp_works_kept.append(work)
     try:
         future = work.get_future()
