@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from handmade import MS, lockstep, make_run, node_samples
 
 from mrcdiag.analyzers import analyze
@@ -266,3 +267,26 @@ def test_ports_at_the_same_rate_everywhere_are_no_finding() -> None:
         run.ranks[r].host = host
         run.node_samples[host] = _port_samples([400.0] * 5, 50)
     assert not [f for f in analyze(run).findings if f.cause == "link_degraded"]
+
+
+def test_ddp_all_reduces_that_outlast_backward_count_as_time_in_collectives() -> None:
+    from mrcdiag.store.schema import SOURCE_CODE
+
+    steps, colls = [], []
+    for step in range(20):
+        t0 = step * 10 * MS
+        for r in range(2):
+            steps.append((r, step, t0, t0 + 10 * MS, 0, 0))  # the hook saw no blocking
+            # two buckets: the first overlaps backward, the last is handed over when
+            # backward's compute is done (t0 + 6 ms) and completes 3 ms later
+            colls.append(
+                (r, "all_reduce", 0, 2 * step + 1, 1 << 20, t0 + 3 * MS, t0 + 5 * MS, step, True)
+            )
+            colls.append(
+                (r, "all_reduce", 0, 2 * step + 2, 1 << 20, t0 + 6 * MS, t0 + 9 * MS, step, True)
+            )
+    run = make_run(2, steps, colls)
+    run.collectives.data["source"][:] = SOURCE_CODE["ddp"]
+    assert analyze(run).summary.comm_fraction == pytest.approx(0.3, abs=0.01)
+    run.collectives.data["source"][:] = SOURCE_CODE["python"]  # the user's own async ops
+    assert analyze(run).summary.comm_fraction == pytest.approx(0.0, abs=0.01)

@@ -26,6 +26,7 @@ import numpy as np
 
 from mrcdiag.analyzers.instances import Instances
 from mrcdiag.store.reader import Columns, RunData
+from mrcdiag.store.schema import SOURCE_CODE
 
 
 @dataclass
@@ -118,7 +119,7 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
 
     duration = dense((steps["t_end_ns"] - steps["t_start_ns"]) / 1e9)
     data_wait = dense(steps["data_wait_ns"] / 1e9)
-    blocked = dense(steps["comm_ns"] / 1e9)
+    blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
     late_ns, own_ns, excess_ns = record_lateness(inst)
     rec = inst.records
     wait_ns = inst.wait_ns.astype(np.float64)
@@ -147,3 +148,26 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
         wait_s=np.where(has, matrices[3], 0.0),
         has_instances=has,
     )
+
+
+def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Per rank and step, how long the training thread waited at the end of backward for
+    DDP's all-reduces. DDP waits for them in C++, out of the hook's sight; its last bucket
+    is handed over when backward's compute is done, so from that all-reduce's arrival to
+    the completion of the last one the thread can only wait."""
+    out = np.zeros(shape)
+    c = run.collectives
+    if not len(c) or not shape[1]:
+        return out
+    sel = (c["source"] == SOURCE_CODE["ddp"]) & (c["step"] >= 0) & (c["step"] < shape[1])
+    sel &= np.isin(c["rank"], ranks)
+    if not sel.any():
+        return out
+    at = (np.searchsorted(ranks, c["rank"][sel]), c["step"][sel])
+    last_arrive = np.full(shape, -np.inf)
+    last_end = np.full(shape, -np.inf)
+    np.maximum.at(last_arrive, at, c["t_arrive_ns"][sel].astype(np.float64))
+    np.maximum.at(last_end, at, c["t_end_ns"][sel].astype(np.float64))
+    has = np.isfinite(last_arrive) & np.isfinite(last_end)
+    out[has] = np.clip(last_end[has] - last_arrive[has], 0, None) / 1e9
+    return out
