@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,28 @@ def test_every_rank_of_one_host_burning_cpu_is_one_slow_node(tmp_path: Path) -> 
     assert meta["host"] == "host1"
 
 
+def _serious_findings_with_nics(
+    tmp_path: Path,
+    trees: list[Path],
+    steps: int,
+    while_running: Callable[[Hosts, list[Path]], None],
+) -> list[dict]:
+    """A demo job on one host per fake NIC tree (MRCDIAG_SYSFS_INFINIBAND), agents sampling
+    every 0.25 s, `while_running(hosts, run_dirs)` during it; its serious findings."""
+    with Hosts(len(trees), tmp_path) as hosts:
+        run_dirs = launch_on_hosts(
+            hosts,
+            1,
+            demo_job("--steps", str(steps), "--work-ms", "8"),
+            job_env(),
+            extra_launch=["--interval", "0.25"],
+            timeout=180,
+            while_running=lambda dirs: while_running(hosts, dirs),
+            host_env={i: {"MRCDIAG_SYSFS_INFINIBAND": str(t)} for i, t in enumerate(trees)},
+        )
+    return _serious(report_json(*run_dirs))
+
+
 def _wait_for_steps(run_dir: Path, rank: int, steps: int, timeout: float = 60) -> None:
     import time
 
@@ -113,7 +136,7 @@ def test_retransmissions_during_a_slow_stretch_are_packet_loss_on_that_host(
         )
     hw = trees[1] / "mlx5_0" / "ports" / "1" / "hw_counters"
 
-    def degrade_host1(run_dirs: list[Path]) -> None:
+    def degrade_host1(hosts: Hosts, run_dirs: list[Path]) -> None:
         _wait_for_steps(run_dirs[0], 0, 60)
         hosts.shape(1, "20mbit")
         for i in range(1, 31):  # the NIC retransmits while the link is bad
@@ -122,18 +145,7 @@ def test_retransmissions_during_a_slow_stretch_are_packet_loss_on_that_host(
             time.sleep(0.1)  # the fault lasts about three seconds of wall time
         hosts.unshape(1)
 
-    with Hosts(2, tmp_path) as hosts:
-        run_dirs = launch_on_hosts(
-            hosts,
-            1,
-            demo_job("--steps", "260", "--work-ms", "8"),
-            job_env(),
-            extra_launch=["--interval", "0.25"],
-            timeout=180,
-            while_running=degrade_host1,
-            host_env={i: {"MRCDIAG_SYSFS_INFINIBAND": str(trees[i])} for i in range(2)},
-        )
-    serious = _serious(report_json(*run_dirs))
+    serious = _serious_findings_with_nics(tmp_path, trees, 260, degrade_host1)
     loss = [f for f in serious if f["cause"] == "packet_loss"]
     assert [f["nodes"] for f in loss] == [["host1"]], serious
     counters = loss[0]["evidence"]["counter_increase"]
@@ -149,25 +161,14 @@ def test_port_that_trained_down_on_one_host_is_a_degraded_link(tmp_path: Path) -
     for tree, rate in zip(trees, rates, strict=True):
         write_port(tree, "mlx5_0", 1, {"port_xmit_data": 0}, rate=rate)
 
-    def job_traffic_through_the_ports(run_dirs: list[Path]) -> None:
+    def job_traffic_through_the_ports(_hosts: Hosts, run_dirs: list[Path]) -> None:
         _wait_for_steps(run_dirs[0], 0, 20)
         for tree in trees:  # the job's bytes, as the NIC counts them (4-byte words)
             (tree / "mlx5_0" / "ports" / "1" / "counters" / "port_xmit_data").write_text(
                 f"{256 << 20}\n"
             )
 
-    with Hosts(2, tmp_path) as hosts:
-        run_dirs = launch_on_hosts(
-            hosts,
-            1,
-            demo_job("--steps", "200", "--work-ms", "8"),
-            job_env(),
-            extra_launch=["--interval", "0.25"],
-            timeout=180,
-            while_running=job_traffic_through_the_ports,
-            host_env={i: {"MRCDIAG_SYSFS_INFINIBAND": str(trees[i])} for i in range(2)},
-        )
-    serious = _serious(report_json(*run_dirs))
+    serious = _serious_findings_with_nics(tmp_path, trees, 200, job_traffic_through_the_ports)
     degraded = [f for f in serious if f["cause"] == "link_degraded"]
     assert [(f["nodes"], f["ranks"]) for f in degraded] == [(["host1"], [1])], serious
     assert degraded[0]["evidence"]["rate_gbit_s"] == 200.0
