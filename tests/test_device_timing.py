@@ -70,8 +70,7 @@ def test_failing_device_timer_keeps_host_times_and_recording(tmp_path: Path) -> 
 def test_device_timing_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
-    sys.path.insert(0, str(Path(__file__).parent / "fakes"))
-    import fake_cuda
+    from fakes import fake_cuda
 
     from mrcdiag.agent.device_timer import DeviceTimer, device_timer_for
 

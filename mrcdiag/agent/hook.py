@@ -233,10 +233,10 @@ def _wrap_collective(op_name: str, orig: Any) -> Any:
 # objects: the tensors our comm hook hands over (bucket.buffer()), the Python callbacks
 # of its future, and the thread-local state it captured (torch 2.13 stashes a
 # contextvars context there for the length of backward(); DDP's own C++ all-reduces
-# carry it too). Whoever drops a Work last frees them, and must take the GIL to do so. If that is gloo's worker thread
-# (a barrier keeps the works before it, and is freed there when it ends) after the
-# interpreter began to finalize, the thread is torn down inside a C++ destructor and the
-# process aborts at exit ("terminate called without an active exception": a 2-rank DDP
+# carry it too). Whoever drops a Work last frees them, and must take the GIL to do so.
+# If that is gloo's worker thread (a barrier keeps the works before it, and is freed
+# there when it ends) after the interpreter began to finalize, the thread is torn down
+# inside a C++ destructor and the process aborts at exit ("terminate called without an active exception": a 2-rank DDP
 # demo aborted so in 3 exits of 20 without mrcdiag, none of 40 with this). Held here, the
 # last reference is dropped by the main thread, at the latest when this module is torn
 # down. Only CPU (gloo) Works, where this was seen: their bucket buffers are DDP's own,
@@ -668,8 +668,13 @@ def _on_sigterm(signum: int, _frame: Any) -> None:
         if session is not None and not session.recorder.closing:
             session.recorder.close("terminated")
     finally:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        _die_of(signum)
+
+
+def _die_of(signum: int) -> None:
+    """End the process by `signum` as if we had no handler: the launcher sees the signal."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def current_session() -> _Session | None:
@@ -708,8 +713,7 @@ def detach() -> None:
         _closing = False
         signum, _deferred_signal = _deferred_signal, None
         if signum is not None:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            _die_of(signum)
 
 
 def rank_dir_for(run_dir: Path, rank: int) -> Path:

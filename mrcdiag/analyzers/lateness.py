@@ -168,6 +168,6 @@ def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.n
     last_end = np.full(shape, -np.inf)
     np.maximum.at(last_arrive, at, c["t_arrive_ns"][sel].astype(np.float64))
     np.maximum.at(last_end, at, c["t_end_ns"][sel].astype(np.float64))
-    has = np.isfinite(last_arrive) & np.isfinite(last_end)
+    has = np.isfinite(last_arrive)  # set together with last_end
     out[has] = np.clip(last_end[has] - last_arrive[has], 0, None) / 1e9
     return out

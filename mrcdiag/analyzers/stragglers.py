@@ -97,9 +97,10 @@ def _severity(
     late_s: float, lost_s: float, step_s: float, run_s: float, share_of_run: float = 1.0
 ) -> str:
     """critical: costs a fifth of the run; warning: costs 2% of it, or late by 3% of a step
-    (and at least a millisecond) through at least half of it (a rank 5% slower among a thousand costs the job little,
-    the others' own jitter hides most of it, yet it is a rank to look at). An episode
-    that neither lasts nor costs (the jitter of a shared machine) stays info."""
+    (and at least a millisecond) through at least half of it (a rank 5% slower among a
+    thousand costs the job little, the others' own jitter hides most of it, yet it is a
+    rank to look at). An episode that neither lasts nor costs (the jitter of a shared
+    machine) stays info."""
     lost_share = lost_s / run_s if run_s > 0 else 0.0
     if lost_share >= CRITICAL_LOST_OF_RUN:
         return "critical"
