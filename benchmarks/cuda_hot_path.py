@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 import mrcdiag
-from mrcdiag.agent import hook, ops
-from mrcdiag.agent.device_timer import DeviceTimer
+from mrcdiag.capture import install, lifecycle, ops, wrappers
+from mrcdiag.capture.device_timer import DeviceTimer
 
 clock = time.perf_counter_ns
 
@@ -70,16 +70,16 @@ def main() -> None:
         ),
         "argument reader, all_reduce of a CUDA tensor": per_call(lambda: read((t,), {})),
     }
-    hook.install(torch)
+    install.install(torch)
     with tempfile.TemporaryDirectory() as tmp:
         dist.init_process_group("nccl", init_method=f"file://{tmp}/store", rank=0, world_size=1)
         assert mrcdiag.attach(run_dir=f"{tmp}/run", job="bench")
-        stub = hook._wrap_collective("all_reduce", lambda *a, **k: None)
+        stub = wrappers.wrap_collective("all_reduce", lambda *a, **k: None)
         bare = dist.all_reduce.__mrcdiag_wrapped__
         costs["wrapper around a no-op, CUDA tensor"] = per_call(lambda: stub(t))
         costs["NCCL all_reduce, bare"] = per_call(lambda: bare(t))
         costs["NCCL all_reduce, recorded"] = per_call(lambda: dist.all_reduce(t))
-        hook.detach()
+        lifecycle.detach()
         dist.destroy_process_group()
     print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     for what, us in costs.items():

@@ -95,9 +95,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[256, 2048])
     args = p.parse_args()
     import mrcdiag
-    from mrcdiag.agent import hook
+    from mrcdiag.capture import install, lifecycle
 
-    hook.install(torch)
+    install.install(torch)
     torch.cuda.set_device(0)
     with tempfile.TemporaryDirectory() as tmp:
         dist.init_process_group("nccl", init_method=f"file://{tmp}/store", rank=0, world_size=1)
@@ -110,7 +110,7 @@ def main() -> None:
         result["ddp"] = [
             {"batch": b, **per_step(args.pairs, args.layers, args.width, b)} for b in args.batch
         ]
-        hook.detach()
+        lifecycle.detach()
         dist.destroy_process_group()
     print(json.dumps(result, indent=1))
 

@@ -35,9 +35,9 @@ def per_call(calls: int, rounds: int) -> tuple[float, float, float, float]:
     import torch.distributed as dist
     from alternating_blocks import alternate_calls
 
-    from mrcdiag.agent import hook
+    from mrcdiag.capture import install, lifecycle, wrappers
 
-    hook.install(torch)
+    install.install(torch)
     with tempfile.TemporaryDirectory() as tmp:
         dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=0, world_size=1)
         import mrcdiag
@@ -51,7 +51,7 @@ def per_call(calls: int, rounds: int) -> tuple[float, float, float, float]:
         # tight loop (warm caches), and between small matrix products, as in a real step
         # where compute runs between collectives and evicts the interpreter's caches.
         nothing = lambda *a, **k: None  # noqa: E731
-        stub = hook._wrap_collective("all_reduce", nothing)
+        stub = wrappers.wrap_collective("all_reduce", nothing)
         t0 = clock()
         for _ in range(calls):
             stub(t)
@@ -66,7 +66,7 @@ def per_call(calls: int, rounds: int) -> tuple[float, float, float, float]:
                     x @ x
                 blocks[name].append((clock() - t0) / 200 / 1e3)
         between_us = statistics.median(blocks["stub"]) - statistics.median(blocks["nothing"])
-        hook.detach()
+        lifecycle.detach()
         dist.destroy_process_group()
     return bare_us, hooked_us, stub_us, between_us
 

@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 
 def attach(run_dir: str | None = None, job: str | None = None) -> bool:
     """Record this rank's collectives and steps into a run directory."""
-    from mrcdiag.agent.attach import attach as _attach
+    from mrcdiag.capture.attach import attach as _attach
 
     return _attach(run_dir, job)
 
@@ -27,9 +27,9 @@ def attach(run_dir: str | None = None, job: str | None = None) -> bool:
 @contextlib.contextmanager
 def step() -> Iterator[None]:
     """Mark one training step by hand; turns off step detection from optimizer.step()."""
-    from mrcdiag.agent import hook
+    from mrcdiag.capture.wrappers import current_session
 
-    session = hook.current_session()
+    session = current_session()
     if session is None:
         yield
         return
@@ -37,5 +37,5 @@ def step() -> Iterator[None]:
     try:
         yield
     finally:
-        if hook.current_session() is session:
+        if current_session() is session:
             session.steps.end_manual()

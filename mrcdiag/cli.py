@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -73,8 +72,8 @@ def launch(
       mrcdiag launch --job llama -- torchrun --nproc-per-node 8 train.py --lr 3e-4
     The exit code is the job's.
     """
-    from mrcdiag.agent.attach import new_run_dir
     from mrcdiag.agent.launch import Launcher
+    from mrcdiag.store.layout import job_name_of, new_run_dir
 
     if not command:
         raise click.UsageError("give the training command after --")
@@ -82,57 +81,24 @@ def launch(
         raise click.ClickException(
             f"command not found: {command[0]!r}; is torch installed in this environment?"
         )
-    job_name = job or _guess_job(command)
+    job_name = job or job_name_of(command)
     directory = (run_dir or new_run_dir(job_name)).resolve()
     launcher = Launcher(
-        list(command), directory, job_name, metrics_port, interval, metrics_addr=metrics_addr
+        list(command),
+        directory,
+        job_name,
+        metrics_port,
+        interval,
+        metrics_addr=metrics_addr,
+        say=_say,
     )
-    env = launcher.prepare()
-    click.echo(f"mrcdiag: recording into {directory}", err=True)
-    try:
-        url = launcher.start_agent()
-        click.echo(f"mrcdiag: metrics at {url}", err=True)
-    except OSError as exc:
-        click.echo(
-            f"mrcdiag: no /metrics endpoint on port {metrics_port} ({exc.strerror or exc}); "
-            "the job runs and is still recorded. Pick another --metrics-port, or 0 for any "
-            "free port.",
-            err=True,
-        )
-        launcher.metrics_port = None
-        _start_agent_quietly(launcher)
-    except Exception as exc:  # noqa: BLE001 - the job runs even when the agent cannot
-        click.echo(
-            f"mrcdiag: node agent not started ({exc!r}); the job is still recorded", err=True
-        )
-    try:
-        code = launcher.run(env)
-    finally:
-        launcher.stop_agent()
-    click.echo(
-        f"mrcdiag: job exited with {code}; explain it with: mrcdiag report {directory}", err=True
-    )
+    code = launcher.run_job()
+    _say(f"mrcdiag: job exited with {code}; explain it with: mrcdiag report {directory}")
     sys.exit(code)
 
 
-def _start_agent_quietly(launcher: object) -> None:
-    try:
-        launcher.start_agent()  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001
-        click.echo(f"mrcdiag: node agent not started ({exc!r})", err=True)
-
-
-def _guess_job(command: tuple[str, ...]) -> str:
-    """The training script's or module's name: the last *.py or `-m module` that is not
-    the launcher itself (torchrun, python -m torch.distributed.run)."""
-    launchers = {"torch.distributed.run", "torch.distributed.launch"}
-    found = None
-    for i, part in enumerate(command):
-        if part.endswith(".py"):
-            found = Path(part).stem
-        elif part == "-m" and i + 1 < len(command) and command[i + 1] not in launchers:
-            found = command[i + 1].rsplit(".", 1)[-1]
-    return found or Path(command[0]).name
+def _say(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @main.command()
@@ -368,16 +334,17 @@ def demo(steps: int, slow_ms: float, run_dir: Path | None) -> None:
         f"per step, {steps} steps",
         err=True,
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     from mrcdiag.agent.launch import Launcher
 
-    launcher = Launcher(command, directory, "demo", metrics_port=None)
-    job_env = {**launcher.prepare(), "OMP_NUM_THREADS": env["OMP_NUM_THREADS"]}
-    launcher.start_agent()
-    try:
-        code = launcher.run(job_env)
-    finally:
-        launcher.stop_agent()
+    launcher = Launcher(
+        command,
+        directory,
+        "demo",
+        metrics_port=None,
+        extra_env={"OMP_NUM_THREADS": "1"},
+        say=_say,
+    )
+    code = launcher.run_job()
     if code != 0:
         raise click.ClickException(f"the demo job failed with exit code {code}")
     ctx = click.get_current_context()

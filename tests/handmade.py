@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from mrcdiag.store.reader import Columns, GroupInfo, RankInfo, RunData
+from mrcdiag.store.records import RunMeta
 from mrcdiag.store.schema import OP_CODE
 
 MS = 1_000_000  # ns
@@ -41,7 +42,7 @@ def make_run(
     ).reshape(-1, 9)
     return RunData(
         run_dirs=[Path("handmade")],
-        run={"job": "handmade"},
+        run=RunMeta("handmade", (), ""),
         world_size=world,
         ranks=ranks,
         groups=[GroupInfo(str(i), g, "gloo") for i, g in enumerate(groups)],

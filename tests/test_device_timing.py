@@ -72,7 +72,7 @@ def test_device_timing_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> Non
 
     from fakes import fake_cuda
 
-    from mrcdiag.agent.device_timer import DeviceTimer, device_timer_for
+    from mrcdiag.capture.device_timer import DeviceTimer, device_timer_for
 
     torch_with_a_gpu = types.SimpleNamespace(cuda=fake_cuda, _C=types.SimpleNamespace())
     assert isinstance(device_timer_for(torch_with_a_gpu), DeviceTimer)

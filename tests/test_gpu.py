@@ -34,7 +34,7 @@ def test_nvml_collector_reads_the_real_gpu_while_it_works() -> None:
 
     import pynvml
 
-    from mrcdiag.agent import log
+    from mrcdiag import log
     from mrcdiag.collectors import nvml as nvml_collector
 
     torch.cuda.init()

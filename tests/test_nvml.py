@@ -84,7 +84,7 @@ def test_xid_errors_are_counted_per_gpu_and_code() -> None:
 
 
 def test_missing_library_is_one_line_and_no_collector(capsys) -> None:  # noqa: ANN001
-    from mrcdiag.agent import log
+    from mrcdiag import log
 
     log._said.discard("no-nvml")
     assert nvml_collector.create(COMMON, nvml=make_fake_nvml([], library_missing=True)) is None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, job_env, launch, script, torchrun
 
-from mrcdiag.agent.launch import BOOT_DIR
+from mrcdiag.capture.autoimport import BOOT_DIR
 from mrcdiag.store.reader import read_run
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_attach_and_step_by_hand_without_launch(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     run = read_run(run_dir)
-    assert run.run["job"] == "api"
+    assert run.run is not None and run.run.job == "api"
     for rank in (0, 1):
         mine = run.steps.where(run.steps["rank"] == rank)
         assert list(mine["step"]) == [0, 1, 2, 3, 4]

@@ -1,8 +1,9 @@
 """`mrcdiag launch`: run the user's command unchanged, with the hook armed in every worker.
 
-The command line parses and delegates; this class owns the life cycle: prepare the run
-directory and the workers' environment, start the node agent, start the job, forward
-signals, wait, stop the agent, and hand back the job's exit code.
+The command line parses and delegates; the Launcher owns the whole life cycle, as
+torch's elastic agent does: prepare the run directory and the workers' environment,
+start the node agent, start the job, forward signals, wait, stop the agent, and hand
+back the job's exit code. What it has to tell the person goes through `say`.
 """
 
 from __future__ import annotations
@@ -10,17 +11,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mrcdiag
-from mrcdiag.agent.attach import run_metadata
-from mrcdiag.store import schema
+from mrcdiag.capture.attach import run_metadata
+from mrcdiag.capture.autoimport import BOOT_DIR
+from mrcdiag.store import layout
 from mrcdiag.store.writer import write_json_atomic
 
-BOOT_DIR = Path(__file__).resolve().parent / "_boot"
 PACKAGE_PARENT = Path(mrcdiag.__file__).resolve().parent.parent
+
+
+def _to_stderr(message: str) -> None:
+    import sys
+
+    sys.stderr.write(message + "\n")
 
 
 @dataclass
@@ -28,18 +36,29 @@ class Launcher:
     command: list[str]
     run_dir: Path
     job: str
-    metrics_port: int | None = None
+    metrics_port: int | None = None  # None: no /metrics endpoint (samples still recorded)
     agent_interval_s: float = 1.0
     metrics_addr: str = "0.0.0.0"
     extra_env: dict[str, str] = field(default_factory=dict)
+    say: Callable[[str], None] = _to_stderr
     _agent: Any = None
+
+    def run_job(self) -> int:
+        """The whole life cycle; returns the job's exit code (128+N for signal N)."""
+        env = self.prepare()
+        self.say(f"mrcdiag: recording into {self.run_dir}")
+        self._start_agent_or_say_why()
+        try:
+            return self.run(env)
+        finally:
+            self.stop_agent()
 
     def prepare(self) -> dict[str, str]:
         """Create the run directory, write run.json first, and build the workers' env."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        run_file = self.run_dir / schema.RUN_FILE
+        run_file = self.run_dir / layout.RUN_FILE
         if not run_file.exists():  # on shared storage the first node's launch writes it
-            write_json_atomic(run_file, run_metadata(self.job, self.command))
+            write_json_atomic(run_file, run_metadata(self.job, self.command).to_json())
         env = dict(os.environ)
         python_path = [str(BOOT_DIR), str(PACKAGE_PARENT)]
         if env.get("PYTHONPATH"):
@@ -49,6 +68,28 @@ class Launcher:
         env["MRCDIAG_JOB"] = self.job
         env.update(self.extra_env)
         return env
+
+    def _start_agent_or_say_why(self) -> None:
+        """The job runs even when the agent cannot: a port in use costs /metrics only."""
+        try:
+            url = self.start_agent()
+            if url:
+                self.say(f"mrcdiag: metrics at {url}")
+            return
+        except OSError as exc:
+            self.say(
+                f"mrcdiag: no /metrics endpoint on port {self.metrics_port} "
+                f"({exc.strerror or exc}); the job runs and is still recorded. Pick another "
+                "--metrics-port, or 0 for any free port."
+            )
+        except Exception as exc:  # noqa: BLE001 - the job runs even when the agent cannot
+            self.say(f"mrcdiag: node agent not started ({exc!r}); the job is still recorded")
+            return
+        self.metrics_port = None
+        try:
+            self.start_agent()
+        except Exception as exc:  # noqa: BLE001
+            self.say(f"mrcdiag: node agent not started ({exc!r})")
 
     def start_agent(self) -> str | None:
         """Start the node agent beside the job; returns the /metrics URL it serves."""

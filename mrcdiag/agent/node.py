@@ -15,12 +15,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from mrcdiag.agent.log import warn_once
 from mrcdiag.collectors.base import SampleCollector
 from mrcdiag.collectors.host import HostCollector
 from mrcdiag.collectors.ranks import RankCollector
-from mrcdiag.store import schema
-from mrcdiag.store.writer import StreamTable, write_json_atomic
+from mrcdiag.log import warn_once
+from mrcdiag.store import layout, schema
+from mrcdiag.store.writer import StreamTable
 
 
 def default_collectors(common: dict[str, str], ranks: RankCollector | None) -> list[Any]:
@@ -105,19 +105,9 @@ class NodeAgent:
             host = self.addr if self.addr not in ("0.0.0.0", "") else self.node
             url = f"http://{host}:{self.bound_port}/metrics"
         if self.run_dir is not None:
-            node_dir = self.run_dir / schema.NODES_DIR / self.node
+            node_dir = layout.node_dir(self.run_dir, self.node)
             node_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(
-                node_dir / schema.NODE_META_FILE,
-                {
-                    "host": self.node,
-                    "interval_s": self.interval_s,
-                    "monotonic_ns": time.monotonic_ns(),
-                    "unix_ns": time.time_ns(),
-                    "collectors": [type(c).__name__ for c in self.collectors],
-                },
-            )
-            self._samples = StreamTable(node_dir / schema.SAMPLES_FILE, schema.SAMPLE_SCHEMA)
+            self._samples = StreamTable(node_dir / layout.SAMPLES_FILE, schema.SAMPLE_SCHEMA)
         self._thread = threading.Thread(target=self._loop, name="mrcdiag-agent", daemon=True)
         self._thread.start()
         return url

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mrcdiag.agent.log import warn_once
 from mrcdiag.collectors.base import Sample, SampleCollector
+from mrcdiag.log import warn_once
 
 RankProcess = tuple[int, int, int]
 

@@ -22,7 +22,8 @@ from prometheus_client.core import (
     Metric,
 )
 
-from mrcdiag.store import schema
+from mrcdiag.store import layout, schema
+from mrcdiag.store.records import RankMeta
 from mrcdiag.store.tail import StreamTail
 
 STEP_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -82,26 +83,22 @@ class RankCollector:
         self.ranks: dict[int, _RankState] = {}
 
     def _discover(self) -> None:
-        root = self.run_dir / schema.RANKS_DIR
-        if not root.is_dir():
-            return
-        for rank_dir in root.iterdir():
-            meta_path = rank_dir / schema.RANK_META_FILE
+        for rank_dir in layout.rank_dirs(self.run_dir):
             try:
-                meta = json.loads(meta_path.read_text())
-            except (OSError, ValueError):
+                meta = RankMeta.from_json(
+                    json.loads((rank_dir / layout.RANK_META_FILE).read_text())
+                )
+            except (OSError, ValueError, KeyError):
+                continue  # not written yet, or written by a rank that is still attaching
+            if meta.rank in self.ranks or meta.host != self.node:
                 continue
-            rank = int(meta.get("rank", -1))
-            if rank in self.ranks or meta.get("host") != self.node:
-                continue
-            self.ranks[rank] = _RankState(
-                rank=rank,
-                local_rank=int(meta.get("local_rank", -1)),
-                pid=int(meta.get("pid", -1)),
-                steps=StreamTail(rank_dir / schema.STEPS_FILE),
-                collectives=StreamTail(rank_dir / schema.COLLECTIVES_FILE),
-                offset_unix_ns=int(meta.get("attached_unix_ns", 0))
-                - int(meta.get("attached_monotonic_ns", 0)),
+            self.ranks[meta.rank] = _RankState(
+                rank=meta.rank,
+                local_rank=meta.local_rank,
+                pid=meta.pid if meta.pid is not None else -1,
+                steps=StreamTail(rank_dir / layout.STEPS_FILE),
+                collectives=StreamTail(rank_dir / layout.COLLECTIVES_FILE),
+                offset_unix_ns=meta.monotonic_to_unix_ns,
             )
 
     def rank_processes(self) -> list[tuple[int, int, int]]:

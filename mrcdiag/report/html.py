@@ -343,7 +343,7 @@ def _tables(analysis: Analysis) -> str:
 def render_html(analysis: Analysis, diff: dict[str, Any] | None = None) -> str:
     run, s, m = analysis.run, analysis.summary, analysis.matrix
     cols = steady_columns(m.duration_s.shape[1])
-    job = run.run.get("job") or "?"
+    job = (run.run.job if run.run else "") or "?"
     step_med = s.step_time_p50_s or 0.0
     serious = [f for f in analysis.findings if f.severity != "info"]
     headline = (

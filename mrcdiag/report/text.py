@@ -57,7 +57,7 @@ def render_text(analysis: Analysis, color: bool | None = None) -> str:
 
 def _headline(console: Console, analysis: Analysis) -> None:
     run, s = analysis.run, analysis.summary
-    job = run.run.get("job") or "?"
+    job = (run.run.job if run.run else "") or "?"
     console.print(
         f"[bold]mrcdiag report[/bold]  job [bold]{job}[/bold]  ·  {run.world_size} ranks on "
         f"{len(run.hosts)} node(s)  ·  {s.steps} steps  ·  {s.duration_s:.1f} s"

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from mrcdiag.store import schema
+from mrcdiag.store import layout, records, schema
+from mrcdiag.store.records import Event, GroupMeta, RankMeta, RunMeta, WorldMeta
 
 
 class RunDirError(Exception):
@@ -74,7 +75,7 @@ class Columns:
 @dataclass
 class RunData:
     run_dirs: list[Path]
-    run: dict[str, Any]
+    run: RunMeta | None  # None when run.json is missing
     world_size: int
     ranks: dict[int, RankInfo]
     groups: list[GroupInfo]  # global group id = index
@@ -151,12 +152,7 @@ def read_stream(path: Path, schema_: pa.Schema, problems: list[str]) -> pa.Table
 
 
 def _find_rank_dirs(run_dirs: Iterable[Path]) -> list[Path]:
-    found = []
-    for run_dir in run_dirs:
-        ranks_root = run_dir / schema.RANKS_DIR
-        if ranks_root.is_dir():
-            found.extend(sorted(p for p in ranks_root.iterdir() if p.name.startswith("rank-")))
-    return found
+    return [rank_dir for run_dir in run_dirs for rank_dir in layout.rank_dirs(run_dir)]
 
 
 def read_run(
@@ -173,16 +169,16 @@ def read_run(
         if not d.is_dir():
             raise RunDirError(f"{d} is not a directory; pass the run directory that launch printed")
     problems: list[str] = []
-    run: dict[str, Any] = {}
-    world: dict[str, Any] = {}
+    run: RunMeta | None = None
+    world: WorldMeta | None = None
     probe: dict[str, Any] = {}
     for d in dirs:
-        if (d / schema.PROBE_FILE).exists():
-            probe = probe or _read_json(d / schema.PROBE_FILE)
-        if (d / schema.RUN_FILE).exists():
-            run = run or _read_json(d / schema.RUN_FILE)
-        if (d / schema.WORLD_FILE).exists():
-            world = world or _read_json(d / schema.WORLD_FILE)
+        if (d / layout.PROBE_FILE).exists():
+            probe = probe or _read_json(d / layout.PROBE_FILE)
+        if run is None and (d / layout.RUN_FILE).exists():
+            run = RunMeta.from_json(_read_json(d / layout.RUN_FILE))
+        if world is None and (d / layout.WORLD_FILE).exists():
+            world = WorldMeta.from_json(_read_json(d / layout.WORLD_FILE))
     rank_dirs = _find_rank_dirs(dirs)
     if not run and not rank_dirs:
         names = ", ".join(str(d) for d in dirs)
@@ -204,8 +200,8 @@ def read_run(
 
 def _assemble(
     dirs: list[Path],
-    run: dict[str, Any],
-    world: dict[str, Any],
+    run: RunMeta | None,
+    world: WorldMeta | None,
     rank_dirs: list[Path],
     problems: list[str],
     progress: Callable[[int, int], None] | None = None,
@@ -222,29 +218,30 @@ def _assemble(
     for done, rank_dir in enumerate(rank_dirs):
         if progress is not None and done % 16 == 0:
             progress(done, len(rank_dirs))
-        meta_path = rank_dir / schema.RANK_META_FILE
+        meta_path = rank_dir / layout.RANK_META_FILE
         if not meta_path.exists():
             problems.append(f"{rank_dir} has no rank.json; skipped")
             continue
         try:
-            meta = _read_json(meta_path)
-            rank = int(meta["rank"])
-        except (RunDirError, KeyError, ValueError) as exc:
+            meta = RankMeta.from_json(_read_json(meta_path))
+            rank = meta.rank
+        except (RunDirError, KeyError, ValueError, TypeError) as exc:
             problems.append(f"{meta_path} is damaged ({exc}); skipped that rank")
             continue
         if rank in ranks:
             problems.append(f"rank {rank} appears twice; kept the first ({rank_dir} skipped)")
             continue
-        local_groups = _read_json_lines(rank_dir / schema.GROUPS_FILE, problems)
-        local_to_global = np.full(max(len(local_groups), 1), -1, dtype=np.int32)
+        local_groups = _read_groups(rank_dir / layout.GROUPS_FILE, problems)
+        local_to_global = np.full(
+            max([g.index + 1 for g in local_groups] + [1]), -1, dtype=np.int32
+        )
         for g in local_groups:
-            name = str(g["name"])
-            if name not in group_ids:
-                group_ids[name] = len(groups)
-                groups.append(GroupInfo(name, tuple(g["ranks"]), str(g.get("backend", "?"))))
-            local_to_global[int(g["index"])] = group_ids[name]
-        coll = read_stream(rank_dir / schema.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems)
-        steps = read_stream(rank_dir / schema.STEPS_FILE, schema.STEP_SCHEMA, problems)
+            if g.name not in group_ids:
+                group_ids[g.name] = len(groups)
+                groups.append(GroupInfo(g.name, g.ranks, g.backend))
+            local_to_global[g.index] = group_ids[g.name]
+        coll = read_stream(rank_dir / layout.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems)
+        steps = read_stream(rank_dir / layout.STEPS_FILE, schema.STEP_SCHEMA, problems)
         local_index = coll.column("group").to_numpy()
         known = local_index < len(local_to_global)
         if not known.all():
@@ -256,9 +253,10 @@ def _assemble(
         coll_group.append(local_to_global[local_index])
         step_tables.append(steps)
         step_rank.append(np.full(steps.num_rows, rank, dtype=np.int32))
-        events = _read_json_lines(rank_dir / schema.EVENTS_FILE, problems)
-        clock = meta.get("clock") or {}
-        offset = int(clock.get("offset_ns") or 0)
+        events = [
+            Event.from_json(e) for e in _read_json_lines(rank_dir / layout.EVENTS_FILE, problems)
+        ]
+        offset = meta.clock.offset_ns
         offsets.append((offset, coll.num_rows, steps.num_rows))
         ranks[rank] = _rank_info(meta, rank, events, coll, steps, offset, local_groups)
     collectives = _concat(coll_tables, schema.COLLECTIVE_SCHEMA)
@@ -268,7 +266,7 @@ def _assemble(
     steps_cols.data["rank"] = _cat(step_rank, np.int32)
     _apply_offsets(collectives, steps_cols, offsets)
     node_samples = _read_node_samples(dirs, ranks, problems)
-    world_size = int(world.get("world_size") or max(ranks, default=-1) + 1)
+    world_size = (world.world_size if world else 0) or max(ranks, default=-1) + 1
     missing = sorted(set(range(world_size)) - set(ranks))
     if missing:
         problems.append(f"no data from rank(s) {_ranges(missing)} of {world_size}")
@@ -291,24 +289,20 @@ def _read_node_samples(
     """Node agent samples per host, on rank 0's clock (via a rank of the same host)."""
     offset_of_host = {info.host: info.clock_offset_ns for info in ranks.values()}
     out: dict[str, Columns] = {}
-    for d in dirs:
-        root = d / schema.NODES_DIR
-        if not root.is_dir():
+    for node_dir in layout.node_dirs(dirs):
+        path = node_dir / layout.SAMPLES_FILE
+        if not path.exists() or node_dir.name in out:
             continue
-        for node_dir in sorted(root.iterdir()):
-            path = node_dir / schema.SAMPLES_FILE
-            if not path.exists() or node_dir.name in out:
-                continue
-            table = read_stream(path, schema.SAMPLE_SCHEMA, problems)
-            offset = offset_of_host.get(node_dir.name, 0)
-            out[node_dir.name] = Columns(
-                {
-                    "t_ns": table.column("t_ns").to_numpy() + offset,
-                    "name": np.asarray(table.column("name").to_pylist(), dtype=object),
-                    "labels": np.asarray(table.column("labels").to_pylist(), dtype=object),
-                    "value": table.column("value").to_numpy(),
-                }
-            )
+        table = read_stream(path, schema.SAMPLE_SCHEMA, problems)
+        offset = offset_of_host.get(node_dir.name, 0)
+        out[node_dir.name] = Columns(
+            {
+                "t_ns": table.column("t_ns").to_numpy() + offset,
+                "name": np.asarray(table.column("name").to_pylist(), dtype=object),
+                "labels": np.asarray(table.column("labels").to_pylist(), dtype=object),
+                "value": table.column("value").to_numpy(),
+            }
+        )
     return out
 
 
@@ -320,48 +314,61 @@ def series(samples: Columns, name: str, labels: str | None = None) -> tuple[np.n
     return samples["t_ns"][mask], samples["value"][mask]
 
 
+def _read_groups(path: Path, problems: list[str]) -> list[GroupMeta]:
+    out = []
+    for line in _read_json_lines(path, problems):
+        try:
+            out.append(GroupMeta.from_json(line))
+        except (KeyError, ValueError, TypeError):
+            problems.append(f"{path}: a group line lacks its index, name or ranks; skipped")
+    return out
+
+
 def _rank_info(
-    meta: dict[str, Any],
+    meta: RankMeta,
     rank: int,
-    events: list[dict[str, Any]],
+    events: list[Event],
     coll: pa.Table,
     steps: pa.Table,
     offset: int,
-    local_groups: list[dict[str, Any]],
+    local_groups: list[GroupMeta],
 ) -> RankInfo:
-    closed = any(e.get("event") == "closed" for e in events)
-    dropped = max((int(e.get("records", e.get("dropped", 0)) or 0) for e in events), default=0)
+    names = {e.name for e in events}
+    dropped = max(
+        (int(e.fields.get("records", e.fields.get("dropped", 0)) or 0) for e in events),
+        default=0,
+    )
     stuck = None
     for e in events:
-        if e.get("event") == "in_collective":
-            stuck = dict(e)
+        if e.name == records.EVENT_IN_COLLECTIVE:
+            stuck = {"event": e.name, "t_ns": e.t_ns, **e.fields}
     if stuck is not None:
         index = int(stuck.get("group", -1))
-        names = {int(g["index"]): str(g["name"]) for g in local_groups}
-        stuck["group_name"] = names.get(index, "?")
+        stuck["group_name"] = {g.index: g.name for g in local_groups}.get(index, "?")
         stuck["t_arrive_ns"] = int(stuck.get("t_arrive_ns", 0)) + offset
-    disabled = next((e.get("reason") for e in events if e.get("event") == "disabled"), None)
+    disabled = next(
+        (e.fields.get("reason") for e in events if e.name == records.EVENT_DISABLED), None
+    )
     last = 0
     if coll.num_rows:
         last = max(last, int(np.max(coll.column("t_arrive_ns").to_numpy())) + offset)
     if steps.num_rows:
         last = max(last, int(np.max(steps.column("t_end_ns").to_numpy())) + offset)
-    clock = meta.get("clock") or {}
     return RankInfo(
         rank=rank,
-        host=str(meta.get("host", "?")),
-        local_rank=int(meta.get("local_rank", -1)),
-        pid=meta.get("pid"),
+        host=meta.host,
+        local_rank=meta.local_rank,
+        pid=meta.pid,
         clock_offset_ns=offset,
-        clock_uncertainty_ns=clock.get("uncertainty_ns"),
-        clock_method=str(clock.get("method", "?")),
-        closed_cleanly=closed,
+        clock_uncertainty_ns=meta.clock.uncertainty_ns,
+        clock_method=meta.clock.method,
+        closed_cleanly=records.EVENT_CLOSED in names,
         dropped_records=dropped,
-        attached_ns=int(meta.get("attached_monotonic_ns", 0)) + offset,
+        attached_ns=meta.attached_monotonic_ns + offset,
         last_record_ns=last,
         stuck_in=stuck,
         disabled_reason=disabled,
-        terminated=any(e.get("event") == "terminated" for e in events),
+        terminated=records.EVENT_TERMINATED in names,
     )
 
 

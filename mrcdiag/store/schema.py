@@ -1,25 +1,14 @@
-"""The on-disk contract of a run directory: file names, column types and code tables.
+"""The rows of a run directory: column types, field positions and code tables.
 
-Writers (the hook, the node agent) and the reader share these definitions so that the
-two sides cannot drift apart. Codes are stored as small integers in the hot path and
-turned back into names when read.
+Writers (the capture layer, the node agent, the synthetic generator) and the reader share
+these definitions so that the two sides cannot drift apart. Codes are stored as small
+integers in the hot path and turned back into names when read. Where the files are:
+store/layout.py; the JSON metadata: store/records.py.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
-
-SCHEMA_VERSION = 1
-
-RUN_FILE = "run.json"  # written first by `launch` (or by rank 0 under the Python API)
-WORLD_FILE = "world.json"  # written by global rank 0 at attach: world size, hosts
-PROBE_FILE = "probe.json"  # pairwise link probe between hosts, by rank 0 at attach
-RANKS_DIR = "ranks"  # ranks/rank-00007/...
-RANK_META_FILE = "rank.json"
-COLLECTIVES_FILE = "collectives.arrows"
-STEPS_FILE = "steps.arrows"
-GROUPS_FILE = "groups.jsonl"
-EVENTS_FILE = "events.jsonl"
 
 # Order matters: the index is the code written to disk. Append only.
 OPS: tuple[str, ...] = (
@@ -97,21 +86,31 @@ def busbw_factor(op: str, group_size: int) -> float:
     return 1.0
 
 
-COLLECTIVE_SCHEMA = pa.schema(
-    [
-        ("op", pa.uint8()),
-        ("source", pa.uint8()),
-        ("group", pa.int32()),  # index into this rank's groups.jsonl
-        ("seq", pa.int64()),  # per group: collectives and p2p counted apart
-        ("peer", pa.int32()),  # global rank of the peer for p2p, else -1
-        ("nbytes", pa.int64()),  # nccl-tests "size": the whole buffer
-        ("dtype", pa.uint8()),
-        ("is_async", pa.bool_()),
-        ("t_arrive_ns", pa.int64()),  # this rank's CLOCK_MONOTONIC at the call
-        ("t_end_ns", pa.int64()),  # when it completed; 0 when never observed
-        ("step", pa.int32()),
-    ]
+COLLECTIVE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("op", pa.uint8()),
+    ("source", pa.uint8()),
+    ("group", pa.int32()),  # index into this rank's groups.jsonl
+    ("seq", pa.int64()),  # per group: collectives and p2p counted apart
+    ("peer", pa.int32()),  # global rank of the peer for p2p, else -1
+    ("nbytes", pa.int64()),  # nccl-tests "size": the whole buffer
+    ("dtype", pa.uint8()),
+    ("is_async", pa.bool_()),
+    ("t_arrive_ns", pa.int64()),  # this rank's CLOCK_MONOTONIC at the call
+    ("t_end_ns", pa.int64()),  # when it completed; 0 when never observed
+    ("step", pa.int32()),
 )
+COLLECTIVE_SCHEMA = pa.schema(COLLECTIVE_FIELDS)
+
+
+class CollectiveRow:
+    """Positions in a collective row, the tuple the capture layer builds per call
+    (COLLECTIVE_SCHEMA order). The first HEAD fields are known at the call; a row is
+    `head + (t_end_ns, step)`. tests/test_store_vocabulary.py checks them against the
+    schema."""
+
+    OP, SOURCE, GROUP, SEQ, PEER, NBYTES, DTYPE, IS_ASYNC, T_ARRIVE_NS, T_END_NS, STEP = range(11)
+    HEAD = T_END_NS
+
 
 STEP_SCHEMA = pa.schema(
     [
@@ -121,19 +120,5 @@ STEP_SCHEMA = pa.schema(
         ("data_wait_ns", pa.int64()),  # blocked in DataLoader.__next__
         ("comm_ns", pa.int64()),  # blocked in collectives (sync calls and wait())
         ("n_collectives", pa.int32()),
-    ]
-)
-
-NODES_DIR = "nodes"  # nodes/<host>/...
-NODE_META_FILE = "node.json"
-SAMPLES_FILE = "samples.arrows"
-
-# Node samples in long form: one row per metric series per sampling tick.
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("t_ns", pa.int64()),  # the node's CLOCK_MONOTONIC, like the ranks' records
-        ("name", pa.string()),
-        ("labels", pa.string()),  # "k=v,k=v"
-        ("value", pa.float64()),
     ]
 )

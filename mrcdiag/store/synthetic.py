@@ -8,14 +8,14 @@ same writers the hook uses.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mrcdiag.store import schema
-from mrcdiag.store.writer import StreamTable, write_json_atomic
+from mrcdiag.store import layout, records, schema
+from mrcdiag.store.records import ClockEstimate, Event, GroupMeta, RankMeta, RunMeta, WorldMeta
+from mrcdiag.store.writer import JsonLines, StreamTable, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -33,31 +33,64 @@ class SyntheticSpec:
 
 
 def write_synthetic_run(run_dir: Path, spec: SyntheticSpec) -> Path:
-    rng = np.random.default_rng(spec.seed)
+    """Write a whole run of `spec` into `run_dir` (created) and return it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     hosts = [f"node-{r // spec.ranks_per_host:04d}" for r in range(spec.ranks)]
-    per_host: dict[str, list[int]] = {}
-    for r, h in enumerate(hosts):
-        per_host.setdefault(h, []).append(r)
-    write_json_atomic(
-        run_dir / schema.RUN_FILE,
-        {
-            "schema": 1,
-            "job": "synthetic",
-            "command": ["synthetic"],
-            "start": "1970-01-01T00:00:00+00:00",
-        },
-    )
-    write_json_atomic(
-        run_dir / schema.WORLD_FILE,
-        {
-            "schema": 1,
-            "world_size": spec.ranks,
-            "hosts": sorted(per_host),
-            "ranks_per_host": per_host,
-            "backend": "synthetic",
-        },
-    )
+    run = RunMeta(job="synthetic", command=("synthetic",), start="1970-01-01T00:00:00+00:00")
+    write_json_atomic(run_dir / layout.RUN_FILE, run.to_json())
+    world = WorldMeta.of_hosts(hosts, backend="synthetic", torch_version="")
+    write_json_atomic(run_dir / layout.WORLD_FILE, world.to_json())
+    step_start, arrive, end = _timeline(spec)
+    to_ns = lambda a: (a * 1e9).astype(np.int64) + _BASE_NS  # noqa: E731
+    group = GroupMeta(0, "0", tuple(range(spec.ranks)), "synthetic")
+    for r in range(spec.ranks):
+        rank_dir = layout.rank_dir(run_dir, r)
+        rank_dir.mkdir(parents=True, exist_ok=True)
+        meta = RankMeta(
+            rank=r,
+            host=hosts[r],
+            local_rank=r % spec.ranks_per_host,
+            world_size=spec.ranks,
+            pid=0,
+            clock=ClockEstimate(0, 0, 0, "shared_clock"),
+            attached_monotonic_ns=_BASE_NS,
+        )
+        write_json_atomic(rank_dir / layout.RANK_META_FILE, meta.to_json())
+        _write_lines(rank_dir / layout.GROUPS_FILE, [group.to_json()])
+        closed_ns = int(to_ns(end[-1:, r])[0])
+        _write_lines(
+            rank_dir / layout.EVENTS_FILE,
+            [
+                Event(records.EVENT_ATTACHED, _BASE_NS).to_json(),
+                Event(records.EVENT_CLOSED, closed_ns, {"dropped": 0}).to_json(),
+            ],
+        )
+        _write_table(
+            rank_dir / layout.COLLECTIVES_FILE,
+            schema.COLLECTIVE_SCHEMA,
+            _collective_columns(spec, to_ns(arrive[:, r]), to_ns(end[:, r])),
+        )
+        _write_table(
+            rank_dir / layout.STEPS_FILE,
+            schema.STEP_SCHEMA,
+            {
+                "step": np.arange(spec.steps, dtype=np.int32),
+                "t_start_ns": to_ns(step_start[:, r]),
+                "t_end_ns": to_ns(end[:, r]),
+                "data_wait_ns": np.zeros(spec.steps, np.int64),
+                "comm_ns": ((end[:, r] - arrive[:, r]) * 1e9).astype(np.int64),
+                "n_collectives": np.ones(spec.steps, np.int32),
+            },
+        )
+    return run_dir
+
+
+_BASE_NS = 10**12
+
+
+def _timeline(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[step, rank] arrays of step start, all-reduce arrival and all-reduce end (s)."""
+    rng = np.random.default_rng(spec.seed)
     factor = np.ones(spec.ranks)
     factor[list(spec.slow_ranks)] = spec.slow_factor
     compute = (
@@ -75,70 +108,41 @@ def write_synthetic_run(run_dir: Path, spec: SyntheticSpec) -> Path:
         done = arrive[k].max() + spec.transfer_s * rng.lognormal(0.0, 0.05)
         end[k] = done + rng.uniform(0, 2e-5, size=spec.ranks)  # completion jitter
         t = end[k]
-    base_ns = 10**12
-    to_ns = lambda a: (a * 1e9).astype(np.int64) + base_ns  # noqa: E731
-    steps_idx = np.arange(spec.steps, dtype=np.int32)
-    for r in range(spec.ranks):
-        rank_dir = run_dir / schema.RANKS_DIR / f"rank-{r:05d}"
-        rank_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            rank_dir / schema.RANK_META_FILE,
-            {
-                "schema": 1,
-                "rank": r,
-                "local_rank": r % spec.ranks_per_host,
-                "world_size": spec.ranks,
-                "host": hosts[r],
-                "pid": 0,
-                "clock": {
-                    "offset_ns": 0,
-                    "method": "shared_clock",
-                    "uncertainty_ns": 0,
-                    "measured_offset_ns": 0,
-                },
-                "attached_monotonic_ns": base_ns,
-                "attached_unix_ns": 0,
-            },
-        )
-        (rank_dir / schema.GROUPS_FILE).write_text(
-            json.dumps(
-                {"index": 0, "name": "0", "ranks": list(range(spec.ranks)), "backend": "synthetic"}
-            )
-            + "\n"
-        )
-        (rank_dir / schema.EVENTS_FILE).write_text(
-            json.dumps({"event": "attached", "t_ns": base_ns})
-            + "\n"
-            + json.dumps({"event": "closed", "t_ns": int(to_ns(end[-1:, r])[0]), "dropped": 0})
-            + "\n"
-        )
-        coll = StreamTable(rank_dir / schema.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA)
-        coll.append_columns(
-            {
-                "op": np.zeros(spec.steps, np.uint8),
-                "source": np.full(spec.steps, schema.SOURCE_CODE["ddp"], np.uint8),
-                "group": np.zeros(spec.steps, np.int32),
-                "seq": np.arange(1, spec.steps + 1, dtype=np.int64),
-                "peer": np.full(spec.steps, -1, np.int32),
-                "nbytes": np.full(spec.steps, spec.allreduce_bytes, np.int64),
-                "dtype": np.full(spec.steps, schema.DTYPE_CODE["float32"], np.uint8),
-                "is_async": np.ones(spec.steps, bool),
-                "t_arrive_ns": to_ns(arrive[:, r]),
-                "t_end_ns": to_ns(end[:, r]),
-                "step": steps_idx,
-            }
-        )
-        coll.close()
-        st = StreamTable(rank_dir / schema.STEPS_FILE, schema.STEP_SCHEMA)
-        st.append_columns(
-            {
-                "step": steps_idx,
-                "t_start_ns": to_ns(step_start[:, r]),
-                "t_end_ns": to_ns(end[:, r]),
-                "data_wait_ns": np.zeros(spec.steps, np.int64),
-                "comm_ns": ((end[:, r] - arrive[:, r]) * 1e9).astype(np.int64),
-                "n_collectives": np.ones(spec.steps, np.int32),
-            }
-        )
-        st.close()
-    return run_dir
+    return step_start, arrive, end
+
+
+def _collective_columns(
+    spec: SyntheticSpec, arrive_ns: np.ndarray, end_ns: np.ndarray
+) -> dict[str, np.ndarray]:
+    """One DDP all-reduce per step, as the capture layer would have recorded it."""
+    n = spec.steps
+    return {
+        "op": np.full(n, schema.OP_CODE["all_reduce"], np.uint8),
+        "source": np.full(n, schema.SOURCE_CODE["ddp"], np.uint8),
+        "group": np.zeros(n, np.int32),
+        "seq": np.arange(1, n + 1, dtype=np.int64),
+        "peer": np.full(n, -1, np.int32),
+        "nbytes": np.full(n, spec.allreduce_bytes, np.int64),
+        "dtype": np.full(n, schema.DTYPE_CODE["float32"], np.uint8),
+        "is_async": np.ones(n, bool),
+        "t_arrive_ns": arrive_ns,
+        "t_end_ns": end_ns,
+        "step": np.arange(n, dtype=np.int32),
+    }
+
+
+def _write_table(path: Path, table_schema: object, columns: dict[str, np.ndarray]) -> None:
+    table = StreamTable(path, table_schema)  # type: ignore[arg-type]
+    try:
+        table.append_columns(columns)
+    finally:
+        table.close()
+
+
+def _write_lines(path: Path, lines: list[dict]) -> None:
+    log = JsonLines(path)
+    try:
+        for line in lines:
+            log.append(line)
+    finally:
+        log.close()

@@ -10,7 +10,7 @@ def boom(*args, **kwargs):
 
 def main() -> None:
     dist.init_process_group("gloo")
-    from mrcdiag.agent.recorder import Recorder
+    from mrcdiag.capture.recorder import Recorder
 
     Recorder.add_collective = boom  # every record from now on fails inside the hook
     total = torch.zeros(1)

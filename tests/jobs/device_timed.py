@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fakes"))
 import fake_cuda  # noqa: E402
 
 import mrcdiag  # noqa: E402
-from mrcdiag.agent import hook  # noqa: E402
-from mrcdiag.agent import recorder as recorder_module  # noqa: E402
-from mrcdiag.agent.device_timer import DeviceTimer  # noqa: E402
+from mrcdiag.capture import recorder as recorder_module  # noqa: E402
+from mrcdiag.capture import wrappers  # noqa: E402
+from mrcdiag.capture.device_timer import DeviceTimer  # noqa: E402
 
 DELAY_MS = 250.0
 
@@ -40,13 +40,13 @@ def main() -> None:
     run_dir, mode = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo", init_method=f"file://{run_dir}.store", rank=0, world_size=1)
     assert mrcdiag.attach(run_dir=run_dir, job="device")
-    recorder = hook.current_session().recorder
+    recorder = wrappers.current_session().recorder
     timer = recorder.device_timer = DeviceTimer(fake_cuda, fake_cuda.raw_stream)
     stream = fake_cuda.Stream(0, delay_ms=DELAY_MS)
     fake_cuda.set_current_stream(stream)
-    nccl_sync = hook._wrap_collective("all_reduce", lambda *a, **k: None)
+    nccl_sync = wrappers.wrap_collective("all_reduce", lambda *a, **k: None)
     work = QueuedWork()
-    nccl_async = hook._wrap_collective("all_reduce", lambda *a, **k: work)
+    nccl_async = wrappers.wrap_collective("all_reduce", lambda *a, **k: work)
     tensor = fake_cuda.FakeCudaTensor(1024)
     host = {}
     if mode == "fail":

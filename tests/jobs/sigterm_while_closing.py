@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 import mrcdiag
-from mrcdiag.agent import hook
-from mrcdiag.agent import recorder as recorder_module
+from mrcdiag.capture import lifecycle, wrappers
+from mrcdiag.capture import recorder as recorder_module
 
 recorder_module.FLUSH_INTERVAL_S = 3600.0  # nothing reaches the disk before the close
 
@@ -26,7 +26,7 @@ def main() -> None:
     run_dir, count = sys.argv[1], int(sys.argv[2])
     dist.init_process_group("gloo", init_method=f"file://{run_dir}.store", rank=0, world_size=1)
     assert mrcdiag.attach(run_dir=run_dir, job="sigterm")
-    recorder = hook.current_session().recorder
+    recorder = wrappers.current_session().recorder
     for _ in range(count):
         dist.all_reduce(torch.ones(4))
     flush = recorder.flush
@@ -36,7 +36,7 @@ def main() -> None:
         flush()
 
     recorder.flush = flush_after_sigterm
-    hook.detach()
+    lifecycle.detach()
     print("survived SIGTERM", flush=True)  # must not: the signal is re-sent after the close
 
 

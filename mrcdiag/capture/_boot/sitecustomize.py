@@ -13,7 +13,7 @@ def _mrcdiag_boot() -> None:
     if not os.environ.get("MRCDIAG_RUN_DIR") or "LOCAL_RANK" not in os.environ:
         return
     try:
-        from mrcdiag.agent.autoimport import arm
+        from mrcdiag.capture.autoimport import arm
 
         arm()
     except Exception as exc:  # noqa: BLE001 - never stop the worker from starting

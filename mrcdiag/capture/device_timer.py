@@ -25,11 +25,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from mrcdiag.store.schema import COLLECTIVE_SCHEMA
+from mrcdiag.store.schema import CollectiveRow
 
 ANCHOR_RENEW_NS = 30_000_000_000
-_ARRIVE = COLLECTIVE_SCHEMA.get_field_index("t_arrive_ns")
-_END = COLLECTIVE_SCHEMA.get_field_index("t_end_ns")
+_ARRIVE = CollectiveRow.T_ARRIVE_NS
+_END = CollectiveRow.T_END_NS
 
 
 class _Anchor:

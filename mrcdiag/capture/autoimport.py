@@ -10,16 +10,18 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
+from pathlib import Path
 from typing import Any
 
-from mrcdiag.agent.log import warn_once
+from mrcdiag.log import warn_once
 
 
 def _after_torch(module: Any) -> None:
     try:
-        from mrcdiag.agent import hook
+        from mrcdiag.capture.attach import attach_after_init
+        from mrcdiag.capture.install import install
 
-        hook.install(module)
+        install(module, on_init=attach_after_init)
     except Exception as exc:  # noqa: BLE001
         warn_once("install", f"cannot wrap torch.distributed ({exc!r}); not recording")
 
@@ -47,3 +49,8 @@ def arm() -> None:
         _after_torch(sys.modules["torch"])
         return
     sys.meta_path.insert(0, _TorchFinder())
+
+
+# The folder `mrcdiag launch` puts first on the workers' PYTHONPATH: its sitecustomize
+# calls arm() in every torchrun worker of a launched job.
+BOOT_DIR = Path(__file__).resolve().parent / "_boot"

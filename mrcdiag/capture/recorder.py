@@ -15,17 +15,23 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from mrcdiag.agent.device_timer import DeviceTimer
-from mrcdiag.agent.log import warn_once
-from mrcdiag.store import schema
+from mrcdiag.capture.device_timer import DeviceTimer
+from mrcdiag.log import warn_once
+from mrcdiag.store import layout, records, schema
+from mrcdiag.store.schema import CollectiveRow
 from mrcdiag.store.writer import JsonLines, StreamTable
 
 FLUSH_INTERVAL_S = 0.5
 DEFAULT_CAPACITY = 1 << 20
 # An in-flight collective older than this is written down, so a hang leaves a trace.
 INFLIGHT_REPORT_AFTER_NS = 1_000_000_000
-# Positions in a collective row (schema.COLLECTIVE_SCHEMA order).
-OP, GROUP, SEQ, NBYTES, ARRIVE = 0, 2, 3, 5, 8
+OP, GROUP, SEQ, NBYTES, ARRIVE = (
+    CollectiveRow.OP,
+    CollectiveRow.GROUP,
+    CollectiveRow.SEQ,
+    CollectiveRow.NBYTES,
+    CollectiveRow.T_ARRIVE_NS,
+)
 
 
 class Recorder:
@@ -36,7 +42,7 @@ class Recorder:
         self.capacity = capacity
         self.collectives: deque[tuple] = deque()
         self.steps: deque[tuple] = deque()
-        self.new_groups: deque[dict[str, Any]] = deque()
+        self.new_groups: deque[records.GroupMeta] = deque()
         self.dropped = 0
         # The row (without end and step) of the collective the training thread is blocked
         # in; and async ones not yet complete: id(work or tensor) -> (row, its owner).
@@ -47,11 +53,11 @@ class Recorder:
         self._reported_inflight: tuple | None = None
         self._stop = threading.Event()
         self._collective_table = StreamTable(
-            rank_dir / schema.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA
+            rank_dir / layout.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA
         )
-        self._step_table = StreamTable(rank_dir / schema.STEPS_FILE, schema.STEP_SCHEMA)
-        self._groups = JsonLines(rank_dir / schema.GROUPS_FILE)
-        self._events = JsonLines(rank_dir / schema.EVENTS_FILE)
+        self._step_table = StreamTable(rank_dir / layout.STEPS_FILE, schema.STEP_SCHEMA)
+        self._groups = JsonLines(rank_dir / layout.GROUPS_FILE)
+        self._events = JsonLines(rank_dir / layout.EVENTS_FILE)
         self._thread = threading.Thread(target=self._run, name="mrcdiag-writer", daemon=True)
         self._lock = threading.Lock()  # writer side only: flush() from atexit vs the thread
         self.closing = False  # set first thing in close(), so a signal never re-enters it
@@ -73,12 +79,12 @@ class Recorder:
 
     # --- writer side -----------------------------------------------------------------
     def start(self) -> None:
-        self.event("attached")
+        self.event(records.EVENT_ATTACHED)
         self._thread.start()
 
     def event(self, name: str, **fields: Any) -> None:
         try:
-            self._events.append({"event": name, "t_ns": time.monotonic_ns(), **fields})
+            self._events.append(records.Event(name, time.monotonic_ns(), fields).to_json())
         except Exception as exc:  # noqa: BLE001
             warn_once("events", f"cannot write events.jsonl ({exc}); continuing")
 
@@ -105,13 +111,13 @@ class Recorder:
     def _flush_locked(self) -> None:
         # Groups first: a collective row must never name a group the reader cannot find.
         for group in self._drain(self.new_groups):
-            self._groups.append(group)
+            self._groups.append(group.to_json())
         self._collective_table.append_rows(self._drain(self.collectives))
         self._collective_table.append_rows(self._device_timed())
         self._step_table.append_rows(self._drain(self.steps))
         if self.total_dropped != self._written_dropped:
             self._written_dropped = self.total_dropped
-            self.event("dropped", records=self._written_dropped)
+            self.event(records.EVENT_DROPPED, records=self._written_dropped)
         self._note_inflight()
 
     @property
@@ -131,7 +137,7 @@ class Recorder:
         except Exception as exc:  # noqa: BLE001
             self.device_timer = None
             warn_once("device-timer", f"collectives keep host times only ({exc!r})")
-            self.event("device_timing_off", reason=repr(exc))
+            self.event(records.EVENT_DEVICE_TIMING_OFF, reason=repr(exc))
             rows += [entry[0] for entry in timer.take_all()]
         return rows
 
@@ -152,7 +158,7 @@ class Recorder:
             return
         self._reported_inflight = key
         self.event(
-            "in_collective",
+            records.EVENT_IN_COLLECTIVE,
             op=schema.OPS[oldest[OP]],
             group=oldest[GROUP],
             seq=oldest[SEQ],
@@ -160,7 +166,7 @@ class Recorder:
             t_arrive_ns=oldest[ARRIVE],
         )
 
-    def close(self, reason: str = "closed") -> None:
+    def close(self, reason: str = records.EVENT_CLOSED) -> None:
         """Flush and close the files; safe to call twice and from atexit."""
         self.closing = True
         self._stop.set()
@@ -168,7 +174,7 @@ class Recorder:
             self._thread.join(timeout=2.0)
         self.flush()
         with self._lock:
-            if self.failed and reason == "closed":
+            if self.failed and reason == records.EVENT_CLOSED:
                 return
             self.failed = True  # nothing is written after close
             try:

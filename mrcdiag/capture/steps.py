@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mrcdiag.agent.recorder import Recorder
+from mrcdiag.capture.recorder import Recorder
 
 _now = time.monotonic_ns  # the clock every record of the run uses
 

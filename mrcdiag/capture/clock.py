@@ -14,22 +14,12 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mrcdiag.store.records import ClockEstimate
+
 ROUNDS = 8
-
-
-@dataclass(frozen=True)
-class ClockEstimate:
-    offset_ns: int  # add to this rank's monotonic time to get rank 0's
-    measured_offset_ns: int | None  # what ping-pong said, even where it was not needed
-    uncertainty_ns: int | None  # half the best round trip
-    method: str  # "reference", "shared_clock" or "ping_pong"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def boot_id() -> str:

@@ -1,0 +1,148 @@
+"""Putting the wrappers in place: torch.distributed, DDP, the DataLoader, the optimizer.
+
+`install` runs once per process, when the script imports torch (under `mrcdiag launch`)
+or at `mrcdiag.attach()`. It only swaps functions; nothing is recorded until a session
+starts (capture/lifecycle.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mrcdiag.capture import ops
+from mrcdiag.capture.ddp import patch_ddp
+from mrcdiag.capture.lifecycle import detach
+from mrcdiag.capture.wrappers import (
+    current_session,
+    stop_recording,
+    wrap_collective,
+    wrap_functional,
+    wrap_wait_tensor,
+    wrap_work_wait,
+)
+from mrcdiag.log import warn_once
+
+_now = time.monotonic_ns
+
+_installed = False
+_on_init: Callable[[], Any] | None = None
+
+
+def install(torch: Any, on_init: Callable[[], Any] | None = None) -> None:
+    """Wrap torch.distributed in place. Cheap and idempotent; records nothing until attach.
+
+    `on_init` runs after every successful `init_process_group` (the launcher's workers
+    attach there); the first call's `on_init` is the one kept.
+    """
+    global _installed, _on_init
+    if _installed:
+        return
+    _installed = True
+    _on_init = on_init
+    dist = torch.distributed
+    if not dist.is_available():
+        return
+    c10d = dist.distributed_c10d
+    ops.bind_torch(
+        lambda g: g.size() if g is not None else dist.get_world_size(),
+        lambda g, r: dist.get_global_rank(g if g is not None else c10d._get_default_group(), r),
+    )
+    for op_name in ops.CALL_READERS:
+        for module in (dist, c10d):
+            orig = getattr(module, op_name, None)
+            if orig is None or hasattr(orig, "__mrcdiag_wrapped__"):
+                continue
+            setattr(module, op_name, wrap_collective(op_name, orig))
+    # Make both namespaces share one wrapper where they shared one function.
+    for op_name in ops.CALL_READERS:
+        if hasattr(c10d, op_name):
+            setattr(dist, op_name, getattr(c10d, op_name))
+    work_cls = c10d.Work
+    if not hasattr(work_cls.wait, "__mrcdiag_wrapped__"):
+        work_cls.wait = wrap_work_wait(work_cls.wait)
+    try:
+        import torch.distributed._functional_collectives as fc
+
+        for name in ops.FUNCTIONAL_READERS:
+            orig = getattr(fc, name, None)
+            if orig is not None and not hasattr(orig, "__mrcdiag_wrapped__"):
+                setattr(fc, name, wrap_functional(name, orig))
+        if not hasattr(fc.wait_tensor, "__mrcdiag_wrapped__"):
+            fc.wait_tensor = wrap_wait_tensor(fc.wait_tensor)
+    except Exception as exc:  # noqa: BLE001
+        warn_once("functional", f"functional collectives are not timed ({exc!r})")
+    _patch_init(dist, c10d)
+    for patch in (_patch_ddp_module, _patch_dataloader, _patch_optimizer):
+        try:
+            patch(torch)
+        except Exception as exc:  # noqa: BLE001 - one missing piece must not stop the rest
+            warn_once(patch.__name__, f"{patch.__name__[7:]} not instrumented ({exc!r})")
+
+
+def _patch_ddp_module(torch: Any) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    patch_ddp(DistributedDataParallel)
+
+
+def _patch_init(dist: Any, c10d: Any) -> None:
+    orig_init = c10d.init_process_group
+    orig_destroy = c10d.destroy_process_group
+
+    @functools.wraps(orig_init)
+    def init_process_group(*args: Any, **kwargs: Any) -> Any:
+        result = orig_init(*args, **kwargs)
+        if _on_init is not None:
+            _on_init()
+        return result
+
+    @functools.wraps(orig_destroy)
+    def destroy_process_group(*args: Any, **kwargs: Any) -> Any:
+        group = args[0] if args else kwargs.get("group")
+        if group is None:
+            detach()
+        return orig_destroy(*args, **kwargs)
+
+    init_process_group.__mrcdiag_wrapped__ = orig_init  # type: ignore[attr-defined]
+    destroy_process_group.__mrcdiag_wrapped__ = orig_destroy  # type: ignore[attr-defined]
+    for module in (dist, c10d):
+        module.init_process_group = init_process_group
+        module.destroy_process_group = destroy_process_group
+
+
+def _patch_dataloader(torch: Any) -> None:
+    try:
+        from torch.utils.data.dataloader import _BaseDataLoaderIter
+    except Exception:  # noqa: BLE001
+        return
+    orig_next = _BaseDataLoaderIter.__next__
+
+    @functools.wraps(orig_next)
+    def __next__(self: Any) -> Any:
+        session = current_session()
+        if session is None:
+            return orig_next(self)
+        t0 = _now()
+        try:
+            return orig_next(self)
+        finally:
+            session.steps.data_wait_ns += _now() - t0
+
+    _BaseDataLoaderIter.__next__ = __next__
+
+
+def _patch_optimizer(torch: Any) -> None:
+    def on_step(optimizer: Any, args: Any, kwargs: Any) -> None:
+        session = current_session()
+        if session is not None:
+            try:
+                session.steps.on_optimizer_step(optimizer, args, kwargs)
+            except Exception as exc:  # noqa: BLE001
+                stop_recording("step", exc)
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(on_step)

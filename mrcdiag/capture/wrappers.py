@@ -1,0 +1,393 @@
+"""The hot path inside every training process: the wrappers around torch.distributed.
+
+Why wrap the Python API and DDP's comm hook rather than read PyTorch's flight recorder:
+the flight recorder (TORCH_FR_BUFFER_SIZE) keeps a ring buffer that is only visible by
+dumping all of it (`_dump_fr_trace_json` serialises every entry each time), has no step
+boundaries or DataLoader waits, and on gloo its `time_created_ns` is the enqueue time
+while completion is not recorded for CPU works. A wrapper costs a few microseconds per
+call (see benchmarks/hook_overhead.py), sees arrival and completion on the caller's own
+clock, and sees every caller: the Python functions, the functional collectives, and
+DDP's gradient all-reduces, which capture/ddp.py routes through a Python comm hook.
+
+On CUDA tensors the times are the device's: CUDA events around the call, resolved by
+the writer thread (capture/device_timer.py); on CPU backends the host's.
+
+Every wrapper does the same thing: time the call, put one tuple in the recorder's
+deque, never raise from our side. If anything of ours fails, recording stops with one
+warning and the wrapped function keeps working. This module also holds the session
+(the one attached rank's state) that the wrappers read; capture/install.py puts the
+wrappers in place and capture/lifecycle.py starts and ends the session.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from mrcdiag.capture import ops
+from mrcdiag.capture.device_timer import device_timer_for
+from mrcdiag.capture.recorder import Recorder
+from mrcdiag.capture.steps import StepTracker
+from mrcdiag.log import warn_once
+from mrcdiag.store import schema
+from mrcdiag.store.records import GroupMeta
+from mrcdiag.store.schema import CollectiveRow
+
+_now = time.monotonic_ns
+
+DDP_SOURCE = _DDP = schema.SOURCE_CODE["ddp"]
+_PYTHON = schema.SOURCE_CODE["python"]
+_FUNCTIONAL = schema.SOURCE_CODE["functional"]
+
+
+class _ThreadState(threading.local):
+    busy = False  # inside one of our wrappers (or our own traffic): do not record twice
+    source = _PYTHON  # set to ddp while DDP's comm hook runs
+
+
+thread_state = _ThreadState()  # capture/ddp.py marks DDP's calls here
+_tls = thread_state
+
+
+@dataclass
+class _Group:
+    index: int
+    pg: Any  # keeps the group alive so that its id() is not reused
+    size: int
+    seq: int = 0
+    p2p_seq: int = 0
+
+
+class Session:
+    """Everything the wrappers need once a rank is attached."""
+
+    def __init__(self, recorder: Recorder, torch_dist: Any, rank: int) -> None:
+        self.recorder = recorder
+        self.steps = StepTracker(recorder)
+        self.dist = torch_dist
+        self.rank = rank
+        self.groups: dict[Any, _Group] = {}  # ProcessGroup (or None) -> its entry
+        self.n_groups = 0
+        self.default_pg = torch_dist.distributed_c10d._get_default_group()
+        import torch
+
+        recorder.device_timer = device_timer_for(torch)
+
+    def start_on_device(self, device: int) -> Any:
+        """The device-arrival event of a collective on CUDA device `device`, else None."""
+        timer = self.recorder.device_timer
+        return timer.start(device) if device >= 0 and timer is not None else None
+
+    def add_record(self, row: tuple, start_event: Any = None, device: int = -1) -> None:
+        """A finished record: straight to the buffer, or first to wait for its device
+        completion, recorded now on the current stream (ordered after the collective)."""
+        timer = self.recorder.device_timer
+        if start_event is None or timer is None:
+            self.recorder.add_collective(row)
+        else:
+            timer.finish(row, start_event, device)
+
+    def group(self, pg: Any) -> _Group:
+        """The entry of a process group (None: the default group), made on first use."""
+        found = self.groups.get(pg)
+        return self.new_group(pg) if found is None else found
+
+    def new_group(self, pg: Any) -> _Group:
+        """Keyed by the group object itself (None too, for the default group): the hot
+        path finds it with one dict lookup, and the entry keeps the group alive."""
+        if pg is None:
+            entry = self.group(self.default_pg)
+            self.groups[None] = entry
+            return entry
+        dist = self.dist
+        ranks = list(dist.get_process_group_ranks(pg))
+        try:
+            name = str(pg.group_name)
+        except Exception:  # noqa: BLE001 - older torch
+            name = dist.distributed_c10d._get_process_group_name(pg)
+        try:
+            backend = str(dist.get_backend(pg))
+        except Exception:  # noqa: BLE001
+            backend = "unknown"
+        entry = _Group(self.n_groups, pg, len(ranks))
+        self.n_groups += 1
+        self.groups[pg] = entry
+        self.recorder.new_groups.append(GroupMeta(entry.index, name, tuple(ranks), backend))
+        return entry
+
+
+_session: Session | None = None
+
+
+def stop_recording(reason: str, exc: BaseException) -> None:
+    """Something of ours broke: say it once, stop recording, leave the job alone."""
+    session = take_session()
+    warn_once("hook-" + reason, f"stopped recording ({reason}: {exc!r}); the job goes on")
+    if session is not None:
+        session.recorder.event("disabled", reason=f"{reason}: {exc!r}")
+
+
+def _owner(entry: tuple) -> Any:
+    owner = entry[1]
+    return owner() if isinstance(owner, weakref.ref) else owner
+
+
+def _pending_for(session: Session, obj: Any) -> tuple | None:
+    """The pending entry of this work or tensor. The entry holds the object (or a weak
+    reference to it), so an id reused by a newer object is never mistaken for it."""
+    entry = session.recorder.pending.get(id(obj))
+    return entry if entry is not None and _owner(entry) is obj else None
+
+
+def _finish(session: Session, obj: Any) -> None:
+    """Completion of an async op (future callback, Work.wait, wait_tensor): write its row."""
+    try:
+        pending = session.recorder.pending
+        entry = _pending_for(session, obj)
+        if entry is not None and pending.pop(id(obj), None) is not None:
+            session.add_record(entry[0] + (_now(), session.steps.index), *entry[2:])
+    except Exception as exc:  # noqa: BLE001
+        stop_recording("completion", exc)
+
+
+def wrap_collective(op_name: str, orig: Any) -> Any:
+    code = schema.OP_CODE[op_name]
+    read = ops.CALL_READERS[op_name]
+    is_p2p = op_name in schema.POINT_TO_POINT_OPS
+
+    # The hot path: every collective of the job passes here. It stays a straight line of
+    # attribute reads and tuple building (see benchmarks/hook_overhead.py for its cost).
+    @functools.wraps(orig)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        session = _session
+        tls = _tls
+        if session is None or tls.busy:
+            return orig(*args, **kwargs)
+        t_arrive = _now()
+        try:
+            nbytes, dtype, pg, is_async, peer, device = read(args, kwargs)
+            group = session.groups.get(pg)
+            if group is None:
+                group = session.new_group(pg)
+            if is_p2p:
+                group.p2p_seq += 1
+                seq = group.p2p_seq
+            else:
+                group.seq += 1
+                seq = group.seq
+            # The row without its end: also what "in flight" means while we wait.
+            head = (code, tls.source, group.index, seq, peer, nbytes, dtype, is_async, t_arrive)
+            start_event = None if device < 0 else session.start_on_device(device)
+        except Exception as exc:  # noqa: BLE001
+            stop_recording(op_name, exc)
+            return orig(*args, **kwargs)
+        recorder = session.recorder
+        tls.busy = True
+        if is_async:
+            try:
+                result = orig(*args, **kwargs)
+            finally:
+                tls.busy = False
+            try:
+                session.steps.n_collectives += 1
+                work = result[-1] if isinstance(result, list) and result else result
+                _track_async(session, work, head, start_event, device)
+            except Exception as exc:  # noqa: BLE001
+                stop_recording(op_name, exc)
+            return result
+        recorder.inflight = head
+        try:
+            result = orig(*args, **kwargs)
+        finally:
+            tls.busy = False
+            recorder.inflight = None
+        t_end = _now()
+        try:
+            steps = session.steps
+            if is_p2p and peer < 0 and isinstance(result, int):
+                # recv from any source: the sender
+                head = head[: CollectiveRow.PEER] + (result,) + head[CollectiveRow.PEER + 1 :]
+            if start_event is None:
+                recorder.add_collective(head + (t_end, steps.index))
+            else:
+                session.add_record(head + (t_end, steps.index), start_event, device)
+            steps.comm_ns += t_end - t_arrive
+            steps.n_collectives += 1
+        except Exception as exc:  # noqa: BLE001
+            stop_recording(op_name, exc)
+        return result
+
+    wrapper.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
+    return wrapper
+
+
+# The last all-reduces of DDP, kept from Python. A Work issued in backward holds Python
+# objects: the tensors our comm hook hands over (bucket.buffer()), the Python callbacks
+# of its future, and the thread-local state it captured (torch 2.13 stashes a
+# contextvars context there for the length of backward(); DDP's own C++ all-reduces
+# carry it too). Whoever drops a Work last frees them, and must take the GIL to do so.
+# If that is gloo's worker thread (a barrier keeps the works before it, and is freed
+# there when it ends) after the interpreter began to finalize, the thread is torn down
+# inside a C++ destructor and the process aborts at exit ("terminate called without an active exception": a 2-rank DDP
+# demo aborted so in 3 exits of 20 without mrcdiag, none of 40 with this). Held here, the
+# last reference is dropped by the main thread, at the latest when this module is torn
+# down. Only CPU (gloo) Works, where this was seen: their bucket buffers are DDP's own,
+# long-lived memory, so keeping them costs nothing; on GPUs a user's compression hook
+# makes a new tensor per bucket, and 64 of those would hold device memory.
+ddp_works_kept: deque = deque(maxlen=64)
+
+
+def _track_async(
+    session: Session, work: Any, head: tuple, start_event: Any = None, device: int = -1
+) -> None:
+    if work is None:
+        return
+    recorder = session.recorder
+    if len(recorder.pending) > 100_000:  # works nobody waits for: do not grow forever
+        recorder.pending.clear()
+    recorder.pending[id(work)] = (head, work, start_event, device)
+    if head[1] == _DDP and device < 0:
+        ddp_works_kept.append(work)
+    try:
+        future = work.get_future()
+    except Exception:  # noqa: BLE001 - gloo p2p works have no future: Work.wait finishes them
+        return
+    future.add_done_callback(lambda _f: _finish(session, work))
+
+
+def wrap_work_wait(orig: Any) -> Any:
+    @functools.wraps(orig)
+    def wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+        session = _session
+        if session is None:
+            return orig(self, *args, **kwargs)
+        entry = _pending_for(session, self)
+        if entry is None:
+            return orig(self, *args, **kwargs)
+        t0 = _now()
+        session.recorder.inflight = entry[0]
+        try:
+            result = orig(self, *args, **kwargs)
+        finally:
+            session.recorder.inflight = None
+        session.steps.comm_ns += _now() - t0
+        _finish(session, self)
+        return result
+
+    wait.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
+    return wait
+
+
+def wrap_functional(name: str, orig: Any) -> Any:
+    op_name, read, output_sized = ops.FUNCTIONAL_READERS[name]
+    code = schema.OP_CODE[op_name]
+
+    @functools.wraps(orig)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        session = _session
+        if session is None or _tls.busy:
+            return orig(*args, **kwargs)
+        t_arrive = _now()
+        try:
+            device = ops.cuda_index(args[0] if args else kwargs.get("self", kwargs.get("inputs")))
+            start_event = session.start_on_device(device)
+        except Exception as exc:  # noqa: BLE001
+            stop_recording("functional " + name, exc)
+            return orig(*args, **kwargs)
+        _tls.busy = True
+        try:
+            result = orig(*args, **kwargs)
+        finally:
+            _tls.busy = False
+        try:
+            tensors, group_spec = read(args, kwargs)
+            pg = _resolve_functional_group(session, group_spec, kwargs.get("tag", ""))
+            group = session.group(pg)
+            group.seq += 1
+            nbytes = sum(t.nbytes for t in tensors)
+            if output_sized:
+                nbytes *= group.size
+            head = (
+                code,
+                _FUNCTIONAL,
+                group.index,
+                group.seq,
+                -1,
+                nbytes,
+                ops.dtype_code(tensors[0].dtype),
+                True,
+                t_arrive,
+            )
+            first = result[0] if isinstance(result, list) else result
+            tensor = getattr(first, "elem", first)
+            session.recorder.pending[id(tensor)] = (
+                head,
+                weakref.ref(tensor),
+                start_event,
+                device,
+            )
+            session.steps.n_collectives += 1
+        except Exception as exc:  # noqa: BLE001
+            stop_recording("functional " + name, exc)
+        return result
+
+    wrapper.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _resolve_functional_group(session: Session, group_spec: Any, tag: str) -> Any:
+    import torch.distributed._functional_collectives as fc
+
+    name = fc._resolve_group_name(group_spec, tag)
+    return session.dist.distributed_c10d._resolve_process_group(name)
+
+
+def wrap_wait_tensor(orig: Any) -> Any:
+    @functools.wraps(orig)
+    def wait_tensor(tensor: Any) -> Any:
+        session = _session
+        if session is None:
+            return orig(tensor)
+        if _pending_for(session, tensor) is None:
+            return orig(tensor)
+        t0 = _now()
+        result = orig(tensor)
+        session.steps.comm_ns += _now() - t0
+        _finish(session, tensor)
+        return result
+
+    wait_tensor.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
+    return wait_tensor
+
+
+def current_session() -> Session | None:
+    return _session
+
+
+def set_session(session: Session | None) -> None:
+    """Make `session` the one the wrappers record into (None: record nothing)."""
+    global _session
+    _session = session
+
+
+def take_session() -> Session | None:
+    """End recording: the session that was current, which the wrappers no longer see."""
+    global _session
+    session, _session = _session, None
+    return session
+
+
+class own_traffic:
+    """Context in which collectives are ours (clock sync) and are not recorded."""
+
+    def __enter__(self) -> None:
+        self._previous = _tls.busy
+        _tls.busy = True
+
+    def __exit__(self, *exc: Any) -> None:
+        _tls.busy = self._previous
