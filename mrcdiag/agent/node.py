@@ -19,8 +19,8 @@ from mrcdiag.collectors.base import SampleCollector
 from mrcdiag.collectors.host import HostCollector
 from mrcdiag.collectors.ranks import RankCollector
 from mrcdiag.log import warn_once
-from mrcdiag.store import layout, schema
-from mrcdiag.store.writer import StreamTable
+from mrcdiag.store import layout
+from mrcdiag.store.samples import DEFAULT_BLOCK_S, SampleWriter
 
 
 def default_collectors(common: dict[str, str], ranks: RankCollector | None) -> list[Any]:
@@ -73,11 +73,13 @@ class NodeAgent:
         addr: str = "0.0.0.0",
         collectors: list[Any] | None = None,
         node: str | None = None,
+        block_s: float = DEFAULT_BLOCK_S,
     ) -> None:
         self.run_dir = run_dir
         self.port = port
         self.addr = addr
         self.interval_s = interval_s
+        self.block_s = block_s  # seconds of samples compacted into one stored block
         self.node = node or socket.gethostname()
         common = {"job": job, "node": self.node}
         self.ranks = RankCollector(run_dir, job, self.node) if run_dir else None
@@ -92,7 +94,7 @@ class NodeAgent:
         self._server: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._samples: StreamTable | None = None
+        self._samples: SampleWriter | None = None
         self.bound_port: int | None = None
 
     def start(self) -> str | None:
@@ -107,7 +109,7 @@ class NodeAgent:
         if self.run_dir is not None:
             node_dir = layout.node_dir(self.run_dir, self.node)
             node_dir.mkdir(parents=True, exist_ok=True)
-            self._samples = StreamTable(node_dir / layout.SAMPLES_FILE, schema.SAMPLE_SCHEMA)
+            self._samples = SampleWriter(node_dir, self.block_s)
         self._thread = threading.Thread(target=self._loop, name="mrcdiag-agent", daemon=True)
         self._thread.start()
         return url
@@ -124,9 +126,9 @@ class NodeAgent:
             except Exception as exc:  # noqa: BLE001
                 warn_once(f"read-{type(c).__name__}", f"{type(c).__name__} failed: {exc}")
                 continue
-            rows += [(t_ns, s.name, s.key(), float(s.value)) for s in samples]
+            rows += [(s.name, s.key(), float(s.value)) for s in samples]
         if self._samples is not None and rows:
-            self._samples.append_rows(rows)
+            self._samples.append(t_ns, rows)
         if self.ranks is not None:
             self.ranks.update()
         return len(rows)

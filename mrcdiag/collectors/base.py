@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from mrcdiag.store.samples import format_labels
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -22,7 +24,8 @@ class Sample:
     help: str = ""
 
     def key(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.labels)
+        """The labels as the run directory stores them."""
+        return format_labels(self.labels)
 
 
 def families(samples: Iterable[Sample], common: dict[str, str]) -> Iterator[Metric]:

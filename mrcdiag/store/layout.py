@@ -7,7 +7,7 @@ RUN_DIR/probe.json                     link probe between hosts, by rank 0 at at
 RUN_DIR/ranks/rank-00003/rank.json     RankMeta
 RUN_DIR/ranks/rank-00003/collectives.arrows, steps.arrows   rows (store/schema.py)
 RUN_DIR/ranks/rank-00003/groups.jsonl, events.jsonl         GroupMeta, Event
-RUN_DIR/nodes/HOST/samples.arrows      node agent samples (store/samples.py)
+RUN_DIR/nodes/HOST/samples.arrows, samples-recent.arrows   node agent samples (store/samples.py)
 ```
 """
 
@@ -27,7 +27,6 @@ STEPS_FILE = "steps.arrows"
 GROUPS_FILE = "groups.jsonl"
 EVENTS_FILE = "events.jsonl"
 NODES_DIR = "nodes"
-SAMPLES_FILE = "samples.arrows"
 _RANK_PREFIX = "rank-"
 
 

@@ -21,6 +21,7 @@ import pyarrow.ipc as ipc
 
 from mrcdiag.store import layout, records, schema
 from mrcdiag.store.records import Event, GroupMeta, RankMeta, RunMeta, WorldMeta
+from mrcdiag.store.samples import read_samples
 
 
 class RunDirError(Exception):
@@ -290,20 +291,31 @@ def _read_node_samples(
     offset_of_host = {info.host: info.clock_offset_ns for info in ranks.values()}
     out: dict[str, Columns] = {}
     for node_dir in layout.node_dirs(dirs):
-        path = node_dir / layout.SAMPLES_FILE
-        if not path.exists() or node_dir.name in out:
+        if node_dir.name in out:
             continue
-        table = read_stream(path, schema.SAMPLE_SCHEMA, problems)
+        table = read_samples(node_dir, read_stream, problems)
+        if table is None:
+            continue
         offset = offset_of_host.get(node_dir.name, 0)
         out[node_dir.name] = Columns(
             {
                 "t_ns": table.column("t_ns").to_numpy() + offset,
-                "name": np.asarray(table.column("name").to_pylist(), dtype=object),
-                "labels": np.asarray(table.column("labels").to_pylist(), dtype=object),
+                "name": _strings(table.column("name")),
+                "labels": _strings(table.column("labels")),
                 "value": table.column("value").to_numpy(),
             }
         )
     return out
+
+
+def _strings(column: pa.ChunkedArray) -> np.ndarray:
+    """An object array of a (dictionary-encoded) string column, each word built once."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    encoded = column.unify_dictionaries().combine_chunks() if column.num_chunks else column
+    encoded = encoded.chunk(0) if isinstance(encoded, pa.ChunkedArray) else encoded
+    words = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
+    return words[encoded.indices.to_numpy(zero_copy_only=False)] if len(words) else words
 
 
 def series(samples: Columns, name: str, labels: str | None = None) -> tuple[np.ndarray, ...]:

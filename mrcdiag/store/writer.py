@@ -20,11 +20,18 @@ import pyarrow.ipc as ipc
 class StreamTable:
     """One Arrow IPC stream file that grows by whole batches."""
 
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
+    def __init__(
+        self, path: Path, schema: pa.Schema, options: ipc.IpcWriteOptions | None = None
+    ) -> None:
         self.path = path
         self.schema = schema
         self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
-        self._writer = ipc.new_stream(self._file, schema)
+        self._writer = ipc.new_stream(self._file, schema, options=options)
+        self._file.flush()
+
+    def append_batch(self, batch: pa.RecordBatch) -> None:
+        """Write one batch of this table's schema and push it to the OS."""
+        self._writer.write_batch(batch)
         self._file.flush()
 
     def append_rows(self, rows: Sequence[tuple]) -> None:
