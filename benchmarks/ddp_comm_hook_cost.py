@@ -21,12 +21,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 
 # No annotations on the hooks: DDP rejects a `bucket` annotated with a postponed string.
-def _sum_hook(_state, bucket):  # noqa: ANN001, ANN202
+def _sum_hook(_state, bucket):
     work = dist.all_reduce(bucket.buffer(), async_op=True)
     return work.get_future().then(lambda fut: fut.value()[0])
 
 
-def _avg_hook(_state, bucket):  # noqa: ANN001, ANN202
+def _avg_hook(_state, bucket):
     work = dist.all_reduce(bucket.buffer(), op=dist.ReduceOp.AVG, async_op=True)
     return work.get_future().then(lambda fut: fut.value()[0])
 

@@ -171,7 +171,7 @@ def report(
         raise click.UsageError(f"--format {fmt} writes a file: add --output FILE")
     diff = None
     if baseline is not None:
-        from mrcdiag.report.compare import compare
+        from mrcdiag.analyzers.compare import compare
 
         diff = compare(analysis, baseline)
     if fmt == "json":

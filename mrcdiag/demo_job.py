@@ -76,7 +76,7 @@ class _SlowDataset:
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index: int):  # noqa: ANN204
+    def __getitem__(self, index: int):
         import torch
 
         if self.delay_ms:

@@ -15,5 +15,5 @@ def warn_once(key: str, message: str) -> None:
         # one write per line: ranks share the launcher's stderr and must not interleave
         sys.stderr.write(f"mrcdiag: {message}\n")
         sys.stderr.flush()
-    except Exception:  # noqa: BLE001 - a closed stderr must not hurt the job
+    except Exception:  # a closed stderr must not hurt the job
         pass

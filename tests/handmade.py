@@ -13,7 +13,7 @@ from mrcdiag.store.schema import OP_CODE
 MS = 1_000_000  # ns
 
 
-def rank_info(rank: int, host: str = "h0", closed: bool = True, stuck=None) -> RankInfo:  # noqa: ANN001
+def rank_info(rank: int, host: str = "h0", closed: bool = True, stuck=None) -> RankInfo:
     return RankInfo(rank, host, rank, 0, 0, 0, "shared_clock", closed, 0, 0, 0, stuck, None)
 
 

@@ -82,7 +82,7 @@ class Hosts:
         return ["ip", "netns", "exec", self.names[host], "unshare", "--uts", "sh", "-c", inner]
 
     def start(self, host: int, argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-        out = open(log, "w")  # noqa: SIM115 - closed with the process
+        out = open(log, "w")  # closed with the process
         proc = subprocess.Popen(
             self.command(host, argv), env=env, stdout=out, stderr=subprocess.STDOUT
         )
@@ -154,7 +154,7 @@ def launch_on_hosts(
     timeout: float = 120,
     extra_launch: list[str] | None = None,
     host_env: dict[int, dict[str, str]] | None = None,
-    while_running=None,  # noqa: ANN001
+    while_running=None,
 ) -> list[Path]:
     """One `mrcdiag launch -- torchrun --node-rank i` per host; returns each host's run dir.
 

@@ -41,7 +41,7 @@ class Prometheus:
             + "scrape_configs:\n  - job_name: mrcdiag\n    honor_labels: true\n"
             f"    static_configs:\n      - targets: {json.dumps(targets)}\n"
         )
-        self.log = open(workdir / "prometheus.log", "w")  # noqa: SIM115
+        self.log = open(workdir / "prometheus.log", "w")
         self.process = subprocess.Popen(
             [
                 binary,
@@ -69,7 +69,7 @@ class Prometheus:
         assert data["status"] == "success", data
         return data["data"]["result"]
 
-    def wait_until(self, predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+    def wait_until(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -7,7 +7,7 @@ from fakes.fake_amdsmi import make_fake_amdsmi, mi300
 from mrcdiag.collectors import amd
 
 
-def by_name(samples, name: str) -> dict:  # noqa: ANN001
+def by_name(samples, name: str) -> dict:
     return {s.labels: s.value for s in samples if s.name == name}
 
 

@@ -10,7 +10,7 @@ from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.slowdown import change_point
 
 
-def kinds(analysis) -> list[tuple[str, str, tuple]]:  # noqa: ANN001
+def kinds(analysis) -> list[tuple[str, str, tuple]]:
     return [(f.kind, f.cause, f.ranks) for f in analysis.findings if f.severity != "info"]
 
 

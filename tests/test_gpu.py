@@ -25,7 +25,7 @@ pytestmark = [
 MS = 1_000_000
 
 
-def _values(samples, name: str) -> dict:  # noqa: ANN001
+def _values(samples, name: str) -> dict:
     return {s.labels: s.value for s in samples if s.name == name}
 
 

@@ -40,7 +40,7 @@ class FakeGrafana(BaseHTTPRequestHandler):
             return False
         return True
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if not self._authorized():
             return
         if self.path.startswith("/api/frontend/settings"):
@@ -50,7 +50,7 @@ class FakeGrafana(BaseHTTPRequestHandler):
         else:
             self._reply(404, {"message": "not found"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if not self._authorized():
             return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -69,7 +69,7 @@ class FakeGrafana(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def grafana():  # noqa: ANN201
+def grafana():
     FakeGrafana.folders, FakeGrafana.dashboards, FakeGrafana.posts = [], {}, []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeGrafana)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -34,7 +34,7 @@ def write_port(
     return p
 
 
-def by_name(samples, name: str) -> dict:  # noqa: ANN001
+def by_name(samples, name: str) -> dict:
     return {s.labels: s.value for s in samples if s.name == name}
 
 

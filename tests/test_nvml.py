@@ -11,7 +11,7 @@ from mrcdiag.collectors import nvml as nvml_collector
 COMMON = {"job": "j", "node": "n"}
 
 
-def values(samples, name: str) -> dict:  # noqa: ANN001
+def values(samples, name: str) -> dict:
     return {s.labels: s.value for s in samples if s.name == name}
 
 
@@ -83,7 +83,7 @@ def test_xid_errors_are_counted_per_gpu_and_code() -> None:
     assert xids[(("gpu", "1"), ("xid", "79"))] == 2 and xids[(("gpu", "7"), ("xid", "48"))] == 1
 
 
-def test_missing_library_is_one_line_and_no_collector(capsys) -> None:  # noqa: ANN001
+def test_missing_library_is_one_line_and_no_collector(capsys) -> None:
     from mrcdiag import log
 
     log._said.discard("no-nvml")

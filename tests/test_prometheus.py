@@ -31,7 +31,7 @@ def test_prometheus_sees_rank_step_collective_and_host_series(tmp_path: Path) ->
             text=True,
         )
 
-        def have(q: str, n: int = 1):  # noqa: ANN202
+        def have(q: str, n: int = 1):
             return lambda: len(prom.query(q)) >= n
 
         prom.wait_until(have('mrcdiag_steps_total{job="promtest"} > 0', 2), 90, "step series")

@@ -50,7 +50,7 @@ def test_terminal_report_has_headline_and_straggler_block(runs: dict[str, Path])
     assert max(len(line) for line in lines) <= 100
 
 
-def test_no_color_means_no_escape_codes(runs: dict[str, Path], monkeypatch) -> None:  # noqa: ANN001
+def test_no_color_means_no_escape_codes(runs: dict[str, Path], monkeypatch) -> None:
     analysis = analyze(read_run(runs["slow"]))
     assert "\x1b[" in render_text(analysis, color=True)  # colour exists when asked for
     monkeypatch.setenv("NO_COLOR", "1")

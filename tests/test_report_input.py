@@ -16,7 +16,7 @@ def small_run(tmp_path: Path) -> Path:
     return write_synthetic_run(tmp_path / "run", SyntheticSpec(ranks=4, steps=40, ranks_per_host=2))
 
 
-def _one_line_error(proc) -> str:  # noqa: ANN001
+def _one_line_error(proc) -> str:
     assert proc.returncode not in (0, 3), proc.stdout
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -82,13 +82,13 @@ class Launcher:
                 f"({exc.strerror or exc}); the job runs and is still recorded. Pick another "
                 "--metrics-port, or 0 for any free port."
             )
-        except Exception as exc:  # noqa: BLE001 - the job runs even when the agent cannot
+        except Exception as exc:  # the job runs even when the agent cannot
             self.say(f"mrcdiag: node agent not started ({exc!r}); the job is still recorded")
             return
         self.metrics_port = None
         try:
             self.start_agent()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.say(f"mrcdiag: node agent not started ({exc!r})")
 
     def start_agent(self) -> str | None:

@@ -32,7 +32,7 @@ def default_collectors(common: dict[str, str], ranks: RankCollector | None) -> l
     for factory in _optional_factories():
         try:
             collector = factory(common, rank_processes)
-        except Exception as exc:  # noqa: BLE001 - e.g. NVML present but broken
+        except Exception as exc:  # e.g. NVML present but broken
             warn_once(f"collector-{factory.__name__}", f"{factory.__name__}: {exc}")
             continue
         if collector is not None:
@@ -123,7 +123,7 @@ class NodeAgent:
                 continue
             try:
                 samples = c.read()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 warn_once(f"read-{type(c).__name__}", f"{type(c).__name__} failed: {exc}")
                 continue
             rows += [(s.name, s.key(), float(s.value)) for s in samples]
@@ -137,7 +137,7 @@ class NodeAgent:
         while True:
             try:
                 self.sample_once()
-            except Exception as exc:  # noqa: BLE001 - keep serving what we can
+            except Exception as exc:  # keep serving what we can
                 warn_once("agent-loop", f"sampling failed: {exc}")
             if self._stop.wait(self.interval_s):
                 return
@@ -148,7 +148,7 @@ class NodeAgent:
             self._thread.join(timeout=5)
         try:
             self.sample_once()  # the last seconds of the job
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         if self._samples is not None:
             self._samples.close()

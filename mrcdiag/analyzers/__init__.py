@@ -1,9 +1,18 @@
-"""One module per question; `analyze` runs them all on one run."""
+"""The analysis: one module per question, pure functions from run data to findings.
+
+`analyze` runs them all on one run and hands the renderers everything they show: the
+findings, the summary (with each rank's time split), the steady window, per-instance bus
+bandwidth and per-record wait, and the notes on the data. Renderers compute nothing of
+their own. Every threshold comes from one `Settings` record (analyzers/settings.py).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.fabric import find_fabric_causes
 from mrcdiag.analyzers.findings import Finding, sort_findings
 from mrcdiag.analyzers.hangs import find_hangs
@@ -13,34 +22,76 @@ from mrcdiag.analyzers.interconnect import find_interconnect
 from mrcdiag.analyzers.lateness import RankStepMatrix, rank_step_matrix
 from mrcdiag.analyzers.link_rates import find_degraded_links
 from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
+from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.analyzers.slowdown import find_slowdowns
 from mrcdiag.analyzers.stragglers import find_stragglers
-from mrcdiag.analyzers.summary import Summary, summarize
+from mrcdiag.analyzers.summary import Summary, busbw_gbps, group_sizes, summarize
 from mrcdiag.store.reader import RunData
 
 
-@dataclass
+@dataclass(frozen=True)
 class Analysis:
     run: RunData
     instances: Instances
     summary: Summary
     matrix: RankStepMatrix
     findings: list[Finding]
+    steady_steps: np.ndarray  # step columns after warm-up, what the statistics use
+    busbw_gbps: np.ndarray  # per instance (NaN where the transfer time is unknown)
+    record_wait_ns: np.ndarray  # per row of run.collectives: waiting for the last arrival
+    notes: list[str]  # on the data: what is missing, torn, dropped or disabled
+    settings: Settings
 
 
-def analyze(run: RunData, expected_busbw_gbps: float | None = None) -> Analysis:
+def analyze(
+    run: RunData, expected_busbw_gbps: float | None = None, settings: Settings = DEFAULTS
+) -> Analysis:
     run = with_pseudo_steps(run)
     instances = collective_instances(run)
     matrix = rank_step_matrix(run, instances)
-    summary = summarize(run, instances, matrix)
+    steady = steady_columns(matrix.duration_s.shape[1], settings.warmup_steps)
+    busbw = busbw_gbps(instances, group_sizes(run, instances.group))
+    summary = summarize(run, instances, matrix, steady, busbw)
     findings: list[Finding] = []
     findings += find_hangs(run)
-    stragglers = find_stragglers(run, instances, matrix)
+    stragglers = find_stragglers(run, instances, matrix, settings)
     findings += stragglers
-    findings += find_slowdowns(matrix)
+    findings += find_slowdowns(matrix, settings)
     explained = any(f.severity != "info" for f in stragglers)
-    findings += find_idle(run, matrix, explained)
-    findings += find_interconnect(run, instances, matrix, expected_busbw_gbps)
-    findings += find_fabric_causes(run, matrix)
-    findings += find_degraded_links(run, instances)
-    return Analysis(run, instances, summary, matrix, sort_findings(findings))
+    findings += find_idle(run, matrix, explained, settings)
+    findings += find_interconnect(
+        run, instances, summary.time_split, busbw, settings, expected_busbw_gbps
+    )
+    findings += find_fabric_causes(run, matrix, settings)
+    findings += find_degraded_links(run, instances, settings)
+    return Analysis(
+        run=run,
+        instances=instances,
+        summary=summary,
+        matrix=matrix,
+        findings=sort_findings(findings),
+        steady_steps=steady,
+        busbw_gbps=busbw,
+        record_wait_ns=_record_wait_ns(run, instances),
+        notes=data_notes(run),
+        settings=settings,
+    )
+
+
+def _record_wait_ns(run: RunData, inst: Instances) -> np.ndarray:
+    """inst.wait_ns placed on the rows of run.collectives (0 for point-to-point rows)."""
+    out = np.zeros(len(run.collectives), dtype=np.int64)
+    out[inst.record_index] = inst.wait_ns
+    return out
+
+
+def data_notes(run: RunData) -> list[str]:
+    """What a reader of any report format must know about the data behind it."""
+    notes = list(run.problems)
+    dropped = sum(i.dropped_records for i in run.ranks.values())
+    if dropped:
+        notes.append(f"{dropped} records were dropped because the writer fell behind")
+    for info in run.ranks.values():
+        if info.disabled_reason:
+            notes.append(f"rank {info.rank} stopped recording: {info.disabled_reason}")
+    return notes

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 MAD_TO_SIGMA = 1.4826
-WARMUP_STEPS = 3  # first steps hold compilation, allocator growth and connection set-up
 
 
-def steady_columns(n_steps: int) -> np.ndarray:
+def steady_columns(n_steps: int, warmup_steps: int) -> np.ndarray:
     """Step indices after warm-up (all of them when the run is too short to drop any)."""
-    cut = WARMUP_STEPS if n_steps >= 2 * WARMUP_STEPS else 0
+    cut = warmup_steps if n_steps >= 2 * warmup_steps else 0
     return np.arange(cut, n_steps)
 
 
@@ -21,7 +20,7 @@ def robust_sigma(values: np.ndarray) -> float:
     return float(MAD_TO_SIGMA * np.median(np.abs(values - np.median(values))))
 
 
-def windows(columns: np.ndarray, min_size: int = 10, count: int = 8) -> list[np.ndarray]:
+def windows(columns: np.ndarray, min_size: int, count: int) -> list[np.ndarray]:
     """Non-overlapping windows of steps, long enough for a median to mean something."""
     size = max(min_size, len(columns) // count)
     if len(columns) < 2 * size:
@@ -37,7 +36,3 @@ def job_step_time(duration: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         out = np.nanmax(np.where(np.isnan(duration), -np.inf, duration), axis=0)
     return np.where(np.isfinite(out), out, np.nan)
-
-
-def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.1f} ms"

@@ -13,29 +13,38 @@ import numpy as np
 from mrcdiag.analyzers.common import job_step_time, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.settings import Settings
+from mrcdiag.metrics import (
+    FABRIC_HW_COUNTER,
+    FABRIC_PORT_ERRORS,
+    FABRIC_PORT_LINK_DOWNED,
+    FABRIC_PORT_TRANSMIT_WAIT,
+    HOST_NETWORK_RECEIVE_DROPS,
+    HOST_NETWORK_RECEIVE_ERRORS,
+    HOST_NETWORK_TRANSMIT_DROPS,
+)
 from mrcdiag.store.reader import Columns, RunData
-
-SLOW_STEP = 1.3  # a step this much slower than the median belongs to a slow stretch
+from mrcdiag.store.samples import parse_labels
 
 # (metric name, counter label or None) -> cause
 CAUSES: dict[tuple[str, str | None], str] = {
-    ("mrcdiag_fabric_port_transmit_wait_total", None): "network_congestion",
-    ("mrcdiag_fabric_hw_counter_total", "np_ecn_marked_roce_packets"): "network_congestion",
-    ("mrcdiag_fabric_hw_counter_total", "np_cnp_sent"): "network_congestion",
-    ("mrcdiag_fabric_hw_counter_total", "rp_cnp_handled"): "network_congestion",
-    ("mrcdiag_fabric_hw_counter_total", "out_of_sequence"): "packet_loss",
-    ("mrcdiag_fabric_hw_counter_total", "packet_seq_err"): "packet_loss",
-    ("mrcdiag_fabric_hw_counter_total", "local_ack_timeout_err"): "packet_loss",
-    ("mrcdiag_fabric_hw_counter_total", "roce_adp_retrans"): "packet_loss",
-    ("mrcdiag_fabric_hw_counter_total", "implied_nak_seq_err"): "packet_loss",
-    ("mrcdiag_fabric_port_errors_total", "port_rcv_errors"): "packet_loss",
-    ("mrcdiag_fabric_port_errors_total", "symbol_error"): "packet_loss",
-    ("mrcdiag_fabric_port_errors_total", "port_xmit_discards"): "packet_loss",
-    ("mrcdiag_host_network_receive_drops_total", None): "packet_loss",
-    ("mrcdiag_host_network_transmit_drops_total", None): "packet_loss",
-    ("mrcdiag_host_network_receive_errors_total", None): "packet_loss",
-    ("mrcdiag_fabric_port_link_downed_total", None): "link_flap",
-    ("mrcdiag_fabric_port_errors_total", "link_error_recovery"): "link_flap",
+    (FABRIC_PORT_TRANSMIT_WAIT, None): "network_congestion",
+    (FABRIC_HW_COUNTER, "np_ecn_marked_roce_packets"): "network_congestion",
+    (FABRIC_HW_COUNTER, "np_cnp_sent"): "network_congestion",
+    (FABRIC_HW_COUNTER, "rp_cnp_handled"): "network_congestion",
+    (FABRIC_HW_COUNTER, "out_of_sequence"): "packet_loss",
+    (FABRIC_HW_COUNTER, "packet_seq_err"): "packet_loss",
+    (FABRIC_HW_COUNTER, "local_ack_timeout_err"): "packet_loss",
+    (FABRIC_HW_COUNTER, "roce_adp_retrans"): "packet_loss",
+    (FABRIC_HW_COUNTER, "implied_nak_seq_err"): "packet_loss",
+    (FABRIC_PORT_ERRORS, "port_rcv_errors"): "packet_loss",
+    (FABRIC_PORT_ERRORS, "symbol_error"): "packet_loss",
+    (FABRIC_PORT_ERRORS, "port_xmit_discards"): "packet_loss",
+    (HOST_NETWORK_RECEIVE_DROPS, None): "packet_loss",
+    (HOST_NETWORK_TRANSMIT_DROPS, None): "packet_loss",
+    (HOST_NETWORK_RECEIVE_ERRORS, None): "packet_loss",
+    (FABRIC_PORT_LINK_DOWNED, None): "link_flap",
+    (FABRIC_PORT_ERRORS, "link_error_recovery"): "link_flap",
 }
 ADVICE = {
     "network_congestion": "look at the switch ports on this path (ECN marking, PFC pauses, "
@@ -47,14 +56,16 @@ ADVICE = {
 }
 
 
-def slow_stretches(run: RunData, m: RankStepMatrix) -> list[tuple[int, int, float]]:
+def slow_stretches(
+    run: RunData, m: RankStepMatrix, settings: Settings
+) -> list[tuple[int, int, float]]:
     """(start_ns, end_ns, excess_s) of runs of consecutive slow steps."""
-    cols = steady_columns(m.duration_s.shape[1])
+    cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if len(cols) < 5:
         return []
     job = job_step_time(m.duration_s[:, cols])
     median = float(np.nanmedian(job))
-    slow = job > SLOW_STEP * median
+    slow = job > settings.slow_step_ratio * median
     steps = run.steps
     out = []
     i = 0
@@ -81,7 +92,7 @@ def _moves(samples: Columns) -> list[tuple[str, str, str, np.ndarray, np.ndarray
     out = []
     for labels in sorted(set(samples["labels"])):
         for name in sorted(set(samples["name"][samples["labels"] == labels])):
-            fields = dict(kv.split("=", 1) for kv in labels.split(",") if "=" in kv)
+            fields = parse_labels(labels)
             cause = CAUSES.get((name, fields.get("counter"))) or CAUSES.get((name, None))
             if cause is None:
                 continue
@@ -92,17 +103,16 @@ def _moves(samples: Columns) -> list[tuple[str, str, str, np.ndarray, np.ndarray
     return out
 
 
-def find_fabric_causes(run: RunData, m: RankStepMatrix) -> list[Finding]:
-    stretches = slow_stretches(run, m)
+def find_fabric_causes(run: RunData, m: RankStepMatrix, settings: Settings) -> list[Finding]:
+    stretches = slow_stretches(run, m, settings)
+    before_ns = int(settings.counter_before_stretch_s * 1e9)
     findings = []
     for host, samples in sorted(run.node_samples.items()):
         by_cause: dict[str, dict] = {}
         for cause, name, labels, t, v in _moves(samples):
             grew_at = t[1:][np.diff(v) > 0]
             hit = [
-                s
-                for s in stretches
-                if np.any((grew_at >= s[0] - 2_000_000_000) & (grew_at <= s[1]))
+                s for s in stretches if np.any((grew_at >= s[0] - before_ns) & (grew_at <= s[1]))
             ]
             entry = by_cause.setdefault(cause, {"counters": {}, "stretches": set()})
             short = name.removeprefix("mrcdiag_").removesuffix("_total")

@@ -21,6 +21,10 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     recommendation: str = ""
 
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS or self.severity not in SEVERITIES:
+            raise ValueError(f"a finding of kind {self.kind!r}, severity {self.severity!r}")
+
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["ranks"] = list(self.ranks)

@@ -11,15 +11,15 @@ import numpy as np
 from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.settings import Settings
+from mrcdiag.metrics import GPU_UTILIZATION
 from mrcdiag.store.reader import RunData
 
-WAIT_WARNING = 0.30  # share of step time waiting for peers with no straggler to blame
-DATA_WARNING = 0.10
-GPU_IDLE_WARNING = 0.50
 
-
-def find_idle(run: RunData, m: RankStepMatrix, explained: bool) -> list[Finding]:
-    cols = steady_columns(m.duration_s.shape[1])
+def find_idle(
+    run: RunData, m: RankStepMatrix, explained: bool, settings: Settings
+) -> list[Finding]:
+    cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if len(cols) == 0:
         return []
     duration = np.nansum(m.duration_s[:, cols], axis=1)
@@ -36,8 +36,9 @@ def find_idle(run: RunData, m: RankStepMatrix, explained: bool) -> list[Finding]
         for r, w, d in zip(m.ranks, wait, duration, strict=True)
         if d > 0
     }
-    if wait_fraction >= 0.10:
-        severity = "warning" if wait_fraction >= WAIT_WARNING and not explained else "info"
+    if wait_fraction >= settings.idle_wait_info_ratio:
+        warns = wait_fraction >= settings.idle_wait_warning_ratio and not explained
+        severity = "warning" if warns else "info"
         findings.append(
             Finding(
                 kind="idle_compute",
@@ -54,13 +55,13 @@ def find_idle(run: RunData, m: RankStepMatrix, explained: bool) -> list[Finding]
             )
         )
     data_fraction = data / np.maximum(duration, 1e-12)
-    slow_input = data_fraction >= DATA_WARNING
+    slow_input = data_fraction >= settings.data_wait_warning_ratio
     if slow_input.sum() >= max(2, 0.5 * n):  # job-wide; one rank alone is a straggler
         overall = float(data.sum() / total)
         findings.append(
             Finding(
                 kind="idle_compute",
-                severity="critical" if overall >= 0.3 else "warning",
+                severity="critical" if overall >= settings.data_wait_critical_ratio else "warning",
                 cause="data_loading",
                 time_lost_s=float(data.sum() / n),
                 ranks=tuple(int(r) for r in m.ranks[slow_input]),
@@ -78,7 +79,7 @@ def find_idle(run: RunData, m: RankStepMatrix, explained: bool) -> list[Finding]
                 "check the storage the data is read from",
             )
         )
-    findings += _gpu_idle(run)
+    findings += _gpu_idle(run, settings.gpu_idle_warning_ratio)
     return findings
 
 
@@ -86,14 +87,14 @@ def _top(values: dict[int, float], k: int = 8) -> dict[str, float]:
     return {str(r): v for r, v in sorted(values.items(), key=lambda kv: -kv[1])[:k]}
 
 
-def _gpu_idle(run: RunData) -> list[Finding]:
+def _gpu_idle(run: RunData, idle_below: float) -> list[Finding]:
     out = []
     for host, samples in run.node_samples.items():
-        mask = samples["name"] == "mrcdiag_gpu_utilization_ratio"
+        mask = samples["name"] == GPU_UTILIZATION
         if mask.sum() < 3:
             continue
         utilization = float(np.mean(samples["value"][mask]))
-        if utilization < GPU_IDLE_WARNING:
+        if utilization < idle_below:
             out.append(
                 Finding(
                     kind="idle_compute",

@@ -35,12 +35,14 @@ class Instances:
     transfer_ns: np.ndarray  # median over ranks of end - last arrival; NaN if unknown
     wait_ns: np.ndarray  # per record: last arrival - own arrival
     step: np.ndarray  # per instance: the step of the last arrival
+    record_index: np.ndarray  # per record: its row in run.collectives
 
 
 def collective_instances(run: RunData) -> Instances:
     coll = run.collectives
     mask = ~np.isin(coll["op"], P2P_CODES) if len(coll) else np.zeros(0, dtype=bool)
     records = coll.where(mask)
+    record_index = np.flatnonzero(mask)
     key = records["group"].astype(np.int64) << 40 | records["seq"].astype(np.int64)
     uniq, inverse = np.unique(key, return_inverse=True)
     n = len(uniq)
@@ -78,6 +80,7 @@ def collective_instances(run: RunData) -> Instances:
         transfer_ns=transfer,
         wait_ns=wait,
         step=step,
+        record_index=record_index,
     )
 
 

@@ -8,39 +8,39 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.instances import Instances
-from mrcdiag.analyzers.lateness import RankStepMatrix
-from mrcdiag.analyzers.summary import busbw_gbps, group_sizes
-from mrcdiag.collectors.ranks import SIZE_LABELS, size_bucket
+from mrcdiag.analyzers.settings import Settings
+from mrcdiag.analyzers.summary import RankTimeSplit
+from mrcdiag.metrics import SIZE_LABELS, size_bucket
 from mrcdiag.store.reader import RunData
 from mrcdiag.store.schema import OPS
 
-SLOW_GROUP = 0.5  # a group below half the best comparable group's bandwidth
-LOW_OF_EXPECTED = 0.5
-EXPOSED_WARNING = 0.30
-MIN_INSTANCES = 5
-MIN_BYTES = 64 << 10  # smaller messages measure latency, not bandwidth
-
 
 def find_interconnect(
-    run: RunData, inst: Instances, m: RankStepMatrix, expected_busbw_gbps: float | None = None
+    run: RunData,
+    inst: Instances,
+    split: list[RankTimeSplit],
+    busbw: np.ndarray,
+    settings: Settings,
+    expected_busbw_gbps: float | None = None,
 ) -> list[Finding]:
+    """`split`: each rank's time split (summary.time_split); `busbw`: each instance's bus
+    bandwidth in GB/s (summary.busbw_gbps)."""
     findings: list[Finding] = []
     if inst.n_instances:
-        sizes = group_sizes(run, inst.group)
-        bw = busbw_gbps(inst, sizes)
         bucket = size_bucket(inst.nbytes)
-        findings += _slow_groups(run, inst, bw, bucket, sizes)
+        findings += _slow_groups(run, inst, busbw, bucket, settings)
         if expected_busbw_gbps:
-            findings += _below_expected(inst, bw, bucket, expected_busbw_gbps)
-    findings += _exposed(m)
-    findings += slow_host_links(run, inst)
+            findings += _below_expected(inst, busbw, bucket, expected_busbw_gbps, settings)
+    findings += _exposed(split, settings)
+    findings += slow_host_links(run, inst, busbw, settings)
     return findings
 
 
-def slow_host_links(run: RunData, inst: Instances) -> list[Finding]:
+def slow_host_links(
+    run: RunData, inst: Instances, busbw: np.ndarray, settings: Settings
+) -> list[Finding]:
     """Hosts whose every probed link is far slower than the links between other hosts."""
     pairs = [p for p in run.link_probe if p.get("gbps")]
     hosts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
@@ -57,15 +57,15 @@ def slow_host_links(run: RunData, inst: Instances) -> list[Finding]:
         # Every link of the host must be slow, its fastest included: one probe spoiled by
         # a burst of load on a shared host must not accuse it.
         ratio = float(max(mine) / np.median(others))
-        if ratio >= SLOW_GROUP:
+        if ratio >= settings.slow_group_ratio:
             continue
         ranks = tuple(r for r, info in run.ranks.items() if info.host == host)
         transfer_s = float(np.nansum(inst.transfer_ns) / 1e9) / max(len(run.ranks), 1)
-        busbw = _job_busbw(run, inst)
+        job_busbw = _job_busbw(inst, busbw, settings.min_bandwidth_bytes)
         out.append(
             Finding(
                 kind="interconnect",
-                severity="critical" if ratio < 0.2 else "warning",
+                severity="critical" if ratio < settings.slow_host_critical_ratio else "warning",
                 cause="slow_link",
                 time_lost_s=transfer_s * (1 - ratio),
                 ranks=ranks,
@@ -78,7 +78,7 @@ def slow_host_links(run: RunData, inst: Instances) -> list[Finding]:
                     "the gloo path)",
                     "probe_gbps_of_host": [round(v, 4) for v in mine],
                     "probe_gbps_other_links": [round(v, 4) for v in others],
-                    "job_busbw_gbps": busbw,
+                    "job_busbw_gbps": job_busbw,
                 },
                 recommendation=f"check {host}'s NIC, cable and switch port (link rate, "
                 "errors, shaping or QoS); move the job off it to confirm",
@@ -87,34 +87,35 @@ def slow_host_links(run: RunData, inst: Instances) -> list[Finding]:
     return out
 
 
-def _job_busbw(run: RunData, inst: Instances) -> dict[str, float]:
+def _job_busbw(inst: Instances, bw: np.ndarray, min_bytes: int) -> dict[str, float]:
     if inst.n_instances == 0:
         return {}
-    bw = busbw_gbps(inst, group_sizes(run, inst.group))
     out = {}
     for op in np.unique(inst.op):
-        vals = bw[(inst.op == op) & ~np.isnan(bw) & (inst.nbytes >= MIN_BYTES)]
+        vals = bw[(inst.op == op) & ~np.isnan(bw) & (inst.nbytes >= min_bytes)]
         if len(vals):
             out[OPS[int(op)]] = round(float(np.median(vals)), 4)
     return out
 
 
-def _slow_groups(run, inst, bw, bucket, sizes) -> list[Finding]:  # noqa: ANN001
+def _slow_groups(
+    run: RunData, inst: Instances, bw: np.ndarray, bucket: np.ndarray, settings: Settings
+) -> list[Finding]:
     out = []
-    usable = ~np.isnan(bw) & (inst.nbytes >= MIN_BYTES)
+    usable = ~np.isnan(bw) & (inst.nbytes >= settings.min_bandwidth_bytes)
     for op in np.unique(inst.op[usable]):
         for b in np.unique(bucket[usable & (inst.op == op)]):
             sel = usable & (inst.op == op) & (bucket == b)
             medians = {}
             for g in np.unique(inst.group[sel]):
                 vals = bw[sel & (inst.group == g)]
-                if len(vals) >= MIN_INSTANCES:
+                if len(vals) >= settings.min_instances:
                     medians[int(g)] = float(np.median(vals))
             if len(medians) < 2:
                 continue
             best = max(medians.values())
             for g, value in medians.items():
-                if value >= SLOW_GROUP * best:
+                if value >= settings.slow_group_ratio * best:
                     continue
                 info = run.groups[g]
                 seconds = inst.transfer_ns[sel & (inst.group == g)] / 1e9
@@ -143,17 +144,19 @@ def _slow_groups(run, inst, bw, bucket, sizes) -> list[Finding]:  # noqa: ANN001
     return out
 
 
-def _below_expected(inst, bw, bucket, expected) -> list[Finding]:  # noqa: ANN001
+def _below_expected(
+    inst: Instances, bw: np.ndarray, bucket: np.ndarray, expected: float, settings: Settings
+) -> list[Finding]:
     out = []
-    usable = ~np.isnan(bw) & (inst.nbytes >= MIN_BYTES)
+    usable = ~np.isnan(bw) & (inst.nbytes >= settings.min_bandwidth_bytes)
     for op in np.unique(inst.op[usable]):
         sel = usable & (inst.op == op)
-        if sel.sum() < MIN_INSTANCES:
+        if sel.sum() < settings.min_instances:
             continue
         top = int(bucket[sel].max())  # the largest messages approach the link's peak
         vals = bw[sel & (bucket == top)]
         value = float(np.median(vals))
-        if value >= LOW_OF_EXPECTED * expected:
+        if value >= settings.low_of_expected_ratio * expected:
             continue
         seconds = inst.transfer_ns[sel] / 1e9
         out.append(
@@ -177,23 +180,21 @@ def _below_expected(inst, bw, bucket, expected) -> list[Finding]:  # noqa: ANN00
     return out
 
 
-def _exposed(m: RankStepMatrix) -> list[Finding]:
-    cols = steady_columns(m.duration_s.shape[1])
-    if len(cols) == 0:
+def _exposed(split: list[RankTimeSplit], settings: Settings) -> list[Finding]:
+    if not split:
         return []
-    duration = float(np.nansum(m.duration_s[:, cols]))
-    transfer = np.clip(m.blocked_s[:, cols] - m.wait_s[:, cols], 0, None)
-    exposed = float(np.nansum(transfer))
-    if duration <= 0 or exposed / duration < EXPOSED_WARNING:
+    duration = sum(r.step_time_s for r in split)
+    exposed = sum(r.exposed_comm_s for r in split)
+    if duration <= 0 or exposed / duration < settings.exposed_warning_ratio:
         return []
-    n = len(m.ranks)
+    n = len(split)
     return [
         Finding(
             kind="interconnect",
             severity="warning",
             cause="exposed_communication",
             time_lost_s=exposed / n,
-            ranks=tuple(int(r) for r in m.ranks),
+            ranks=tuple(r.rank for r in split),
             summary=f"{100 * exposed / duration:.0f}% of step time is spent blocked in "
             "collective transfers that nothing overlaps",
             evidence={"exposed_fraction": round(exposed / duration, 3)},

@@ -14,17 +14,22 @@ import numpy as np
 
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.instances import Instances
+from mrcdiag.analyzers.settings import Settings
+from mrcdiag.metrics import (
+    FABRIC_PORT_RATE,
+    FABRIC_PORT_TRANSMIT_BYTES,
+    HOST_NETWORK_SPEED,
+    HOST_NETWORK_TRANSMIT_BYTES,
+)
 from mrcdiag.store.reader import RunData, series
 
-DEGRADED = 0.75  # below this share of the usual rate (400 -> 200 Gb/s is 0.5)
-USED_BYTES = 1 << 20  # a port that sent less than this during the run carried no job
 RATES = {  # rate metric -> its transmit counter, same labels
-    "mrcdiag_fabric_port_rate_bytes_per_second": "mrcdiag_fabric_port_transmit_bytes_total",
-    "mrcdiag_host_network_speed_bytes_per_second": "mrcdiag_host_network_transmit_bytes_total",
+    FABRIC_PORT_RATE: FABRIC_PORT_TRANSMIT_BYTES,
+    HOST_NETWORK_SPEED: HOST_NETWORK_TRANSMIT_BYTES,
 }
 
 
-def find_degraded_links(run: RunData, inst: Instances) -> list[Finding]:
+def find_degraded_links(run: RunData, inst: Instances, settings: Settings) -> list[Finding]:
     highest: dict[tuple[str, str], dict[str, float]] = {}  # (metric, port) -> host -> rate
     lowest: dict[tuple[str, str, str], float] = {}
     for host, samples in run.node_samples.items():
@@ -41,9 +46,9 @@ def find_degraded_links(run: RunData, inst: Instances) -> list[Finding]:
         own = highest[(metric, labels)][host]
         peers = [r for h, r in highest[(metric, labels)].items() if h != host]
         usual = max(own, float(np.median(peers))) if peers else own
-        if low >= DEGRADED * usual:
+        if low >= settings.degraded_link_ratio * usual:
             continue
-        out.append(_finding(run, inst, host, metric, labels, low, usual, own, peers))
+        out.append(_finding(run, inst, host, metric, labels, low, usual, own, peers, settings))
     return out
 
 
@@ -57,10 +62,11 @@ def _finding(
     usual: float,
     own: float,
     peers: list[float],
+    settings: Settings,
 ) -> Finding:
     samples = run.node_samples[host]
     _, sent = series(samples, RATES[metric], labels)
-    used = len(sent) >= 2 and sent[-1] - sent[0] >= USED_BYTES
+    used = len(sent) >= 2 and sent[-1] - sent[0] >= settings.used_link_bytes
     ranks = tuple(r for r, info in run.ranks.items() if info.host == host)
     ratio = low / usual
     lost = 0.0
@@ -68,7 +74,7 @@ def _finding(
         transfer_s = float(np.nansum(inst.transfer_ns) / 1e9) / max(len(run.ranks), 1)
         lost = transfer_s * (1 - ratio)
     port = labels.replace(",", " ")
-    dropped = low < DEGRADED * own
+    dropped = low < settings.degraded_link_ratio * own
     return Finding(
         kind="interconnect",
         severity="warning" if used else "info",

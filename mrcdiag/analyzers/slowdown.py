@@ -14,11 +14,10 @@ import numpy as np
 from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.settings import DEFAULTS, Settings
 
-MIN_RATIO = 1.15
-MIN_SIDE = 5
-SIGMAS = 4.0
-BROAD = 0.75  # share of ranks whose own work grew for the change to be job-wide
+# The standard error of a median is this times sigma / sqrt(n) (normal data: sqrt(pi/2)).
+MEDIAN_SE_FACTOR = 1.2533
 
 
 def _running_median(x: np.ndarray, width: int = 5) -> np.ndarray:
@@ -30,24 +29,24 @@ def _running_median(x: np.ndarray, width: int = 5) -> np.ndarray:
     return np.median(view, axis=1)
 
 
-def change_point(x: np.ndarray) -> int | None:
+def change_point(x: np.ndarray, min_side: int = DEFAULTS.slowdown_min_side_steps) -> int | None:
     """Index where the level of x changes most, or None when x is too short."""
-    if len(x) < 2 * MIN_SIDE:
+    if len(x) < 2 * min_side:
         return None
     smooth = _running_median(x)
     # Centred on the mean, the sum is 0 at both ends and peaks at the change; the running
     # median has already taken the spikes out.
     cusum = np.cumsum(smooth - np.mean(smooth))
-    inner = np.arange(MIN_SIDE, len(x) - MIN_SIDE)
+    inner = np.arange(min_side, len(x) - min_side)
     return int(inner[np.argmax(np.abs(cusum[inner - 1]))])
 
 
-def find_slowdowns(m: RankStepMatrix) -> list[Finding]:
-    cols = steady_columns(m.duration_s.shape[1])
+def find_slowdowns(m: RankStepMatrix, settings: Settings) -> list[Finding]:
+    cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     job = job_step_time(m.duration_s[:, cols])
     ok = np.isfinite(job)
     cols, job = cols[ok], job[ok]
-    k = change_point(job)
+    k = change_point(job, settings.slowdown_min_side_steps)
     if k is None:
         return []
     before, after = job[:k], job[k:]
@@ -55,8 +54,11 @@ def find_slowdowns(m: RankStepMatrix) -> list[Finding]:
     # The shift must stand out from the noise of single steps (2 sigma) and, as a shift of
     # medians, from their standard error (4 SE); the 15% floor keeps small drifts out.
     sigma = max(robust_sigma(before), robust_sigma(after), 1e-6)
-    standard_error = 1.2533 * sigma * np.sqrt(1 / len(before) + 1 / len(after))
-    if b <= 0 or a / b < MIN_RATIO or (a - b) < max(2 * sigma, SIGMAS * standard_error):
+    standard_error = MEDIAN_SE_FACTOR * sigma * np.sqrt(1 / len(before) + 1 / len(after))
+    shift_needed = max(
+        settings.slowdown_step_sigmas * sigma, settings.slowdown_sigmas * standard_error
+    )
+    if b <= 0 or a / b < settings.slowdown_min_ratio or (a - b) < shift_needed:
         return []
     # Whose own work grew? busy = step - waiting for peers - data wait
     busy = m.duration_s[:, cols] - m.wait_s[:, cols] - m.data_wait_s[:, cols]
@@ -65,7 +67,10 @@ def find_slowdowns(m: RankStepMatrix) -> list[Finding]:
     data_growth = float(
         np.nanmedian(m.data_wait_s[:, cols][:, k:]) - np.nanmedian(m.data_wait_s[:, cols][:, :k])
     )
-    broad = np.mean(grew + 1e-12 >= 0.5 * (job_growth - max(data_growth, 0))) >= BROAD
+    broad = (
+        np.mean(grew + 1e-12 >= 0.5 * (job_growth - max(data_growth, 0)))
+        >= settings.slowdown_broad_ratio
+    )
     if not broad and data_growth < 0.5 * job_growth:
         return []  # one rank's problem: the straggler analyzer reports it
     comm_growth = float(
@@ -89,7 +94,7 @@ def find_slowdowns(m: RankStepMatrix) -> list[Finding]:
     return [
         Finding(
             kind="slowdown",
-            severity="critical" if a / b >= 1.5 else "warning",
+            severity="critical" if a / b >= settings.slowdown_critical_ratio else "warning",
             cause=cause,
             time_lost_s=lost,
             ranks=tuple(int(r) for r in m.ranks),

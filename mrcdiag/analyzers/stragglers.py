@@ -21,7 +21,10 @@ from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.instances import Instances
 from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.settings import Settings
+from mrcdiag.metrics import GPU_CLOCK_EVENT_ACTIVE, GPU_RANK_INFO, RANK_CPU_WAIT, THROTTLE_REASONS
 from mrcdiag.store.reader import RunData, series
+from mrcdiag.store.samples import parse_labels
 
 
 def robust_total(per_step: np.ndarray, trim: float = 0.1) -> float:
@@ -36,21 +39,10 @@ def robust_total(per_step: np.ndarray, trim: float = 0.1) -> float:
     return float(np.mean(kept) * len(values))
 
 
-PERSISTENCE = 0.75  # share of steps in which the rank is behind its peers
-MIN_LATENESS_OF_STEP = 0.01
-OUTLIER_SIGMAS = 6.0
-WARNING_LATENESS_OF_STEP = 0.03
-WARNING_LOST_OF_RUN = 0.02
-CRITICAL_LOST_OF_RUN = 0.20
-CPU_WAIT_EXCESS = 0.15  # s of run-queue wait per s beyond the other ranks'
-MIN_SHARE_OF_RUN = 0.5  # share of the steady steps a lateness must span to warn
-# A lasting lateness under this warns only through what it costs: a rank a few hundred
-# microseconds behind is the scheduling of a shared host, not a slow rank to go and see.
-MIN_PERSISTENT_LATENESS_S = 0.001
-
-
-def find_stragglers(run: RunData, inst: Instances, m: RankStepMatrix) -> list[Finding]:
-    cols = steady_columns(m.duration_s.shape[1])
+def find_stragglers(
+    run: RunData, inst: Instances, m: RankStepMatrix, settings: Settings
+) -> list[Finding]:
+    cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if len(cols) < 3 or len(m.ranks) < 2:
         return []
     job_time = job_step_time(m.duration_s[:, cols])
@@ -59,9 +51,14 @@ def find_stragglers(run: RunData, inst: Instances, m: RankStepMatrix) -> list[Fi
         return []
     run_s = float(np.nansum(job_time))
     uncertainty = max((i.clock_uncertainty_ns or 0) for i in run.ranks.values()) / 1e9
-    floor = max(MIN_LATENESS_OF_STEP * step_s, 3 * uncertainty if _cross_host(run) else 0, 1e-4)
+    floor = max(
+        settings.min_lateness_of_step_ratio * step_s,
+        settings.clock_uncertainty_factor * uncertainty if _cross_host(run) else 0,
+        1e-4,
+    )
     flagged: dict[int, np.ndarray] = {}  # row -> steps in which it straggled
-    for window in windows(cols):
+    all_windows = windows(cols, settings.window_min_steps, settings.windows_per_run)
+    for window in all_windows:
         late = m.own_late_s[:, window]  # arriving late only because a link delivered
         # to this rank last is the link's finding (interconnect), not a straggler
         with warnings.catch_warnings():  # ranks outside every group have all-NaN rows
@@ -71,21 +68,23 @@ def find_stragglers(run: RunData, inst: Instances, m: RankStepMatrix) -> list[Fi
         spread = robust_sigma(med) if len(m.ranks) >= 5 else 0.0
         centre = float(np.nanmedian(med)) if len(m.ranks) >= 5 else 0.0
         for row in np.flatnonzero(
-            (med >= floor) & (behind >= PERSISTENCE) & (med - centre > OUTLIER_SIGMAS * spread)
+            (med >= floor)
+            & (behind >= settings.persistence_ratio)
+            & (med - centre > settings.outlier_sigmas * spread)
         ):
             flagged.setdefault(int(row), []).append(window)
-    n_windows = len(windows(cols))
+    n_windows = len(all_windows)
     needed = 1 if n_windows <= 2 else 2
     rows = {r: np.concatenate(w) for r, w in flagged.items() if len(w) >= needed}
     if not rows:
         return []
-    findings = _slow_nodes(run, inst, m, rows, cols, step_s, run_s)
+    findings = _slow_nodes(run, inst, m, rows, cols, step_s, run_s, settings)
     in_node = {r for f in findings for r in f.ranks}
     for row, steps in rows.items():
         rank = int(m.ranks[row])
         if rank in in_node:
             continue
-        findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s))
+        findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s, settings))
     return findings
 
 
@@ -94,7 +93,12 @@ def _cross_host(run: RunData) -> bool:
 
 
 def _severity(
-    late_s: float, lost_s: float, step_s: float, run_s: float, share_of_run: float = 1.0
+    settings: Settings,
+    late_s: float,
+    lost_s: float,
+    step_s: float,
+    run_s: float,
+    share_of_run: float = 1.0,
 ) -> str:
     """critical: costs a fifth of the run; warning: costs 2% of it, or late by 3% of a step
     (and at least a millisecond) through at least half of it (a rank 5% slower among a
@@ -102,14 +106,14 @@ def _severity(
     rank to look at). An episode that neither lasts nor costs (the jitter of a shared
     machine) stays info."""
     lost_share = lost_s / run_s if run_s > 0 else 0.0
-    if lost_share >= CRITICAL_LOST_OF_RUN:
+    if lost_share >= settings.critical_lost_of_run_ratio:
         return "critical"
     persistent = (
-        late_s / step_s >= WARNING_LATENESS_OF_STEP
-        and late_s >= MIN_PERSISTENT_LATENESS_S
-        and share_of_run >= MIN_SHARE_OF_RUN
+        late_s / step_s >= settings.warning_lateness_of_step_ratio
+        and late_s >= settings.min_persistent_lateness_s
+        and share_of_run >= settings.min_share_of_run_to_warn_ratio
     )
-    if lost_share >= WARNING_LOST_OF_RUN or persistent:
+    if lost_share >= settings.warning_lost_of_run_ratio or persistent:
         return "warning"
     return "info"
 
@@ -122,6 +126,7 @@ def _rank_finding(
     cols: np.ndarray,
     step_s: float,
     run_s: float,
+    settings: Settings,
 ) -> Finding:
     rank = int(m.ranks[row])
     late_s = float(np.nanmedian(m.own_late_s[row, steps]))
@@ -136,11 +141,11 @@ def _rank_finding(
         "job_step_time_ms": round(step_s * 1e3, 3),
         "straggling_steps": f"{int(steps.min())}-{int(steps.max())}",
     }
-    cause, detail, advice = _cause(run, m, row, others, steps, late_s, evidence)
+    cause, detail, advice = _cause(run, m, row, others, steps, late_s, evidence, settings)
     host = run.host_of(rank)
     return Finding(
         kind="straggler",
-        severity=_severity(late_s, lost_s, step_s, run_s, len(steps) / len(cols)),
+        severity=_severity(settings, late_s, lost_s, step_s, run_s, len(steps) / len(cols)),
         cause=cause,
         time_lost_s=lost_s,
         ranks=(rank,),
@@ -160,6 +165,7 @@ def _cause(
     steps: np.ndarray,
     late_s: float,
     evidence: dict[str, object],
+    settings: Settings,
 ) -> tuple[str, str, str]:
     rank = int(m.ranks[row])
     data_mine = float(np.nanmedian(m.data_wait_s[row, steps]))
@@ -180,14 +186,14 @@ def _cause(
         rest = float(np.median([v for r, v in cpu_wait.items() if r != rank]))
         evidence["cpu_wait_s_per_s"] = round(mine, 3)
         evidence["cpu_wait_s_per_s_others"] = round(rest, 3)
-        if mine - rest >= CPU_WAIT_EXCESS:
+        if mine - rest >= settings.cpu_wait_excess_s_per_s:
             return (
                 "host_contention",
                 f"; its threads waited {mine:.2f} s per second for a CPU (peers {rest:.2f})",
                 "find what else runs on this rank's cores (top, ps -eLo psr), pin ranks and "
                 "DataLoader workers to separate cores, or lower OMP_NUM_THREADS",
             )
-    throttle = _gpu_throttle(run, rank)
+    throttle = _gpu_throttle(run, rank, settings.throttled_share_ratio)
     if throttle:
         evidence["gpu_clock_events"] = throttle
         return (
@@ -208,33 +214,16 @@ def _cpu_wait_rates(run: RunData) -> dict[int, float]:
     """Run-queue wait (s/s) per rank over the run, from the node agents' samples."""
     rates: dict[int, float] = {}
     for samples in run.node_samples.values():
-        names = samples["name"] == "mrcdiag_rank_cpu_wait_seconds_total"
+        names = samples["name"] == RANK_CPU_WAIT
         for labels in set(samples["labels"][names]):
-            fields = _labels(labels)
-            t, v = series(samples, "mrcdiag_rank_cpu_wait_seconds_total", labels)
+            fields = parse_labels(labels)
+            t, v = series(samples, RANK_CPU_WAIT, labels)
             if len(t) >= 2 and t[-1] > t[0] and "rank" in fields:
                 rates[int(fields["rank"])] = float((v[-1] - v[0]) / ((t[-1] - t[0]) / 1e9))
     return rates
 
 
-def _labels(text: str) -> dict[str, str]:
-    return dict(kv.split("=", 1) for kv in text.split(",") if "=" in kv)
-
-
-THROTTLE_REASONS = (
-    "sw_thermal",
-    "hw_thermal",
-    "sw_power_cap",
-    "hw_power_brake",
-    "hw_slowdown",
-    "amd_throttle",
-)
-
-
-THROTTLED_SHARE = 0.2  # of the samples; and by this much more than the peers' GPUs
-
-
-def _gpu_throttle(run: RunData, rank: int) -> str:
+def _gpu_throttle(run: RunData, rank: int, throttled_share: float) -> str:
     """Thermal/power clock events that hold this rank's GPU down more than its peers'.
 
     A GPU at full load often sits at its power cap (sw_power_cap) as a matter of course:
@@ -244,11 +233,11 @@ def _gpu_throttle(run: RunData, rank: int) -> str:
     usual one-process-per-GPU layout.
     """
     share, reasons = _throttled_share(run, rank)
-    if share < THROTTLED_SHARE:
+    if share < throttled_share:
         return ""
     peers = [_throttled_share(run, r)[0] for r in run.ranks if r != rank]
     peers = [v for v in peers if not np.isnan(v)]
-    if peers and share - float(np.median(peers)) < THROTTLED_SHARE:
+    if peers and share - float(np.median(peers)) < throttled_share:
         return ""
     return ", ".join(sorted(reasons))
 
@@ -261,19 +250,19 @@ def _throttled_share(run: RunData, rank: int) -> tuple[float, set[str]]:
         return float("nan"), set()
     info = run.ranks.get(rank)
     gpu = str(info.local_rank) if info else "?"
-    mapped = samples["name"] == "mrcdiag_gpu_rank_info"
+    mapped = samples["name"] == GPU_RANK_INFO
     for labels in samples["labels"][mapped]:
-        fields = _labels(labels)
+        fields = parse_labels(labels)
         if fields.get("rank") == str(rank):
             gpu = fields.get("gpu", gpu)
-    events = samples["name"] == "mrcdiag_gpu_clock_event_active"
+    events = samples["name"] == GPU_CLOCK_EVENT_ACTIVE
     sampled: set[int] = set()
     held: set[int] = set()
     reasons: set[str] = set()
     for t, labels, value in zip(
         samples["t_ns"][events], samples["labels"][events], samples["value"][events], strict=True
     ):
-        fields = _labels(labels)
+        fields = parse_labels(labels)
         if fields.get("gpu") != gpu:
             continue
         sampled.add(int(t))
@@ -316,6 +305,7 @@ def _slow_nodes(
     cols: np.ndarray,
     step_s: float,
     run_s: float,
+    settings: Settings,
 ) -> list[Finding]:
     """All ranks of one node straggle together: one finding for the node."""
     by_host: dict[str, list[int]] = {}
@@ -334,7 +324,7 @@ def _slow_nodes(
         out.append(
             Finding(
                 kind="straggler",
-                severity=_severity(late_s, lost_s, step_s, run_s),
+                severity=_severity(settings, late_s, lost_s, step_s, run_s),
                 cause="slow_node",
                 time_lost_s=lost_s,
                 ranks=tuple(sorted(ranks)),

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.instances import Instances
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData
@@ -37,6 +36,18 @@ class OpStats:
 
 
 @dataclass(frozen=True)
+class RankTimeSplit:
+    """Where one rank's steady steps went, in seconds summed over those steps."""
+
+    rank: int
+    step_time_s: float
+    compute_s: float  # the rest: its own work
+    data_wait_s: float  # blocked in its DataLoader
+    exposed_comm_s: float  # blocked in collective transfers nothing overlapped
+    waiting_s: float  # at collectives, for peers that arrived later
+
+
+@dataclass(frozen=True)
 class Summary:
     steps: int
     duration_s: float
@@ -46,11 +57,31 @@ class Summary:
     data_wait_fraction: float | None
     per_rank: list[RankSteps]
     per_op: list[OpStats]
+    time_split: list[RankTimeSplit]
 
 
-def summarize(run: RunData, inst: Instances, m: RankStepMatrix) -> Summary:
+def time_split(m: RankStepMatrix, steady: np.ndarray) -> list[RankTimeSplit]:
+    """Each rank's steady steps split into compute, data wait, exposed communication and
+    waiting on peers (time blocked in collectives beyond the wait is the transfer)."""
+    if len(steady) == 0:
+        return []
+    duration = np.nansum(m.duration_s[:, steady], axis=1)
+    wait = np.nansum(m.wait_s[:, steady], axis=1)
+    data = np.nansum(m.data_wait_s[:, steady], axis=1)
+    exposed = np.nansum(np.clip(m.blocked_s[:, steady] - m.wait_s[:, steady], 0, None), axis=1)
+    compute = np.clip(duration - wait - data - exposed, 0, None)
+    return [
+        RankTimeSplit(int(r), float(d), float(c), float(dw), float(e), float(w))
+        for r, d, c, dw, e, w in zip(m.ranks, duration, compute, data, exposed, wait, strict=True)
+    ]
+
+
+def summarize(
+    run: RunData, inst: Instances, m: RankStepMatrix, steady: np.ndarray, busbw: np.ndarray
+) -> Summary:
+    """`steady`: the step columns after warm-up; `busbw`: per instance, GB/s."""
     n_steps = m.duration_s.shape[1]
-    keep = steady_columns(n_steps)
+    keep = steady
     duration = m.duration_s[:, keep]
     data = m.data_wait_s[:, keep]
     blocked = m.blocked_s[:, keep]
@@ -88,7 +119,8 @@ def summarize(run: RunData, inst: Instances, m: RankStepMatrix) -> Summary:
         comm_fraction=float(np.nansum(blocked) / grand) if grand > 0 else None,
         data_wait_fraction=float(np.nansum(data) / grand) if grand > 0 else None,
         per_rank=per_rank,
-        per_op=op_stats(run, inst),
+        per_op=op_stats(run, inst, busbw),
+        time_split=time_split(m, steady),
     )
 
 
@@ -117,11 +149,10 @@ def group_sizes(run: RunData, group_ids: np.ndarray) -> np.ndarray:
     return sizes[group_ids] if len(group_ids) else np.zeros(0, dtype=np.int64)
 
 
-def op_stats(run: RunData, inst: Instances) -> list[OpStats]:
+def op_stats(run: RunData, inst: Instances, bw: np.ndarray) -> list[OpStats]:
     if inst.n_instances == 0:
         return []
     sizes = group_sizes(run, inst.group)
-    bw = busbw_gbps(inst, sizes)
     rec = inst.records
     in_op = np.where(rec["t_end_ns"] > 0, rec["t_end_ns"] - rec["t_arrive_ns"], 0) / 1e9
     wait = np.minimum(inst.wait_ns / 1e9, in_op)

@@ -51,7 +51,7 @@ def attach(run_dir: str | os.PathLike | None = None, job: str | None = None) -> 
 
         install(torch, on_init=attach_after_init)
         return _attach(torch, run_dir, job)
-    except Exception as exc:  # noqa: BLE001 - the job is sacred
+    except Exception as exc:  # the job is sacred
         warn_once("attach", f"not recording this rank ({exc!r}); the job goes on")
         return False
 

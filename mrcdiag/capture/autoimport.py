@@ -22,7 +22,7 @@ def _after_torch(module: Any) -> None:
         from mrcdiag.capture.install import install
 
         install(module, on_init=attach_after_init)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         warn_once("install", f"cannot wrap torch.distributed ({exc!r}); not recording")
 
 

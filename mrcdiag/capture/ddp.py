@@ -32,7 +32,7 @@ class _DDPDispatch:
 
         # No annotations on purpose: DDP rejects a hook whose `bucket` is annotated with
         # anything but dist.GradBucket, and this module postpones annotations as strings.
-        def mrcdiag_comm_hook(state, bucket):  # noqa: ANN001, ANN202
+        def mrcdiag_comm_hook(state, bucket):
             return self.run(bucket)
 
         return mrcdiag_comm_hook
@@ -101,7 +101,7 @@ def _averages_in_collective(ddp: Any) -> bool:
 
         backend = str(dist.get_backend(ddp.process_group)).lower()
         on_gpu = any(p.is_cuda for p in ddp.module.parameters())
-    except Exception:  # noqa: BLE001 - when unsure, torch's own hook
+    except Exception:  # when unsure, torch's own hook
         return False
     if on_gpu:
         return "nccl" in backend
@@ -125,7 +125,7 @@ def patch_ddp(ddp_cls: Any) -> None:
             dispatch = _DDPDispatch(self.process_group, _averages_in_collective(self))
             orig_register(self, None, dispatch.as_hook())
             self.__mrcdiag_dispatch__ = dispatch
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             warn_once("ddp", f"cannot time DDP's all-reduces ({exc!r}); the job goes on")
 
     @functools.wraps(orig_register)

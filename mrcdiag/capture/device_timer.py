@@ -155,6 +155,6 @@ def device_timer_for(torch: Any) -> DeviceTimer | None:
     try:
         if torch.cuda.is_available():
             return DeviceTimer(torch.cuda, getattr(torch._C, "_cuda_getCurrentRawStream", None))
-    except Exception:  # noqa: BLE001 - a broken CUDA setup: host times only
+    except Exception:  # a broken CUDA setup: host times only
         return None
     return None

@@ -72,13 +72,13 @@ def install(torch: Any, on_init: Callable[[], Any] | None = None) -> None:
                 setattr(fc, name, wrap_functional(name, orig))
         if not hasattr(fc.wait_tensor, "__mrcdiag_wrapped__"):
             fc.wait_tensor = wrap_wait_tensor(fc.wait_tensor)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         warn_once("functional", f"functional collectives are not timed ({exc!r})")
     _patch_init(dist, c10d)
     for patch in (_patch_ddp_module, _patch_dataloader, _patch_optimizer):
         try:
             patch(torch)
-        except Exception as exc:  # noqa: BLE001 - one missing piece must not stop the rest
+        except Exception as exc:  # one missing piece must not stop the rest
             warn_once(patch.__name__, f"{patch.__name__[7:]} not instrumented ({exc!r})")
 
 
@@ -116,7 +116,7 @@ def _patch_init(dist: Any, c10d: Any) -> None:
 def _patch_dataloader(torch: Any) -> None:
     try:
         from torch.utils.data.dataloader import _BaseDataLoaderIter
-    except Exception:  # noqa: BLE001
+    except Exception:
         return
     orig_next = _BaseDataLoaderIter.__next__
 
@@ -140,7 +140,7 @@ def _patch_optimizer(torch: Any) -> None:
         if session is not None:
             try:
                 session.steps.on_optimizer_step(optimizer, args, kwargs)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 stop_recording("step", exc)
 
     from torch.optim.optimizer import register_optimizer_step_post_hook

@@ -85,7 +85,7 @@ class Recorder:
     def event(self, name: str, **fields: Any) -> None:
         try:
             self._events.append(records.Event(name, time.monotonic_ns(), fields).to_json())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             warn_once("events", f"cannot write events.jsonl ({exc}); continuing")
 
     def _run(self) -> None:
@@ -101,7 +101,7 @@ class Recorder:
                 return
             try:
                 self._flush_locked()
-            except Exception as exc:  # noqa: BLE001 - the job must go on
+            except Exception as exc:  # the job must go on
                 self.failed = True
                 warn_once("flush", f"stopped recording: cannot write the run directory ({exc})")
 
@@ -134,7 +134,7 @@ class Recorder:
         rows: list[tuple] = []
         try:
             timer.resolve(rows, final=self.closing)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.device_timer = None
             warn_once("device-timer", f"collectives keep host times only ({exc!r})")
             self.event(records.EVENT_DEVICE_TIMING_OFF, reason=repr(exc))
@@ -183,5 +183,5 @@ class Recorder:
                 self._step_table.close()
                 self._groups.close()
                 self._events.close()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 warn_once("close", f"could not close the run directory cleanly ({exc})")

@@ -108,11 +108,11 @@ class Session:
         ranks = list(dist.get_process_group_ranks(pg))
         try:
             name = str(pg.group_name)
-        except Exception:  # noqa: BLE001 - older torch
+        except Exception:  # older torch
             name = dist.distributed_c10d._get_process_group_name(pg)
         try:
             backend = str(dist.get_backend(pg))
-        except Exception:  # noqa: BLE001
+        except Exception:
             backend = "unknown"
         entry = _Group(self.n_groups, pg, len(ranks))
         self.n_groups += 1
@@ -151,7 +151,7 @@ def _finish(session: Session, obj: Any) -> None:
         entry = _pending_for(session, obj)
         if entry is not None and pending.pop(id(obj), None) is not None:
             session.add_record(entry[0] + (_now(), session.steps.index), *entry[2:])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         stop_recording("completion", exc)
 
 
@@ -183,7 +183,7 @@ def wrap_collective(op_name: str, orig: Any) -> Any:
             # The row without its end: also what "in flight" means while we wait.
             head = (code, tls.source, group.index, seq, peer, nbytes, dtype, is_async, t_arrive)
             start_event = None if device < 0 else session.start_on_device(device)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             stop_recording(op_name, exc)
             return orig(*args, **kwargs)
         recorder = session.recorder
@@ -197,7 +197,7 @@ def wrap_collective(op_name: str, orig: Any) -> Any:
                 session.steps.n_collectives += 1
                 work = result[-1] if isinstance(result, list) and result else result
                 _track_async(session, work, head, start_event, device)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 stop_recording(op_name, exc)
             return result
         recorder.inflight = head
@@ -218,7 +218,7 @@ def wrap_collective(op_name: str, orig: Any) -> Any:
                 session.add_record(head + (t_end, steps.index), start_event, device)
             steps.comm_ns += t_end - t_arrive
             steps.n_collectives += 1
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             stop_recording(op_name, exc)
         return result
 
@@ -255,7 +255,7 @@ def _track_async(
         ddp_works_kept.append(work)
     try:
         future = work.get_future()
-    except Exception:  # noqa: BLE001 - gloo p2p works have no future: Work.wait finishes them
+    except Exception:  # gloo p2p works have no future: Work.wait finishes them
         return
     future.add_done_callback(lambda _f: _finish(session, work))
 
@@ -296,7 +296,7 @@ def wrap_functional(name: str, orig: Any) -> Any:
         try:
             device = ops.cuda_index(args[0] if args else kwargs.get("self", kwargs.get("inputs")))
             start_event = session.start_on_device(device)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             stop_recording("functional " + name, exc)
             return orig(*args, **kwargs)
         _tls.busy = True
@@ -332,7 +332,7 @@ def wrap_functional(name: str, orig: Any) -> Any:
                 device,
             )
             session.steps.n_collectives += 1
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             stop_recording("functional " + name, exc)
         return result
 

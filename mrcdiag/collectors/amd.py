@@ -169,7 +169,7 @@ def create(
             return None  # not an AMD node: nothing to say
     try:
         collector = AmdCollector(common, amdsmi, rank_processes or list)
-    except Exception as exc:  # noqa: BLE001 - amdsmi raises its own exception types
+    except Exception as exc:  # amdsmi raises its own exception types
         warn_once("no-amdsmi", f"no AMD GPU metrics on this node (amdsmi: {exc})")
         return None
     return collector if collector.handles else None

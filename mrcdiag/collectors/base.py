@@ -61,7 +61,7 @@ class SampleCollector:
     def collect(self) -> Iterator[Metric]:
         try:
             samples = self.read()
-        except Exception:  # noqa: BLE001 - a broken source yields nothing, the scrape works
+        except Exception:  # a broken source yields nothing, the scrape works
             return
         yield from families(samples, self.common_labels)
 

@@ -22,18 +22,14 @@ from prometheus_client.core import (
     Metric,
 )
 
+from mrcdiag import metrics
+from mrcdiag.metrics import SIZE_LABELS, size_bucket
 from mrcdiag.store import layout, schema
 from mrcdiag.store.records import RankMeta
 from mrcdiag.store.tail import StreamTail
 
 STEP_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 COLLECTIVE_BUCKETS_S = (1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
-SIZE_EDGES = (4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20)
-SIZE_LABELS = ("4KiB", "64KiB", "1MiB", "16MiB", "256MiB", "inf")
-
-
-def size_bucket(nbytes: np.ndarray) -> np.ndarray:
-    return np.searchsorted(np.array(SIZE_EDGES), nbytes, side="left")
 
 
 class _Histogram:
@@ -140,33 +136,35 @@ class RankCollector:
     def collect(self) -> Iterator[Metric]:
         try:
             self.update()
-        except Exception:  # noqa: BLE001 - a torn file must not break the scrape
+        except Exception:  # a torn file must not break the scrape
             pass
         base = ["job", "node", "rank", "local_rank"]
         step = HistogramMetricFamily(
-            "mrcdiag_step_duration_seconds", "Training step time per rank", labels=base
+            metrics.STEP_DURATION, "Training step time per rank", labels=base
         )
-        steps = CounterMetricFamily("mrcdiag_steps", "Steps completed per rank", labels=base)
+        steps = CounterMetricFamily(
+            metrics.STEPS.removesuffix("_total"), "Steps completed per rank", labels=base
+        )
         last = GaugeMetricFamily(
-            "mrcdiag_last_step_timestamp_seconds",
+            metrics.LAST_STEP_TIMESTAMP,
             "Unix time the rank last ended a step",
             labels=base,
         )
         data = CounterMetricFamily(
-            "mrcdiag_data_wait_seconds", "Time blocked in the DataLoader", labels=base
+            metrics.DATA_WAIT.removesuffix("_total"), "Time blocked in the DataLoader", labels=base
         )
         blocked = CounterMetricFamily(
-            "mrcdiag_collective_blocked_seconds",
+            metrics.COLLECTIVE_BLOCKED.removesuffix("_total"),
             "Time the training thread was blocked in collectives",
             labels=base,
         )
         coll = HistogramMetricFamily(
-            "mrcdiag_collective_duration_seconds",
+            metrics.COLLECTIVE_DURATION,
             "Time from a rank's arrival at a collective to its completion",
             labels=base + ["op", "size"],
         )
         coll_bytes = CounterMetricFamily(
-            "mrcdiag_collective_bytes",
+            metrics.COLLECTIVE_BYTES.removesuffix("_total"),
             "Bytes moved by collectives (nccl-tests size)",
             labels=base + ["op"],
         )
@@ -186,12 +184,12 @@ class RankCollector:
                 coll_bytes.add_metric(values + [schema.OPS[op]], total)
         yield from (step, steps, last, data, blocked, coll, coll_bytes)
         up = GaugeMetricFamily(
-            "mrcdiag_agent_up", "1 while the node agent runs", labels=["job", "node"]
+            metrics.AGENT_UP, "1 while the node agent runs", labels=["job", "node"]
         )
         up.add_metric([self.job, self.node], 1.0)
         yield up
         yield GaugeMetricFamily(
-            "mrcdiag_agent_scrape_timestamp_seconds",
+            metrics.AGENT_SCRAPE_TIMESTAMP,
             "When this scrape was served",
             value=time.time(),
         )

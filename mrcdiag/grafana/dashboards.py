@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrcdiag.metrics import THROTTLE_REASONS
+
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'job=~"$job"'
 NODE_SEL = 'job=~"$job",node=~"$node"'
 RANK_SEL = 'job=~"$job",node=~"$node",rank=~"$rank"'
-THROTTLE = "sw_thermal|hw_thermal|sw_power_cap|hw_slowdown|hw_power_brake|amd_throttle"
+THROTTLE = "|".join(THROTTLE_REASONS)
 RI = "$__rate_interval"
 
 

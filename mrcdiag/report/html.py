@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from mrcdiag.analyzers import Analysis
-from mrcdiag.analyzers.common import steady_columns
-from mrcdiag.analyzers.summary import busbw_gbps, group_sizes
+from mrcdiag.analyzers.compare import Comparison
+from mrcdiag.metrics import GPU_MEMORY_BANDWIDTH_UTILIZATION, GPU_SM_CLOCK, GPU_UTILIZATION
 from mrcdiag.store.schema import OPS
 
 MAX_ROWS, MAX_COLS, MAX_BARS = 128, 200, 64
@@ -149,7 +149,7 @@ def _busbw_plot(analysis: Analysis) -> str:
     inst, run = analysis.instances, analysis.run
     if inst.n_instances == 0:
         return "<p class=muted>No collectives.</p>"
-    bw = busbw_gbps(inst, group_sizes(run, inst.group))
+    bw = analysis.busbw_gbps
     ok = ~np.isnan(bw) & (inst.nbytes > 0)
     if not ok.any():
         return "<p class=muted>No collective with a measurable transfer.</p>"
@@ -205,22 +205,22 @@ def _human_bytes(n: float) -> str:
 
 
 def _breakdown(analysis: Analysis) -> str:
-    m = analysis.matrix
-    cols = steady_columns(m.duration_s.shape[1])
-    if len(cols) == 0 or len(m.ranks) == 0:
+    split = analysis.summary.time_split
+    if not split:
         return "<p class=muted>No steps.</p>"
-    dur = np.nansum(m.duration_s[:, cols], axis=1)
-    wait = np.nansum(m.wait_s[:, cols], axis=1)
-    data = np.nansum(m.data_wait_s[:, cols], axis=1)
-    exposed = np.nansum(np.clip(m.blocked_s[:, cols] - m.wait_s[:, cols], 0, None), axis=1)
-    compute = np.clip(dur - wait - data - exposed, 0, None)
+    ranks = np.array([r.rank for r in split])
+    dur = np.array([r.step_time_s for r in split])
+    wait = np.array([r.waiting_s for r in split])
+    data = np.array([r.data_wait_s for r in split])
+    exposed = np.array([r.exposed_comm_s for r in split])
+    compute = np.array([r.compute_s for r in split])
     parts_names = [
         ("compute", compute, "#4c78a8"),
         ("data wait", data, "#f58518"),
         ("exposed communication", exposed, "#54a24b"),
         ("waiting on peers", wait, "#e45756"),
     ]
-    bars = _bins(len(m.ranks), MAX_BARS)
+    bars = _bins(len(ranks), MAX_BARS)
     width, left, bh = 980, 90, max(6, min(18, 460 // len(bars)))
     out = [
         f'<svg width="{width}" height="{bh * len(bars) + 10}" '
@@ -229,9 +229,7 @@ def _breakdown(analysis: Analysis) -> str:
     for i, b in enumerate(bars):
         total = float(dur[b].sum()) or 1.0
         x = float(left)
-        label = (
-            f"rank {m.ranks[b[0]]}" if len(b) == 1 else f"ranks {m.ranks[b[0]]}-{m.ranks[b[-1]]}"
-        )
+        label = f"rank {ranks[b[0]]}" if len(b) == 1 else f"ranks {ranks[b[0]]}-{ranks[b[-1]]}"
         out.append(
             f'<text x="{left - 4}" y="{i * bh + bh - 2}" text-anchor="end">{_e(label)}</text>'
         )
@@ -252,9 +250,9 @@ def _breakdown(analysis: Analysis) -> str:
 def _gpu_plots(analysis: Analysis) -> str:
     run = analysis.run
     metrics = [
-        ("mrcdiag_gpu_utilization_ratio", "GPU utilization", 1.0),
-        ("mrcdiag_gpu_memory_bandwidth_utilization_ratio", "memory bandwidth", 1.0),
-        ("mrcdiag_gpu_sm_clock_hertz", "SM clock (GHz)", 1e-9),
+        (GPU_UTILIZATION, "GPU utilization", 1.0),
+        (GPU_MEMORY_BANDWIDTH_UTILIZATION, "memory bandwidth", 1.0),
+        (GPU_SM_CLOCK, "SM clock (GHz)", 1e-9),
     ]
     out = []
     for host, samples in sorted(run.node_samples.items()):
@@ -340,9 +338,9 @@ def _tables(analysis: Analysis) -> str:
     )
 
 
-def render_html(analysis: Analysis, diff: dict[str, Any] | None = None) -> str:
+def render_html(analysis: Analysis, diff: Comparison | None = None) -> str:
     run, s, m = analysis.run, analysis.summary, analysis.matrix
-    cols = steady_columns(m.duration_s.shape[1])
+    cols = analysis.steady_steps
     job = (run.run.job if run.run else "") or "?"
     step_med = s.step_time_p50_s or 0.0
     serious = [f for f in analysis.findings if f.severity != "info"]
@@ -367,7 +365,7 @@ def render_html(analysis: Analysis, diff: dict[str, Any] | None = None) -> str:
         compare_html = (
             f"<h2>Compared with the baseline</h2><pre>{_e(render_compare_text(diff))}</pre>"
         )
-    problems = "".join(f"<li>{_e(p)}</li>" for p in run.problems[:30])
+    problems = "".join(f"<li>{_e(p)}</li>" for p in analysis.notes[:30])
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f"<title>mrcdiag report: {_e(job)}</title><style>{CSS}</style></head><body>"

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from mrcdiag.analyzers import Analysis
+from mrcdiag.analyzers.compare import Comparison
 
 JSON_SCHEMA_VERSION = 1
 
@@ -24,7 +25,7 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def report_dict(analysis: Analysis, diff: dict[str, Any] | None = None) -> dict[str, Any]:
+def report_dict(analysis: Analysis, diff: Comparison | None = None) -> dict[str, Any]:
     run, summary = analysis.run, analysis.summary
     out = _clean(
         {
@@ -51,11 +52,11 @@ def report_dict(analysis: Analysis, diff: dict[str, Any] | None = None) -> dict[
                 "per_op": [dataclasses.asdict(o) for o in summary.per_op],
             },
             "findings": [f.as_json() for f in analysis.findings],
-            "problems": list(run.problems),
+            "problems": list(analysis.notes),
         }
     )
     if diff is not None:
-        out["compare"] = _clean(diff)
+        out["compare"] = _clean(diff.as_json())
     return out
 
 
@@ -64,5 +65,5 @@ def _clock_uncertainty_s(run: Any) -> float | None:
     return max(values) / 1e9 if values else None
 
 
-def render_json(analysis: Analysis, diff: dict[str, Any] | None = None) -> str:
+def render_json(analysis: Analysis, diff: Comparison | None = None) -> str:
     return json.dumps(report_dict(analysis, diff), indent=2) + "\n"

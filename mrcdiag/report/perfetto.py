@@ -88,22 +88,15 @@ def trace_events(analysis: Analysis) -> list[dict[str, Any]]:
 
 
 def _collectives(analysis: Analysis, us: Any) -> list[dict[str, Any]]:
-    run, inst = analysis.run, analysis.instances
+    run = analysis.run
     coll = run.collectives
-    # wait per record, for collective records (p2p have none)
-    wait_by_key: dict[tuple[int, int, int], float] = {}
-    rec = inst.records
-    for i in range(len(rec)):
-        key = (int(rec["rank"][i]), int(rec["group"][i]), int(rec["seq"][i]))
-        wait_by_key[key] = float(inst.wait_ns[i])
     out = []
     ended = np.flatnonzero(coll["t_end_ns"] > 0)
     for i in ended:
         rank, group, seq = int(coll["rank"][i]), int(coll["group"][i]), int(coll["seq"][i])
         op = OPS[int(coll["op"][i])]
         start, end = int(coll["t_arrive_ns"][i]), int(coll["t_end_ns"][i])
-        wait = wait_by_key.get((rank, group, seq), 0.0) if int(coll["peer"][i]) < 0 else 0.0
-        wait = min(wait, end - start)
+        wait = min(float(analysis.record_wait_ns[i]), end - start)
         args = {
             "op": op,
             "bytes": int(coll["nbytes"][i]),

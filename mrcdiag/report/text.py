@@ -147,14 +147,7 @@ def _tables(console: Console, analysis: Analysis) -> None:
 
 
 def _problems(console: Console, analysis: Analysis) -> None:
-    run = analysis.run
-    notes = list(run.problems)
-    dropped = sum(i.dropped_records for i in run.ranks.values())
-    if dropped:
-        notes.append(f"{dropped} records were dropped because the writer fell behind")
-    for info in run.ranks.values():
-        if info.disabled_reason:
-            notes.append(f"rank {info.rank} stopped recording: {info.disabled_reason}")
+    notes = analysis.notes
     if notes:
         console.print("[bold]Notes on the data[/bold]")
         for note in notes[:20]:

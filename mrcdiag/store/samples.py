@@ -127,7 +127,7 @@ def _encoded(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=SAMPLE_SCHEMA)
 
 
-def read_samples(node_dir: Path, read_stream, problems: list[str]) -> pa.Table | None:  # noqa: ANN001
+def read_samples(node_dir: Path, read_stream, problems: list[str]) -> pa.Table | None:
     """Every sample of one node, blocks first; None when the node wrote none.
     `read_stream(path, schema, problems)` reads one stream leniently (store/reader.py)."""
     blocks_path, recent_path = node_dir / BLOCKS_FILE, node_dir / RECENT_FILE

@@ -25,7 +25,7 @@ class StreamTable:
     ) -> None:
         self.path = path
         self.schema = schema
-        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "wb")  # closed by close()
         self._writer = ipc.new_stream(self._file, schema, options=options)
         self._file.flush()
 
@@ -64,7 +64,7 @@ class JsonLines:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self._file = open(path, "a", encoding="utf-8")  # closed by close()
 
     def append(self, record: dict[str, Any]) -> None:
         self._file.write(json.dumps(record, separators=(",", ":")) + "\n")

@@ -35,7 +35,7 @@ def make_fake_amdsmi(gpus: list[dict], init_fails: bool = False) -> types.Module
         if init_fails:
             raise AmdSmiLibraryException(AmdSmiRetCode.ERR_NO_PERM)
 
-    def field(name: str):  # noqa: ANN202
+    def field(name: str):
         def get(h: int, *args: object) -> object:
             g = gpus[h]
             if name in g.get("unsupported", ()):

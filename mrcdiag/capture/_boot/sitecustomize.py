@@ -16,7 +16,7 @@ def _mrcdiag_boot() -> None:
         from mrcdiag.capture.autoimport import arm
 
         arm()
-    except Exception as exc:  # noqa: BLE001 - never stop the worker from starting
+    except Exception as exc:  # never stop the worker from starting
         print(f"mrcdiag: not recording this worker ({exc!r})", file=sys.stderr)
 
 
@@ -36,5 +36,5 @@ def _chain_next_sitecustomize() -> None:
 _mrcdiag_boot()
 try:
     _chain_next_sitecustomize()
-except Exception as _exc:  # noqa: BLE001
+except Exception as _exc:
     print(f"mrcdiag: the site's own sitecustomize failed ({_exc!r})", file=sys.stderr)

@@ -1,0 +1,64 @@
+"""Every threshold of the analysis, in one record with its defaults.
+
+`analyze(run, settings=Settings(...))` takes another record to change any of them (tests
+and users alike); the analyzers read nothing else. Ratios are shares (0.25 = 25%).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Steps and robust statistics
+    warmup_steps: int = 3  # first steps hold compilation, allocator growth, connection set-up
+    window_min_steps: int = 10  # steps in a window, at least, for a median to mean something
+    windows_per_run: int = 8
+
+    # Stragglers (analyzers/stragglers.py)
+    persistence_ratio: float = 0.75  # share of a window's steps the rank is behind its peers
+    min_lateness_of_step_ratio: float = 0.01
+    outlier_sigmas: float = 6.0  # with 5 ranks or more: beyond the ranks' own spread
+    warning_lateness_of_step_ratio: float = 0.03
+    warning_lost_of_run_ratio: float = 0.02
+    critical_lost_of_run_ratio: float = 0.20
+    min_share_of_run_to_warn_ratio: float = 0.5  # of the steady steps a lateness must span
+    # A lasting lateness under this warns only through what it costs: a rank a few hundred
+    # microseconds behind is the scheduling of a shared host, not a slow rank to go and see.
+    min_persistent_lateness_s: float = 0.001
+    cpu_wait_excess_s_per_s: float = 0.15  # run-queue wait beyond the other ranks'
+    throttled_share_ratio: float = 0.2  # of GPU samples; and this much above the peers' GPUs
+    clock_uncertainty_factor: float = 3.0  # across hosts, lateness must exceed this x bound
+
+    # Slowdowns (analyzers/slowdown.py)
+    slowdown_min_ratio: float = 1.15
+    slowdown_critical_ratio: float = 1.5
+    slowdown_min_side_steps: int = 5
+    slowdown_sigmas: float = 4.0  # the shift of medians against its standard error
+    slowdown_step_sigmas: float = 2.0  # the shift against the noise of single steps
+    slowdown_broad_ratio: float = 0.75  # share of ranks whose own work grew: job-wide
+
+    # Idle compute (analyzers/idle.py)
+    idle_wait_info_ratio: float = 0.10  # of step time waiting for peers: worth a line
+    idle_wait_warning_ratio: float = 0.30  # ... and a warning when no straggler explains it
+    data_wait_warning_ratio: float = 0.10
+    data_wait_critical_ratio: float = 0.30
+    gpu_idle_warning_ratio: float = 0.50
+
+    # Interconnect (analyzers/interconnect.py)
+    slow_group_ratio: float = 0.5  # below half the best comparable group's bandwidth
+    slow_host_critical_ratio: float = 0.2
+    low_of_expected_ratio: float = 0.5
+    exposed_warning_ratio: float = 0.30
+    min_instances: int = 5
+    min_bandwidth_bytes: int = 64 << 10  # smaller messages measure latency, not bandwidth
+
+    # Fabric counters and link rates (analyzers/fabric.py, link_rates.py)
+    slow_step_ratio: float = 1.3  # a step this much slower than the median is a slow stretch
+    counter_before_stretch_s: float = 2.0  # a counter that moved this soon before one counts
+    degraded_link_ratio: float = 0.75  # below this share of the usual rate
+    used_link_bytes: int = 1 << 20  # a port that sent less during the run carried no job
+
+
+DEFAULTS = Settings()
