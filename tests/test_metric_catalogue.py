@@ -3,7 +3,6 @@ dashboard panel queries or an alert rule uses is in it, and the throttle reasons
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -26,8 +25,9 @@ _SERVED_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
 def _catalogued(name: str) -> bool:
     if name in metrics.CATALOGUE or f"{name}_total" in metrics.CATALOGUE:
         return True
-    return any(name.endswith(s) and name.removesuffix(s) in metrics.CATALOGUE
-               for s in _SERVED_SUFFIXES)
+    return any(
+        name.endswith(s) and name.removesuffix(s) in metrics.CATALOGUE for s in _SERVED_SUFFIXES
+    )
 
 
 def _names_in(promql: str) -> set[str]:
@@ -36,8 +36,13 @@ def _names_in(promql: str) -> set[str]:
 
 def test_every_sample_a_collector_stores_is_catalogued(tmp_path: Path) -> None:
     common = {"job": "j", "node": "n"}
-    write_port(tmp_path / "ib", "mlx5_0", 1, {"port_xmit_data": 1, "link_downed": 0},
-               hw={"roce_adp_retrans": 0})
+    write_port(
+        tmp_path / "ib",
+        "mlx5_0",
+        1,
+        {"port_xmit_data": 1, "link_downed": 0},
+        hw={"roce_adp_retrans": 0},
+    )
     collectors = [
         HostCollector(common, list),
         nvml.create(common, list, nvml=make_fake_nvml([FakeGpu(), FakeGpu()])),
