@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 import mrcdiag
+from mrcdiag.report import FORMATS
 
 EXIT_FINDINGS = 3  # `report --fail-on` found something at that severity
 
@@ -106,7 +107,7 @@ def _say(message: str) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "html", "perfetto"]),
+    type=click.Choice(FORMATS),
     default="text",
     show_default=True,
     help="text for people, json for pipelines, html for a self-contained page with plots, "
@@ -174,26 +175,9 @@ def report(
         from mrcdiag.analyzers.compare import compare
 
         diff = compare(analysis, baseline)
-    if fmt == "json":
-        from mrcdiag.report.json_report import render_json
+    from mrcdiag.report import render
 
-        text = render_json(analysis, diff)
-    elif fmt == "html":
-        from mrcdiag.report.html import render_html
-
-        text = render_html(analysis, diff)
-    elif fmt == "perfetto":
-        from mrcdiag.report.perfetto import render_perfetto
-
-        text = render_perfetto(analysis)
-    else:
-        from mrcdiag.report.text import render_text
-
-        text = render_text(analysis, color=False if output else None)
-        if diff is not None:
-            from mrcdiag.report.compare import render_compare_text
-
-            text += "\n" + render_compare_text(diff)
+    text = render(analysis, fmt, diff, color=False if output else None)
     if output:
         try:
             output.write_text(text, encoding="utf-8")
