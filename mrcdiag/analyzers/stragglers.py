@@ -141,7 +141,7 @@ def _rank_finding(
         "job_step_time_ms": round(step_s * 1e3, 3),
         "straggling_steps": f"{int(steps.min())}-{int(steps.max())}",
     }
-    cause, detail, advice = _cause(run, m, row, others, steps, late_s, evidence, settings)
+    cause, detail, advice = _cause(run, m, row, others, steps, late_s, step_s, evidence, settings)
     host = run.host_of(rank)
     return Finding(
         kind="straggler",
@@ -164,6 +164,7 @@ def _cause(
     others: np.ndarray,
     steps: np.ndarray,
     late_s: float,
+    step_s: float,
     evidence: dict[str, object],
     settings: Settings,
 ) -> tuple[str, str, str]:
@@ -186,7 +187,14 @@ def _cause(
         rest = float(np.median([v for r, v in cpu_wait.items() if r != rank]))
         evidence["cpu_wait_s_per_s"] = round(mine, 3)
         evidence["cpu_wait_s_per_s_others"] = round(rest, 3)
-        if mine - rest >= settings.cpu_wait_excess_s_per_s:
+        # The extra run-queue wait must explain the lateness, as the data wait must: with
+        # more ranks than cores the rank with more work also waits a little more for a
+        # CPU, and that is not what made it late.
+        extra_wait_per_step_s = (mine - rest) * step_s
+        if (
+            mine - rest >= settings.cpu_wait_excess_s_per_s
+            and extra_wait_per_step_s >= settings.cpu_wait_explains_ratio * late_s
+        ):
             return (
                 "host_contention",
                 f"; its threads waited {mine:.2f} s per second for a CPU (peers {rest:.2f})",
