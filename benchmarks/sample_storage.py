@@ -30,7 +30,6 @@ from mrcdiag.agent.node import NodeAgent  # noqa: E402
 from mrcdiag.collectors import nvml  # noqa: E402
 from mrcdiag.collectors.host import HostCollector  # noqa: E402
 from mrcdiag.store import layout  # noqa: E402
-from mrcdiag.store.reader import read_stream  # noqa: E402
 from mrcdiag.store.samples import read_samples  # noqa: E402
 from mrcdiag.store.writer import StreamTable  # noqa: E402
 
@@ -89,7 +88,7 @@ def main() -> None:
             values += agent.sample_once()
         agent.stop()
         problems: list[str] = []
-        table = read_samples(node_dir, read_stream, problems)
+        table = read_samples(node_dir, problems)
         plain = table.cast(OLD_SCHEMA)
         ticks = sorted(set(plain.column("t_ns").to_pylist()))
         for t in ticks:

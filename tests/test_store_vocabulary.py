@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow.ipc as ipc
 
 from mrcdiag.store import layout, records, schema
-from mrcdiag.store.reader import read_stream
 from mrcdiag.store.samples import BLOCKS_FILE, RECENT_FILE, SampleWriter, read_samples
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mrcdiag"
@@ -58,7 +57,7 @@ def test_node_samples_lose_nothing_when_the_agent_dies(tmp_path: Path) -> None:
         writer.append(tick * 1_000_000_000, _rows(tick))
     # no close(): as after kill -9
     problems: list[str] = []
-    table = read_samples(tmp_path, read_stream, problems)
+    table = read_samples(tmp_path, problems)
     assert problems == []
     assert table.num_rows == 25 * 3
     assert sorted(set(table.column("t_ns").to_pylist())) == [t * 10**9 for t in range(25)]
@@ -76,7 +75,7 @@ def test_rows_in_both_files_after_a_crash_between_them_are_read_once(tmp_path: P
     writer.write_block()
     # as if the agent died after writing the block, before starting the recent file over
     (tmp_path / RECENT_FILE).write_bytes(recent)
-    table = read_samples(tmp_path, read_stream, [])
+    table = read_samples(tmp_path, [])
     assert table.num_rows == 4 * 3
 
 

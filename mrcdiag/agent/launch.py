@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +27,6 @@ PACKAGE_PARENT = Path(mrcdiag.__file__).resolve().parent.parent
 
 
 def _to_stderr(message: str) -> None:
-    import sys
-
     sys.stderr.write(message + "\n")
 
 

@@ -15,6 +15,10 @@ from typing import Any
 
 from mrcdiag.log import warn_once
 
+# The folder `mrcdiag launch` puts first on the workers' PYTHONPATH: its sitecustomize
+# calls arm() in every torchrun worker of a launched job.
+BOOT_DIR = Path(__file__).resolve().parent / "_boot"
+
 
 def _after_torch(module: Any) -> None:
     try:
@@ -49,8 +53,3 @@ def arm() -> None:
         _after_torch(sys.modules["torch"])
         return
     sys.meta_path.insert(0, _TorchFinder())
-
-
-# The folder `mrcdiag launch` puts first on the workers' PYTHONPATH: its sitecustomize
-# calls arm() in every torchrun worker of a launched job.
-BOOT_DIR = Path(__file__).resolve().parent / "_boot"

@@ -18,20 +18,13 @@ from typing import Any
 from mrcdiag.capture.device_timer import DeviceTimer
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout, records, schema
-from mrcdiag.store.schema import CollectiveRow
+from mrcdiag.store.schema import CollectiveRow as Row
 from mrcdiag.store.writer import JsonLines, StreamTable
 
 FLUSH_INTERVAL_S = 0.5
 DEFAULT_CAPACITY = 1 << 20
 # An in-flight collective older than this is written down, so a hang leaves a trace.
 INFLIGHT_REPORT_AFTER_NS = 1_000_000_000
-OP, GROUP, SEQ, NBYTES, ARRIVE = (
-    CollectiveRow.OP,
-    CollectiveRow.GROUP,
-    CollectiveRow.SEQ,
-    CollectiveRow.NBYTES,
-    CollectiveRow.T_ARRIVE_NS,
-)
 
 
 class Recorder:
@@ -149,21 +142,21 @@ class Recorder:
         oldest_on_device = timer.queued[0] if timer is not None and timer.queued else None
         if oldest_on_device is not None and not oldest_on_device[2].query():
             candidates.append(oldest_on_device[0])  # queued long ago, still not done on the GPU
-        stuck = [c for c in candidates if now - c[ARRIVE] > INFLIGHT_REPORT_AFTER_NS]
+        stuck = [c for c in candidates if now - c[Row.T_ARRIVE_NS] > INFLIGHT_REPORT_AFTER_NS]
         if not stuck:
             return
-        oldest = min(stuck, key=lambda c: c[ARRIVE])
-        key = (oldest[GROUP], oldest[SEQ], oldest[OP])
+        oldest = min(stuck, key=lambda c: c[Row.T_ARRIVE_NS])
+        key = (oldest[Row.GROUP], oldest[Row.SEQ], oldest[Row.OP])
         if key == self._reported_inflight:
             return
         self._reported_inflight = key
         self.event(
             records.EVENT_IN_COLLECTIVE,
-            op=schema.OPS[oldest[OP]],
-            group=oldest[GROUP],
-            seq=oldest[SEQ],
-            nbytes=oldest[NBYTES],
-            t_arrive_ns=oldest[ARRIVE],
+            op=schema.OPS[oldest[Row.OP]],
+            group=oldest[Row.GROUP],
+            seq=oldest[Row.SEQ],
+            nbytes=oldest[Row.NBYTES],
+            t_arrive_ns=oldest[Row.T_ARRIVE_NS],
         )
 
     def close(self, reason: str = records.EVENT_CLOSED) -> None:

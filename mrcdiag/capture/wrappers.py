@@ -40,7 +40,7 @@ from mrcdiag.store.schema import CollectiveRow
 
 _now = time.monotonic_ns
 
-DDP_SOURCE = _DDP = schema.SOURCE_CODE["ddp"]
+DDP_SOURCE = schema.SOURCE_CODE["ddp"]
 _PYTHON = schema.SOURCE_CODE["python"]
 _FUNCTIONAL = schema.SOURCE_CODE["functional"]
 
@@ -251,7 +251,7 @@ def _track_async(
     if len(recorder.pending) > 100_000:  # works nobody waits for: do not grow forever
         recorder.pending.clear()
     recorder.pending[id(work)] = (head, work, start_event, device)
-    if head[1] == _DDP and device < 0:
+    if head[CollectiveRow.SOURCE] == DDP_SOURCE and device < 0:
         ddp_works_kept.append(work)
     try:
         future = work.get_future()

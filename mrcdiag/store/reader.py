@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from mrcdiag.store import layout, records, schema
 from mrcdiag.store.records import Event, GroupMeta, RankMeta, RunMeta, WorldMeta
 from mrcdiag.store.samples import read_samples
+from mrcdiag.store.tail import read_stream
 
 
 class RunDirError(Exception):
@@ -122,34 +122,6 @@ def _read_json_lines(path: Path, problems: list[str]) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             problems.append(f"{path}: line {number + 1} is torn; read the lines before it")
     return out
-
-
-def read_stream(path: Path, schema_: pa.Schema, problems: list[str]) -> pa.Table:
-    """Every complete batch of an Arrow stream; a torn tail is noted, not fatal."""
-    if not path.exists():
-        problems.append(f"{path} is missing")
-        return schema_.empty_table()
-    batches: list[pa.RecordBatch] = []
-    try:
-        with pa.OSFile(str(path), "rb") as source:
-            reader = ipc.open_stream(source)
-            while True:
-                try:
-                    batches.append(reader.read_next_batch())
-                except StopIteration:
-                    break
-    except (pa.ArrowInvalid, OSError, EOFError) as exc:
-        if path.stat().st_size > 0 or batches:
-            problems.append(
-                f"{path} is truncated after {sum(b.num_rows for b in batches)} rows "
-                f"({str(exc).splitlines()[0]}); the rows before it are used"
-            )
-    if not batches:
-        return schema_.empty_table()
-    table = pa.Table.from_batches(batches)
-    if table.schema != schema_:
-        table = table.cast(schema_)
-    return table
 
 
 def _find_rank_dirs(run_dirs: Iterable[Path]) -> list[Path]:
@@ -293,7 +265,7 @@ def _read_node_samples(
     for node_dir in layout.node_dirs(dirs):
         if node_dir.name in out:
             continue
-        table = read_samples(node_dir, read_stream, problems)
+        table = read_samples(node_dir, problems)
         if table is None:
             continue
         offset = offset_of_host.get(node_dir.name, 0)
@@ -309,11 +281,9 @@ def _read_node_samples(
 
 
 def _strings(column: pa.ChunkedArray) -> np.ndarray:
-    """An object array of a (dictionary-encoded) string column, each word built once."""
-    if not pa.types.is_dictionary(column.type):
-        column = column.dictionary_encode()
-    encoded = column.unify_dictionaries().combine_chunks() if column.num_chunks else column
-    encoded = encoded.chunk(0) if isinstance(encoded, pa.ChunkedArray) else encoded
+    """An object array of a dictionary-encoded column (its dictionaries unified by
+    read_samples), each word built once."""
+    encoded = column.combine_chunks()
     words = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
     return words[encoded.indices.to_numpy(zero_copy_only=False)] if len(words) else words
 

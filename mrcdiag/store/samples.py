@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from mrcdiag.store.tail import read_stream
 from mrcdiag.store.writer import StreamTable
 
 # Names and labels repeat every tick: dictionary-encoded, a block stores each once (the
@@ -127,9 +128,9 @@ def _encoded(batch: pa.RecordBatch) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(columns, schema=SAMPLE_SCHEMA)
 
 
-def read_samples(node_dir: Path, read_stream, problems: list[str]) -> pa.Table | None:
-    """Every sample of one node, blocks first; None when the node wrote none.
-    `read_stream(path, schema, problems)` reads one stream leniently (store/reader.py)."""
+def read_samples(node_dir: Path, problems: list[str]) -> pa.Table | None:
+    """Every sample of one node, blocks first, names and labels on one dictionary each;
+    None when the node wrote none. What is torn or missing goes to `problems`."""
     blocks_path, recent_path = node_dir / BLOCKS_FILE, node_dir / RECENT_FILE
     if not blocks_path.exists() and not recent_path.exists():
         return None

@@ -1,7 +1,9 @@
-"""Following an Arrow stream that another process is still appending to.
+"""Reading Arrow streams that another process appends to, or appended to until it died.
 
-The node agent reads the ranks' segments as they grow, batch by batch, from the byte
-offset where it stopped; a batch still being written is left for the next call.
+`read_stream` reads every complete batch of a stream and notes a torn tail; `StreamTail`
+follows a stream as it grows (the node agent reads the ranks' segments batch by batch
+from the byte offset where it stopped; a batch still being written waits for the next
+call).
 """
 
 from __future__ import annotations
@@ -10,6 +12,34 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
+
+def read_stream(path: Path, schema_: pa.Schema, problems: list[str]) -> pa.Table:
+    """Every complete batch of an Arrow stream; a torn tail is noted, not fatal."""
+    if not path.exists():
+        problems.append(f"{path} is missing")
+        return schema_.empty_table()
+    batches: list[pa.RecordBatch] = []
+    try:
+        with pa.OSFile(str(path), "rb") as source:
+            reader = ipc.open_stream(source)
+            while True:
+                try:
+                    batches.append(reader.read_next_batch())
+                except StopIteration:
+                    break
+    except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        if path.stat().st_size > 0 or batches:
+            problems.append(
+                f"{path} is truncated after {sum(b.num_rows for b in batches)} rows "
+                f"({str(exc).splitlines()[0]}); the rows before it are used"
+            )
+    if not batches:
+        return schema_.empty_table()
+    table = pa.Table.from_batches(batches)
+    if table.schema != schema_:
+        table = table.cast(schema_)
+    return table
 
 
 class StreamTail:
