@@ -290,3 +290,33 @@ def test_ddp_all_reduces_that_outlast_backward_count_as_time_in_collectives() ->
     assert analyze(run).summary.comm_fraction == pytest.approx(0.3, abs=0.01)
     run.collectives.data["source"][:] = SOURCE_CODE["python"]  # the user's own async ops
     assert analyze(run).summary.comm_fraction == pytest.approx(0.0, abs=0.01)
+
+
+def _cpu_wait(run, extra_s_per_s: float, rank: int = 3) -> None:  # noqa: ANN001
+    """Run-queue wait counters of 4 ranks over 5 s: 0.1 s/s each, `rank` more."""
+    rows = [
+        (
+            k * 1_000_000_000,
+            "mrcdiag_rank_cpu_wait_seconds_total",
+            f"rank={r}",
+            k * (0.1 + (extra_s_per_s if r == rank else 0.0)),
+        )
+        for k in range(6)
+        for r in range(4)
+    ]
+    run.node_samples["h0"] = node_samples(rows)
+
+
+def test_run_queue_wait_that_explains_the_lateness_is_host_contention() -> None:
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 30})
+    _cpu_wait(run, 0.7)  # 0.7 s/s of a ~30 ms step: 21 ms of the 20 ms it is late
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (3,) and finding.cause == "host_contention"
+
+
+def test_run_queue_wait_short_of_the_lateness_leaves_the_cause_to_the_work() -> None:
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 30})
+    _cpu_wait(run, 0.2)  # above the 0.15 s/s floor, but 6 ms of 20 ms late
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (3,) and finding.cause == "slow_compute"
+    assert finding.evidence["cpu_wait_s_per_s"] == 0.3

@@ -28,7 +28,10 @@ class Settings:
     # microseconds behind is the scheduling of a shared host, not a slow rank to go and see.
     min_persistent_lateness_s: float = 0.001
     cpu_wait_excess_s_per_s: float = 0.15  # run-queue wait beyond the other ranks'
-    cpu_wait_explains_ratio: float = 0.5  # ... and per step at least this share of lateness
+    # A cause is named only when its signal (extra DataLoader wait, extra run-queue wait
+    # per step) beyond the peers' accounts for at least this share of the lateness.
+    cause_explains_lateness_ratio: float = 0.5
+    min_lateness_s: float = 1e-4  # below this no lateness is told from timer noise
     throttled_share_ratio: float = 0.2  # of GPU samples; and this much above the peers' GPUs
     clock_uncertainty_factor: float = 3.0  # across hosts, lateness must exceed this x bound
 

@@ -54,7 +54,7 @@ def find_stragglers(
     floor = max(
         settings.min_lateness_of_step_ratio * step_s,
         settings.clock_uncertainty_factor * uncertainty if _cross_host(run) else 0,
-        1e-4,
+        settings.min_lateness_s,
     )
     flagged: dict[int, np.ndarray] = {}  # row -> steps in which it straggled
     all_windows = windows(cols, settings.window_min_steps, settings.windows_per_run)
@@ -173,7 +173,8 @@ def _cause(
     data_others = float(np.nanmedian(m.data_wait_s[np.ix_(others, steps)]))
     evidence["data_wait_ms"] = round(data_mine * 1e3, 3)
     evidence["data_wait_ms_others"] = round(data_others * 1e3, 3)
-    if data_mine - data_others >= 0.5 * late_s:
+    explains = settings.cause_explains_lateness_ratio * late_s
+    if data_mine - data_others >= explains:
         return (
             "data_loading",
             f"; it waits {1e3 * (data_mine - data_others):.1f} ms more than its peers for "
@@ -191,10 +192,7 @@ def _cause(
         # more ranks than cores the rank with more work also waits a little more for a
         # CPU, and that is not what made it late.
         extra_wait_per_step_s = (mine - rest) * step_s
-        if (
-            mine - rest >= settings.cpu_wait_excess_s_per_s
-            and extra_wait_per_step_s >= settings.cpu_wait_explains_ratio * late_s
-        ):
+        if mine - rest >= settings.cpu_wait_excess_s_per_s and extra_wait_per_step_s >= explains:
             return (
                 "host_contention",
                 f"; its threads waited {mine:.2f} s per second for a CPU (peers {rest:.2f})",
