@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from mrcdiag.capture.dispatch import arm_one_shot, window
 from mrcdiag.capture.wrappers import DDP_SOURCE, current_session
 from mrcdiag.capture.wrappers import thread_state as _tls
 from mrcdiag.log import warn_once
@@ -20,8 +21,16 @@ from mrcdiag.log import warn_once
 class _DDPDispatch:
     """Our comm hook on a DDP module: runs the user's hook if one was registered."""
 
-    def __init__(self, process_group: Any, average_in_collective: bool = False) -> None:
+    def __init__(
+        self,
+        process_group: Any,
+        average_in_collective: bool = False,
+        reduces_unused_map: bool = False,
+    ) -> None:
         self.process_group = process_group
+        # DDP's reducer all-reduces its unused-parameter bitmap right after the last
+        # bucket's hook returns (find_unused_parameters without static_graph).
+        self.reduces_unused_map = reduces_unused_map
         self.average_in_collective = average_in_collective  # ReduceOp.AVG: gloo, NCCL
         self.user_state: Any = None
         self.user_hook: Any = None
@@ -48,6 +57,8 @@ class _DDPDispatch:
             return _torch_allreduce_hook(self.process_group, bucket)
         finally:
             _tls.source = previous
+            if self.reduces_unused_map and bucket.is_last():
+                arm_one_shot(DDP_SOURCE)
 
     def _average_in_collective(self, bucket: Any) -> Any:
         """DDP's average with no extra pass over the gradients.
@@ -108,6 +119,15 @@ def _averages_in_collective(ddp: Any) -> bool:
     return backend == "gloo" or "cpu:gloo" in backend
 
 
+def _in_ddp_window(orig: Any) -> Any:
+    @functools.wraps(orig)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with window(DDP_SOURCE):
+            return orig(self, *args, **kwargs)
+
+    return method
+
+
 def patch_ddp(ddp_cls: Any) -> None:
     """Give every DDP module built from now on our comm hook (idempotent)."""
     if getattr(ddp_cls, "__mrcdiag_patched__", False):
@@ -118,11 +138,19 @@ def patch_ddp(ddp_cls: Any) -> None:
 
     @functools.wraps(orig_init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        orig_init(self, *args, **kwargs)
+        # DDP's start-up collectives (the parameter-shape check, the broadcast of
+        # parameters and buffers) are issued from C++: recorded in this window.
+        with window(DDP_SOURCE):
+            orig_init(self, *args, **kwargs)
         if current_session() is None:
             return
         try:
-            dispatch = _DDPDispatch(self.process_group, _averages_in_collective(self))
+            dispatch = _DDPDispatch(
+                self.process_group,
+                _averages_in_collective(self),
+                bool(getattr(self, "find_unused_parameters", False))
+                and not bool(getattr(self, "static_graph", False)),
+            )
             orig_register(self, None, dispatch.as_hook())
             self.__mrcdiag_dispatch__ = dispatch
         except Exception as exc:
@@ -159,6 +187,12 @@ def patch_ddp(ddp_cls: Any) -> None:
         return register_comm_hook(self, self.process_group, python_equivalent)
 
     ddp_cls.__init__ = __init__
+    # The bucket rebuild after the first iteration and the buffer broadcasts
+    # (broadcast_buffers) run from DDP's pre- and post-forward, in C++.
+    for name in ("_pre_forward", "_post_forward"):
+        orig = getattr(ddp_cls, name, None)
+        if orig is not None:
+            setattr(ddp_cls, name, _in_ddp_window(orig))
     ddp_cls.register_comm_hook = register_comm_hook
     ddp_cls._register_builtin_comm_hook = _register_builtin_comm_hook
     ddp_cls.__mrcdiag_patched__ = True

@@ -8,11 +8,13 @@ starts (capture/lifecycle.py).
 from __future__ import annotations
 
 import functools
+import sys
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
-from mrcdiag.capture import ops
+from mrcdiag.capture import dispatch, ops
 from mrcdiag.capture.ddp import patch_ddp
 from mrcdiag.capture.lifecycle import detach
 from mrcdiag.capture.wrappers import (
@@ -66,7 +68,7 @@ def install(torch: Any, on_init: Callable[[], Any] | None = None) -> None:
     try:
         import torch.distributed._functional_collectives as fc
 
-        for name in ops.FUNCTIONAL_READERS:
+        for name in ops.FUNCTIONAL_COLLECTIVES:
             orig = getattr(fc, name, None)
             if orig is not None and not hasattr(orig, "__mrcdiag_wrapped__"):
                 setattr(fc, name, wrap_functional(name, orig))
@@ -74,12 +76,50 @@ def install(torch: Any, on_init: Callable[[], Any] | None = None) -> None:
             fc.wait_tensor = wrap_wait_tensor(fc.wait_tensor)
     except Exception as exc:
         warn_once("functional", f"functional collectives are not timed ({exc!r})")
+    dispatch.register(torch)
     _patch_init(dist, c10d)
     for patch in (_patch_ddp_module, _patch_dataloader, _patch_optimizer):
         try:
             patch(torch)
         except Exception as exc:  # one missing piece must not stop the rest
             warn_once(patch.__name__, f"{patch.__name__[7:]} not instrumented ({exc!r})")
+    try:
+        _rebind_early_imports(dist, c10d)
+    except Exception as exc:
+        warn_once("rebind", f"modules imported before mrcdiag keep torch's functions ({exc!r})")
+
+
+def _rebind_early_imports(dist: Any, c10d: Any) -> None:
+    """Modules that did `from torch.distributed import init_process_group` (or a
+    collective) before we were installed hold the unwrapped function: torch's own
+    device_mesh.py does so at import, so a job set up only by `init_device_mesh` would
+    never attach. Point every such module-level name at our wrapper."""
+    namespaces = [dist, c10d]
+    try:
+        import torch.distributed._functional_collectives as fc
+
+        namespaces.append(fc)
+    except Exception:
+        pass
+    wrapper_of: dict[int, tuple[Any, Any]] = {}
+    for namespace in namespaces:
+        for value in list(vars(namespace).values()):
+            if type(value) is not types.FunctionType:
+                continue
+            orig = getattr(value, "__mrcdiag_wrapped__", None)
+            if orig is not None:
+                wrapper_of[id(orig)] = (orig, value)
+    for module in list(sys.modules.values()):
+        if module is None or getattr(module, "__name__", "").startswith("mrcdiag"):
+            continue
+        try:
+            items = list(vars(module).items())
+        except TypeError:
+            continue
+        for name, value in items:
+            found = wrapper_of.get(id(value))
+            if found is not None and found[0] is value:
+                setattr(module, name, found[1])
 
 
 def _patch_ddp_module(torch: Any) -> None:

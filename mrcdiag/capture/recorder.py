@@ -37,10 +37,13 @@ class Recorder:
         self.steps: deque[tuple] = deque()
         self.new_groups: deque[records.GroupMeta] = deque()
         self.dropped = 0
+        self.incomplete = 0  # async records given up on before they completed
         # The row (without end and step) of the collective the training thread is blocked
         # in; and async ones not yet complete: id(work or tensor) -> (row, its owner).
         self.inflight: tuple | None = None
         self.pending: dict[int, tuple] = {}
+        # Functional collectives: storage of an output -> its work, for wait_tensor.
+        self.pending_outputs: dict[int, Any] = {}
         self.failed = False
         self._written_dropped = 0
         self._reported_inflight: tuple | None = None
@@ -159,6 +162,16 @@ class Recorder:
             t_arrive_ns=oldest[Row.T_ARRIVE_NS],
         )
 
+    def _incomplete(self) -> dict[str, Any]:
+        """Async collectives that never completed (nobody waited, or the job ended in
+        them): counted in the closing event, by op, never dropped silently."""
+        by_op: dict[str, int] = {}
+        for entry in list(self.pending.values()):
+            name = schema.OPS[entry[0][Row.OP]]
+            by_op[name] = by_op.get(name, 0) + 1
+        total = self.incomplete + sum(by_op.values())
+        return {"incomplete": total, "incomplete_by_op": by_op} if total else {}
+
     def close(self, reason: str = records.EVENT_CLOSED) -> None:
         """Flush and close the files; safe to call twice and from atexit."""
         self.closing = True
@@ -171,7 +184,7 @@ class Recorder:
                 return
             self.failed = True  # nothing is written after close
             try:
-                self.event(reason, dropped=self.total_dropped)
+                self.event(reason, dropped=self.total_dropped, **self._incomplete())
                 self._collective_table.close()
                 self._step_table.close()
                 self._groups.close()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +47,8 @@ _FUNCTIONAL = schema.SOURCE_CODE["functional"]
 class _ThreadState(threading.local):
     busy = False  # inside one of our wrappers (or our own traffic): do not record twice
     source = _PYTHON  # set to ddp while DDP's comm hook runs
+    window = -1  # capture/dispatch.py: the source of C++-issued collectives, -1 when off
+    one_shot = False  # the window closes after its first collective
 
 
 thread_state = _ThreadState()  # capture/ddp.py marks DDP's calls here
@@ -132,25 +133,22 @@ def stop_recording(reason: str, exc: BaseException) -> None:
         session.recorder.event("disabled", reason=f"{reason}: {exc!r}")
 
 
-def _owner(entry: tuple) -> Any:
-    owner = entry[1]
-    return owner() if isinstance(owner, weakref.ref) else owner
-
-
 def _pending_for(session: Session, obj: Any) -> tuple | None:
-    """The pending entry of this work or tensor. The entry holds the object (or a weak
-    reference to it), so an id reused by a newer object is never mistaken for it."""
+    """The pending entry of this work. The entry holds the work, so an id reused by a
+    newer object is never mistaken for it."""
     entry = session.recorder.pending.get(id(obj))
-    return entry if entry is not None and _owner(entry) is obj else None
+    return entry if entry is not None and entry[1] is obj else None
 
 
 def _finish(session: Session, obj: Any) -> None:
-    """Completion of an async op (future callback, Work.wait, wait_tensor): write its row."""
+    """Completion of an async op (its future's callback or Work.wait): write its row."""
     try:
         pending = session.recorder.pending
         entry = _pending_for(session, obj)
         if entry is not None and pending.pop(id(obj), None) is not None:
-            session.add_record(entry[0] + (_now(), session.steps.index), *entry[2:])
+            session.add_record(entry[0] + (_now(), session.steps.index), entry[2], entry[3])
+            for key in entry[4]:
+                session.recorder.pending_outputs.pop(key, None)
     except Exception as exc:
         stop_recording("completion", exc)
 
@@ -196,7 +194,7 @@ def wrap_collective(op_name: str, orig: Any) -> Any:
             try:
                 session.steps.n_collectives += 1
                 work = result[-1] if isinstance(result, list) and result else result
-                _track_async(session, work, head, start_event, device)
+                track_async(session, work, head, start_event, device)
             except Exception as exc:
                 stop_recording(op_name, exc)
             return result
@@ -242,15 +240,26 @@ def wrap_collective(op_name: str, orig: Any) -> Any:
 ddp_works_kept: deque = deque(maxlen=64)
 
 
-def _track_async(
-    session: Session, work: Any, head: tuple, start_event: Any = None, device: int = -1
+def track_async(
+    session: Session,
+    work: Any,
+    head: tuple,
+    start_event: Any = None,
+    device: int = -1,
+    output_keys: tuple = (),
 ) -> None:
+    """Keep `head` until `work` completes: its future's callback, Work.wait, or a
+    wait_tensor on one of the outputs whose storage pointers are `output_keys`."""
     if work is None:
         return
     recorder = session.recorder
     if len(recorder.pending) > 100_000:  # works nobody waits for: do not grow forever
+        recorder.incomplete += len(recorder.pending)
         recorder.pending.clear()
-    recorder.pending[id(work)] = (head, work, start_event, device)
+        recorder.pending_outputs.clear()
+    recorder.pending[id(work)] = (head, work, start_event, device, output_keys)
+    for key in output_keys:
+        recorder.pending_outputs[key] = work
     if head[CollectiveRow.SOURCE] == DDP_SOURCE and device < 0:
         ddp_works_kept.append(work)
     try:
@@ -284,81 +293,44 @@ def wrap_work_wait(orig: Any) -> Any:
 
 
 def wrap_functional(name: str, orig: Any) -> Any:
-    op_name, read, output_sized = ops.FUNCTIONAL_READERS[name]
-    code = schema.OP_CODE[op_name]
+    """A functional collective (torch.distributed._functional_collectives): its C++
+    implementation issues the c10d op, which capture/dispatch.py records within the
+    window opened here, completed from its Work however the result is wrapped."""
+    from mrcdiag.capture.dispatch import window
 
     @functools.wraps(orig)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        session = _session
-        if session is None or _tls.busy:
+        if _session is None or _tls.busy:
             return orig(*args, **kwargs)
-        t_arrive = _now()
-        try:
-            device = ops.cuda_index(args[0] if args else kwargs.get("self", kwargs.get("inputs")))
-            start_event = session.start_on_device(device)
-        except Exception as exc:
-            stop_recording("functional " + name, exc)
+        with window(_FUNCTIONAL):
             return orig(*args, **kwargs)
-        _tls.busy = True
-        try:
-            result = orig(*args, **kwargs)
-        finally:
-            _tls.busy = False
-        try:
-            tensors, group_spec = read(args, kwargs)
-            pg = _resolve_functional_group(session, group_spec, kwargs.get("tag", ""))
-            group = session.group(pg)
-            group.seq += 1
-            nbytes = sum(t.nbytes for t in tensors)
-            if output_sized:
-                nbytes *= group.size
-            head = (
-                code,
-                _FUNCTIONAL,
-                group.index,
-                group.seq,
-                -1,
-                nbytes,
-                ops.dtype_code(tensors[0].dtype),
-                True,
-                t_arrive,
-            )
-            first = result[0] if isinstance(result, list) else result
-            tensor = getattr(first, "elem", first)
-            session.recorder.pending[id(tensor)] = (
-                head,
-                weakref.ref(tensor),
-                start_event,
-                device,
-            )
-            session.steps.n_collectives += 1
-        except Exception as exc:
-            stop_recording("functional " + name, exc)
-        return result
 
     wrapper.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
     return wrapper
 
 
-def _resolve_functional_group(session: Session, group_spec: Any, tag: str) -> Any:
-    import torch.distributed._functional_collectives as fc
-
-    name = fc._resolve_group_name(group_spec, tag)
-    return session.dist.distributed_c10d._resolve_process_group(name)
-
-
 def wrap_wait_tensor(orig: Any) -> Any:
+    """Where a functional collective's caller blocks: the time counts as communication
+    in the step. The row itself completes from its Work (capture/dispatch.py)."""
+
     @functools.wraps(orig)
     def wait_tensor(tensor: Any) -> Any:
         session = _session
         if session is None:
             return orig(tensor)
-        if _pending_for(session, tensor) is None:
-            return orig(tensor)
         t0 = _now()
         result = orig(tensor)
         session.steps.comm_ns += _now() - t0
-        _finish(session, tensor)
+        try:
+            # Gloo completes the futures of coalesced works late or never: the wait
+            # on any view of an output completes the row, if its future has not.
+            outputs = session.recorder.pending_outputs
+            if outputs:
+                work = outputs.pop(tensor.untyped_storage().data_ptr(), None)
+                if work is not None:
+                    _finish(session, work)
+        except Exception as exc:
+            stop_recording("wait_tensor", exc)
         return result
 
     wait_tensor.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
