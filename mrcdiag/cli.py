@@ -57,6 +57,13 @@ def main() -> None:
     show_default=True,
     help="Seconds between node samples.",
 )
+@click.option(
+    "--verify-capture",
+    is_flag=True,
+    help="Also run PyTorch's flight recorder in every rank and, at the end, compare its "
+    "collectives with mrcdiag's, per rank, group and op; exit 3 if they differ and the job "
+    "succeeded. For new torch versions and new training stacks.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def launch(
     run_dir: Path | None,
@@ -64,6 +71,7 @@ def launch(
     metrics_addr: str,
     job: str | None,
     interval: float,
+    verify_capture: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run a training command with mrcdiag attached to every worker.
@@ -71,7 +79,7 @@ def launch(
     \b
     The command runs unchanged; put it after `--`:
       mrcdiag launch --job llama -- torchrun --nproc-per-node 8 train.py --lr 3e-4
-    The exit code is the job's.
+    The exit code is the job's (3 with --verify-capture when the check failed).
     """
     from mrcdiag.agent.launch import Launcher
     from mrcdiag.store.layout import job_name_of, new_run_dir
@@ -92,8 +100,17 @@ def launch(
         interval,
         metrics_addr=metrics_addr,
         say=_say,
+        verify_capture=verify_capture,
     )
     code = launcher.run_job()
+    if verify_capture:
+        from mrcdiag.report.capture import EXIT_CAPTURE_MISMATCH, verify_run
+
+        ok, lines = verify_run(directory)
+        for line in lines:
+            _say("mrcdiag: " + line)
+        if not ok and code == 0:
+            code = EXIT_CAPTURE_MISMATCH
     _say(f"mrcdiag: job exited with {code}; explain it with: mrcdiag report {directory}")
     sys.exit(code)
 

@@ -8,6 +8,7 @@ back the job's exit code. What it has to tell the person goes through `say`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,10 +21,15 @@ from typing import Any
 import mrcdiag
 from mrcdiag.capture.attach import run_metadata
 from mrcdiag.capture.autoimport import BOOT_DIR
+from mrcdiag.capture.lifecycle import VERIFY_ENV
 from mrcdiag.store import layout
+from mrcdiag.store.records import WorldMeta
 from mrcdiag.store.writer import write_json_atomic
 
 PACKAGE_PARENT = Path(mrcdiag.__file__).resolve().parent.parent
+# Entries of the flight recorder's ring per rank under --verify-capture (older ones drop
+# off; the check then compares the sequence numbers still held).
+FLIGHT_RECORDER_ENTRIES = 1 << 16
 
 
 def _to_stderr(message: str) -> None:
@@ -40,6 +46,7 @@ class Launcher:
     metrics_addr: str = "0.0.0.0"
     extra_env: dict[str, str] = field(default_factory=dict)
     say: Callable[[str], None] = _to_stderr
+    verify_capture: bool = False  # run PyTorch's flight recorder beside us and compare
     _agent: Any = None
 
     def run_job(self) -> int:
@@ -48,9 +55,35 @@ class Launcher:
         self.say(f"mrcdiag: recording into {self.run_dir}")
         self._start_agent_or_say_why()
         try:
-            return self.run(env)
+            code = self.run(env)
         finally:
             self.stop_agent()
+        self.say_who_never_attached()
+        return code
+
+    def say_who_never_attached(self) -> None:
+        """A rank that never attached recorded nothing: say so plainly, now."""
+        dirs = layout.rank_dirs(self.run_dir)
+        if not dirs:
+            self.say(
+                "mrcdiag: no rank attached, so nothing was recorded: the job never created "
+                "its default process group (init_process_group or init_device_mesh), or "
+                "ended before it did"
+            )
+            return
+        try:
+            world = WorldMeta.from_json(json.loads((self.run_dir / layout.WORLD_FILE).read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if len(world.ranks_per_host) != 1:
+            return  # several nodes: each launch sees its own ranks only
+        attached = {layout.rank_of_dir(d) for d in dirs}
+        missing = sorted(set(range(world.world_size)) - attached)
+        if missing:
+            self.say(
+                f"mrcdiag: rank(s) {', '.join(map(str, missing))} of {world.world_size} never "
+                "attached and were not recorded (see their output above)"
+            )
 
     def prepare(self) -> dict[str, str]:
         """Create the run directory, write run.json first, and build the workers' env."""
@@ -65,6 +98,9 @@ class Launcher:
         env["PYTHONPATH"] = os.pathsep.join(python_path)
         env["MRCDIAG_RUN_DIR"] = str(self.run_dir)
         env["MRCDIAG_JOB"] = self.job
+        if self.verify_capture:
+            env[VERIFY_ENV] = "1"
+            env.setdefault("TORCH_FR_BUFFER_SIZE", str(FLIGHT_RECORDER_ENTRIES))
         env.update(self.extra_env)
         return env
 

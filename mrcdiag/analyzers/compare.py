@@ -28,6 +28,7 @@ class Change:
 @dataclass(frozen=True)
 class OpChange:
     op: str
+    group: str
     group_size: int
     busbw_gbps: Change
     time_per_rank_s: Change
@@ -57,6 +58,7 @@ class Comparison:
             "per_op": [
                 {
                     "op": o.op,
+                    "group": o.group,
                     "group_size": o.group_size,
                     "busbw_gbps": change(o.busbw_gbps),
                     "busbw_ratio": o.busbw_gbps.ratio,
@@ -75,13 +77,14 @@ class Comparison:
 def compare(current: Analysis, baseline: Analysis) -> Comparison:
     """Compare the current run with a good run of the same job."""
     cur, base = current.summary, baseline.summary
-    base_ops = {(o.op, o.group_size): o for o in base.per_op}
+    base_ops = {(o.op, o.group): o for o in base.per_op}
     ops = []
     for o in cur.per_op:
-        b = base_ops.get((o.op, o.group_size))
+        b = base_ops.get((o.op, o.group))
         ops.append(
             OpChange(
                 o.op,
+                o.group,
                 o.group_size,
                 Change(b.busbw_median_gbps if b else None, o.busbw_median_gbps),
                 Change(b.time_total_s if b else None, o.time_total_s),

@@ -27,6 +27,7 @@ class RankSteps:
 @dataclass(frozen=True)
 class OpStats:
     op: str
+    group: str  # the group's label: mesh dimension or description, and its ranks
     group_size: int
     calls: int  # instances (one call on every rank of the group)
     bytes_total: int  # per rank
@@ -159,15 +160,17 @@ def op_stats(run: RunData, inst: Instances, bw: np.ndarray) -> list[OpStats]:
     n_ranks = max(len(run.ranks), 1)
     out = []
     for op in np.unique(inst.op):
-        for size in np.unique(sizes[inst.op == op]):
-            sel = (inst.op == op) & (sizes == size)
+        for group_id in np.unique(inst.group[inst.op == op]):
+            sel = (inst.op == op) & (inst.group == group_id)
             rec_sel = sel[rec["instance"]]
             bws = bw[sel]
             bws = bws[~np.isnan(bws)]
+            group = run.groups[int(group_id)] if int(group_id) < len(run.groups) else None
             out.append(
                 OpStats(
                     op=OPS[int(op)],
-                    group_size=int(size),
+                    group=group.label if group is not None else f"group {int(group_id)}",
+                    group_size=int(sizes[sel][0]),
                     calls=int(sel.sum()),
                     bytes_total=int(inst.nbytes[sel].sum()),
                     time_total_s=float(in_op[rec_sel].sum() / n_ranks),

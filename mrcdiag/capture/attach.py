@@ -19,7 +19,7 @@ from typing import Any
 import mrcdiag
 from mrcdiag.capture import clock, probe
 from mrcdiag.capture.install import install
-from mrcdiag.capture.lifecycle import start_session
+from mrcdiag.capture.lifecycle import VERIFY_ENV, dump_flight_recorder, start_session
 from mrcdiag.capture.recorder import Recorder
 from mrcdiag.capture.wrappers import current_session, own_traffic
 from mrcdiag.log import warn_once
@@ -99,6 +99,8 @@ def _attach(torch: Any, run_dir_arg: Any, job_arg: str | None) -> bool:
         attached_unix_ns=time.time_ns(),
     )
     write_json_atomic(rank_dir / layout.RANK_META_FILE, meta.to_json())
+    if os.environ.get(VERIFY_ENV):  # the collectives of attach itself, not recorded
+        dump_flight_recorder(rank_dir / layout.FLIGHT_RECORDER_AT_ATTACH_FILE)
     recorder = Recorder(rank_dir)
     start_session(recorder, dist, rank)
     recorder.start()

@@ -132,9 +132,19 @@ _READERS: dict[str, tuple[str, Callable[[tuple], tuple[int, Any]], int, int]] = 
 }
 
 
+# Coalesced ops of one tensor (what the functional all-gather and reduce-scatter issue
+# for a single tensor) are named as the single op they are.
+_SINGLE = {
+    "allreduce_coalesced_": "all_reduce",
+    "allgather_into_tensor_coalesced_": "all_gather_into_tensor",
+    "reduce_scatter_tensor_coalesced_": "reduce_scatter_tensor",
+}
+
+
 def _make_kernel(torch: Any, c10d_op: str) -> Callable[..., Any]:
     op_name, read, group_pos, peer_pos = _READERS[c10d_op]
     code = schema.OP_CODE[op_name]
+    single_code = schema.OP_CODE[_SINGLE[c10d_op]] if c10d_op in _SINGLE else code
     is_p2p = op_name in schema.POINT_TO_POINT_OPS
     op = getattr(torch.ops.c10d, c10d_op).default
     pre_dispatch = torch._C.DispatchKey.PreDispatch
@@ -171,7 +181,8 @@ def _make_kernel(torch: Any, c10d_op: str) -> Callable[..., Any]:
                 seq = group.seq
             dtype = ops.dtype_code(first.dtype) if first is not None else 0
             device = ops.cuda_index(first) if first is not None else -1
-            head = (code, source, group.index, seq, peer, nbytes, dtype, True, t_arrive)
+            op_code = single_code if len(args[0]) == 1 else code
+            head = (op_code, source, group.index, seq, peer, nbytes, dtype, True, t_arrive)
             start_event = session.start_on_device(device)
         except Exception as exc:
             stop_recording("c10d " + c10d_op, exc)

@@ -20,6 +20,7 @@ from mrcdiag.capture.lifecycle import detach
 from mrcdiag.capture.wrappers import (
     current_session,
     stop_recording,
+    wrap_batch_p2p,
     wrap_collective,
     wrap_functional,
     wrap_wait_tensor,
@@ -58,8 +59,11 @@ def install(torch: Any, on_init: Callable[[], Any] | None = None) -> None:
             if orig is None or hasattr(orig, "__mrcdiag_wrapped__"):
                 continue
             setattr(module, op_name, wrap_collective(op_name, orig))
+    batch = getattr(c10d, "batch_isend_irecv", None)
+    if batch is not None and not hasattr(batch, "__mrcdiag_wrapped__"):
+        c10d.batch_isend_irecv = wrap_batch_p2p(batch)
     # Make both namespaces share one wrapper where they shared one function.
-    for op_name in ops.CALL_READERS:
+    for op_name in (*ops.CALL_READERS, "batch_isend_irecv"):
         if hasattr(c10d, op_name):
             setattr(dist, op_name, getattr(c10d, op_name))
     work_cls = c10d.Work

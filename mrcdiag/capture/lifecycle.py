@@ -16,6 +16,11 @@ from typing import Any
 
 from mrcdiag.capture.recorder import Recorder
 from mrcdiag.capture.wrappers import Session, set_session, take_session
+from mrcdiag.log import warn_once
+from mrcdiag.store import layout
+
+# Set by `mrcdiag launch --verify-capture`: dump PyTorch's flight recorder at detach.
+VERIFY_ENV = "MRCDIAG_VERIFY_CAPTURE"
 
 
 def start_session(recorder: Recorder, dist: Any, rank: int) -> Session:
@@ -77,9 +82,25 @@ def detach() -> None:
         steps = session.steps
         if steps.manual and steps.in_manual_step:
             steps.end_manual()
+        if os.environ.get(VERIFY_ENV):
+            dump_flight_recorder(session.recorder.rank_dir / layout.FLIGHT_RECORDER_FILE)
         session.recorder.close("closed")
     finally:
         _closing = False
         signum, _deferred_signal = _deferred_signal, None
         if signum is not None:
             _die_of(signum)
+
+
+def dump_flight_recorder(path: Any) -> None:
+    """Write what PyTorch's flight recorder holds for this rank beside our records, for
+    the capture check. Needs TORCH_FR_BUFFER_SIZE (launch sets it)."""
+    try:
+        import torch
+
+        text = torch._C._distributed_c10d._dump_fr_trace_json(includeCollectives=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text if isinstance(text, str) else text.decode(), encoding="utf-8")
+        os.replace(tmp, path)
+    except Exception as exc:
+        warn_once("flight-recorder", f"cannot dump the flight recorder ({exc!r})")

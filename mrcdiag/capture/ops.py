@@ -117,19 +117,6 @@ def _p2p(peer_name: str, is_async: bool):
     return read
 
 
-def _batch_p2p(args: tuple, kwargs: dict) -> tuple:
-    p2p_ops = args[0] if args else kwargs.get("p2p_op_list")
-    first = p2p_ops[0]
-    return (
-        _sum_bytes(op.tensor for op in p2p_ops),
-        dtype_code(first.tensor.dtype),
-        first.group,
-        True,
-        int(first.peer) if len(p2p_ops) == 1 else -1,
-        cuda_index(first.tensor),
-    )
-
-
 _group_size_fn: Callable[[Any], int] | None = None
 _global_rank_fn: Callable[[Any, int], int] | None = None
 
@@ -171,7 +158,6 @@ CALL_READERS: dict[str, Callable[[tuple, dict], tuple]] = {
     "recv": _p2p("src", False),
     "isend": _p2p("dst", True),
     "irecv": _p2p("src", True),
-    "batch_isend_irecv": _batch_p2p,
 }
 
 

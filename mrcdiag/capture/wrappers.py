@@ -113,12 +113,17 @@ class Session:
             name = dist.distributed_c10d._get_process_group_name(pg)
         try:
             backend = str(dist.get_backend(pg))
+            if backend == "undefined":  # groups a device mesh split off say so; pg.name() knows
+                backend = str(pg.name())
         except Exception:
             backend = "unknown"
+        desc = str(getattr(pg, "group_desc", "") or "")
         entry = _Group(self.n_groups, pg, len(ranks))
         self.n_groups += 1
         self.groups[pg] = entry
-        self.recorder.new_groups.append(GroupMeta(entry.index, name, tuple(ranks), backend))
+        self.recorder.new_groups.append(
+            GroupMeta(entry.index, name, tuple(ranks), backend, "" if desc == "undefined" else desc)
+        )
         return entry
 
 
@@ -219,6 +224,73 @@ def wrap_collective(op_name: str, orig: Any) -> Any:
         except Exception as exc:
             stop_recording(op_name, exc)
         return result
+
+    wrapper.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
+    return wrapper
+
+
+def wrap_batch_p2p(orig: Any) -> Any:
+    """batch_isend_irecv (pipeline schedules): one row per send or receive in the batch,
+    with its own direction and peer, all arriving when the batch is issued. Gloo returns
+    a work per operation; a coalescing backend (NCCL) one work for all of them."""
+    send_code, recv_code = schema.OP_CODE["isend"], schema.OP_CODE["irecv"]
+
+    @functools.wraps(orig)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        session = _session
+        tls = _tls
+        if session is None or tls.busy:
+            return orig(*args, **kwargs)
+        t_arrive = _now()
+        try:
+            heads = []
+            p2p_ops = args[0] if args else kwargs["p2p_op_list"]
+            for p2p in p2p_ops:
+                is_send = getattr(p2p.op, "__name__", "") in ("isend", "send")
+                group = session.group(p2p.group)
+                group.p2p_seq += 1
+                tensor = p2p.tensor
+                heads.append(
+                    (
+                        send_code if is_send else recv_code,
+                        tls.source,
+                        group.index,
+                        group.p2p_seq,
+                        int(p2p.peer),
+                        tensor.nbytes,
+                        ops.dtype_code(tensor.dtype),
+                        True,
+                        t_arrive,
+                    )
+                )
+            device = ops.cuda_index(p2p_ops[0].tensor) if p2p_ops else -1
+            start_event = session.start_on_device(device)
+        except Exception as exc:
+            stop_recording("batch_isend_irecv", exc)
+            return orig(*args, **kwargs)
+        tls.busy = True
+        try:
+            works = orig(*args, **kwargs)
+        finally:
+            tls.busy = False
+        try:
+            session.steps.n_collectives += len(heads)
+            works = list(works or [])
+            if len(works) == len(heads):
+                for head, work in zip(heads, works, strict=True):
+                    track_async(session, work, head, start_event, device)
+            elif works:  # coalesced: the batch's one work completes every row
+                track_async(session, works[-1], heads[0], start_event, device)
+                future = works[-1].get_future()
+                for head in heads[1:]:
+                    future.add_done_callback(
+                        lambda _f, h=head: session.add_record(
+                            h + (_now(), session.steps.index), start_event, device
+                        )
+                    )
+        except Exception as exc:
+            stop_recording("batch_isend_irecv", exc)
+        return works
 
     wrapper.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
     return wrapper

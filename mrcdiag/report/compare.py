@@ -17,7 +17,7 @@ def render_compare_text(diff: Comparison) -> str:
         bw = op.busbw_gbps
         if bw.ratio is not None and bw.baseline is not None and bw.current is not None:
             lines.append(
-                f"  {op.op} (group of {op.group_size}): busbw "
+                f"  {op.op} ({op.group}): busbw "
                 f"{bw.baseline:.3f} -> {bw.current:.3f} GB/s ({100 * (bw.ratio - 1):+.0f}%)"
             )
     for f in diff.new_findings:

@@ -323,7 +323,7 @@ def _tables(analysis: Analysis) -> str:
         for r in rows
     )
     ops = "".join(
-        f"<tr><td>{_e(o.op)}</td><td>{o.group_size}</td><td>{o.calls}</td>"
+        f"<tr><td>{_e(o.op)}</td><td>{_e(o.group)}</td><td>{o.calls}</td>"
         f"<td>{_human_bytes(o.bytes_total)}</td><td>{o.time_total_s:.3f}</td>"
         f"<td>{o.wait_total_s:.3f}</td><td>"
         f"{'-' if o.busbw_median_gbps is None else f'{o.busbw_median_gbps:.3f}'}</td></tr>"

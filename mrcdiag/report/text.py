@@ -136,7 +136,7 @@ def _tables(console: Console, analysis: Analysis) -> None:
         for o in s.per_op[:12]:
             table.add_row(
                 o.op,
-                str(o.group_size),
+                o.group,
                 str(o.calls),
                 _fmt_bytes(o.bytes_total),
                 _fmt_s(o.time_total_s),

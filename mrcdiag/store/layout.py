@@ -7,6 +7,8 @@ RUN_DIR/probe.json                     link probe between hosts, by rank 0 at at
 RUN_DIR/ranks/rank-00003/rank.json     RankMeta
 RUN_DIR/ranks/rank-00003/collectives.arrows, steps.arrows   rows (store/schema.py)
 RUN_DIR/ranks/rank-00003/groups.jsonl, events.jsonl         GroupMeta, Event
+RUN_DIR/ranks/rank-00003/flight_recorder.json   PyTorch's own record (--verify-capture)
+RUN_DIR/ranks/rank-00003/flight_recorder_at_attach.json   the same when recording began
 RUN_DIR/nodes/HOST/samples.arrows, samples-recent.arrows   node agent samples (store/samples.py)
 ```
 """
@@ -26,6 +28,8 @@ COLLECTIVES_FILE = "collectives.arrows"
 STEPS_FILE = "steps.arrows"
 GROUPS_FILE = "groups.jsonl"
 EVENTS_FILE = "events.jsonl"
+FLIGHT_RECORDER_FILE = "flight_recorder.json"
+FLIGHT_RECORDER_AT_ATTACH_FILE = "flight_recorder_at_attach.json"  # mrcdiag's own traffic
 NODES_DIR = "nodes"
 _RANK_PREFIX = "rank-"
 
@@ -33,6 +37,11 @@ _RANK_PREFIX = "rank-"
 def rank_dir(run_dir: Path, rank: int) -> Path:
     """The directory of one rank's records."""
     return run_dir / RANKS_DIR / f"{_RANK_PREFIX}{rank:05d}"
+
+
+def rank_of_dir(path: Path) -> int:
+    """The rank a rank directory holds (ValueError for another directory)."""
+    return int(path.name.removeprefix(_RANK_PREFIX))
 
 
 def rank_dirs(run_dir: Path) -> list[Path]:

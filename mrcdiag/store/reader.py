@@ -33,10 +33,24 @@ class GroupInfo:
     name: str
     ranks: tuple[int, ...]
     backend: str
+    desc: str = ""
 
     @property
     def size(self) -> int:
         return len(self.ranks)
+
+    @property
+    def label(self) -> str:
+        """How a person knows the group: its mesh dimension or description, and its
+        ranks ("tp 0-1", "world 0-7", "mine 0,2"); never just its size."""
+        desc = self.desc
+        if desc == "default_pg":
+            kind = "world"
+        elif desc.startswith("mesh_"):
+            kind = desc.removeprefix("mesh_")
+        else:
+            kind = desc or f"group {self.name}"
+        return f"{kind} {_ranges(list(self.ranks))}"
 
 
 @dataclass
@@ -55,6 +69,7 @@ class RankInfo:
     stuck_in: dict[str, Any] | None  # last in_collective event, group resolved to a name
     disabled_reason: str | None
     terminated: bool = False  # flushed on SIGTERM: stopped by the launcher, not lost
+    incomplete_records: int = 0  # async collectives that never completed before detach
 
 
 @dataclass
@@ -211,7 +226,7 @@ def _assemble(
         for g in local_groups:
             if g.name not in group_ids:
                 group_ids[g.name] = len(groups)
-                groups.append(GroupInfo(g.name, g.ranks, g.backend))
+                groups.append(GroupInfo(g.name, g.ranks, g.backend, g.desc))
             local_to_global[g.index] = group_ids[g.name]
         coll = read_stream(rank_dir / layout.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems)
         steps = read_stream(rank_dir / layout.STEPS_FILE, schema.STEP_SCHEMA, problems)
@@ -351,6 +366,9 @@ def _rank_info(
         stuck_in=stuck,
         disabled_reason=disabled,
         terminated=records.EVENT_TERMINATED in names,
+        incomplete_records=max(
+            (int(e.fields.get("incomplete", 0) or 0) for e in events), default=0
+        ),
     )
 
 

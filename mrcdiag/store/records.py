@@ -163,6 +163,7 @@ class GroupMeta:
     name: str
     ranks: tuple[int, ...]
     backend: str = "?"
+    desc: str = ""  # torch's group_desc: "default_pg", "mesh_tp", or the user's own
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,6 +171,7 @@ class GroupMeta:
             "name": self.name,
             "ranks": list(self.ranks),
             "backend": self.backend,
+            "desc": self.desc,
         }
 
     @classmethod
@@ -179,6 +181,7 @@ class GroupMeta:
             name=str(data["name"]),
             ranks=tuple(int(r) for r in data["ranks"]),
             backend=str(data.get("backend", "?")),
+            desc=str(data.get("desc", "") or ""),
         )
 
 

@@ -1,0 +1,54 @@
+"""2-D parallelism on a (dp, tp) device mesh: tensor parallel inside each dp replica,
+FSDP2 across replicas. Needs 4 ranks."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    RowwiseParallel,
+    parallelize_module,
+)
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import report_truth  # noqa: E402
+
+STEPS = int(os.environ.get("STACK_STEPS", "6"))
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(32, 64)
+        self.down = nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+def main() -> None:
+    world = int(os.environ["WORLD_SIZE"])
+    mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "tp"))
+    torch.manual_seed(0)
+    model = parallelize_module(
+        MLP(), mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel()}
+    )
+    fully_shard(model, mesh=mesh["dp"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(STEPS):
+        loss = model(torch.randn(8, 32)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    report_truth(optimizer_steps=STEPS)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

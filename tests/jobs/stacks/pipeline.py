@@ -1,0 +1,65 @@
+"""A 2-stage pipeline (torch.distributed.pipelining) on gloo: GPipe or 1F1B
+(STACK_SCHEDULE), 4 microbatches per step. STACK_SLOW_STAGE=N gives stage N twice the
+layers of the other (an uneven split).
+
+The oracle for point-to-point operations, which gloo's flight recorder does not record:
+torch.profiler around the whole loop, counting the c10d send/recv ops it saw."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import report_truth  # noqa: E402
+
+STEPS = int(os.environ.get("STACK_STEPS", "6"))
+SCHEDULE = os.environ.get("STACK_SCHEDULE", "gpipe")
+SLOW_STAGE = int(os.environ.get("STACK_SLOW_STAGE", "-1"))
+WIDTH = 128
+
+
+def stage_module(stage: int) -> nn.Module:
+    depth = 8 if stage == SLOW_STAGE else 2
+    return nn.Sequential(*[nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Tanh()) for _ in range(depth)])
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(rank)
+    stage = PipelineStage(stage_module(rank), rank, world, torch.device("cpu"))
+    schedule_cls = Schedule1F1B if SCHEDULE == "1f1b" else ScheduleGPipe
+    loss_fn = lambda out, target: (out - target).pow(2).mean()  # noqa: E731
+    schedule = schedule_cls(stage, n_microbatches=4, loss_fn=loss_fn)
+    opt = torch.optim.SGD(stage.submod.parameters(), lr=0.01)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(STEPS):
+            if rank == 0:
+                schedule.step(torch.randn(16, WIDTH))
+            elif rank == world - 1:
+                schedule.step(target=torch.randn(16, WIDTH))
+            else:
+                schedule.step()
+            opt.step()
+            opt.zero_grad()
+    counts = {"send": 0, "recv": 0}
+    for event in prof.events():
+        if event.name in ("c10d::send", "c10d::recv_"):
+            counts["send" if event.name == "c10d::send" else "recv"] += 1
+    truth_path = os.environ.get("STACK_TRUTH")
+    if truth_path:  # every rank reports its own point-to-point counts
+        os.environ["STACK_TRUTH"] = f"{truth_path}.rank{rank}"
+        os.environ["RANK"] = "0"
+        report_truth(optimizer_steps=STEPS, p2p=counts)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

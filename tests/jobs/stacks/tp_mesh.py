@@ -1,0 +1,59 @@
+"""Tensor parallel set up only by init_device_mesh (no init_process_group of its own):
+an MLP split column-wise then row-wise, so each forward all-reduces its output and each
+backward its input gradient. STACK_SLOW_RANK=N makes rank N do extra work per step."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    RowwiseParallel,
+    parallelize_module,
+)
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _common import report_truth  # noqa: E402
+
+STEPS = int(os.environ.get("STACK_STEPS", "20"))
+SLOW_RANK = int(os.environ.get("STACK_SLOW_RANK", "-1"))
+SLOW_S = float(os.environ.get("STACK_SLOW_S", "0.03"))
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(64, 256)
+        self.down = nn.Linear(256, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+def main() -> None:
+    mesh = init_device_mesh("cpu", (int(os.environ["WORLD_SIZE"]),), mesh_dim_names=("tp",))
+    torch.manual_seed(0)
+    model = parallelize_module(MLP(), mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    rank = mesh.get_rank()
+    for _ in range(STEPS):
+        x = torch.randn(32, 64)
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        if rank == SLOW_RANK:
+            end = time.perf_counter() + SLOW_S
+            while time.perf_counter() < end:
+                pass
+        opt.step()
+        opt.zero_grad()
+    report_truth(optimizer_steps=STEPS)
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
