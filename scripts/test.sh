@@ -15,5 +15,9 @@ fi
 # torch pinned: the CPU build of this version installs from a local file; unpinned would
 # pull several GB of CUDA packages.
 python -m pip install -q --disable-pip-version-check torch==2.13.0
+# The training stacks the capture tests run (tests/test_stacks.py), installed together
+# with the pinned torch so that they do not pull a CUDA build.
+python -m pip install -q --disable-pip-version-check torch==2.13.0 \
+  transformers==5.24.0 accelerate==1.15.0 lightning==2.6.6
 python -m pip install -q --disable-pip-version-check -e '.[test]'
 python -m pytest "$@"

@@ -105,3 +105,8 @@ def mrcdiag(*args: str, timeout: float = 120, env: dict[str, str] | None = None)
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def read_json_file(path: Path) -> dict:
+    """A JSON file a job wrote for the test (its own account of what it did)."""
+    return json.loads(path.read_text(encoding="utf-8"))

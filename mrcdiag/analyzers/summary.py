@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrcdiag.analyzers.instances import Instances
+from mrcdiag.analyzers.instances import P2P_CODES, Instances
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData
-from mrcdiag.store.schema import OPS, busbw_factor
+from mrcdiag.store.schema import OP_CODE, OPS, SOURCES, busbw_factor
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,29 @@ class RankTimeSplit:
 
 
 @dataclass(frozen=True)
+class PeerStats:
+    """Point-to-point traffic from one rank to another (pipeline stages, ring exchanges)."""
+
+    sender: int
+    receiver: int
+    sends: int  # operations recorded on the sender's side
+    receives: int  # on the receiver's side
+    bytes_total: int  # sent
+    send_time_s: float  # total time the sender spent in them
+    receive_time_s: float  # total time the receiver spent in them (waiting for the data)
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What the run's records hold, by who issued them: how complete the capture was."""
+
+    by_source: dict[str, int]  # collectives (not point-to-point) by source
+    point_to_point: int
+    incomplete: int  # async operations that never completed before the rank detached
+    dropped: int  # records the writer could not keep up with
+
+
+@dataclass(frozen=True)
 class Summary:
     steps: int
     duration_s: float
@@ -59,6 +82,8 @@ class Summary:
     per_rank: list[RankSteps]
     per_op: list[OpStats]
     time_split: list[RankTimeSplit]
+    per_peer: list[PeerStats]
+    coverage: Coverage
 
 
 def time_split(m: RankStepMatrix, steady: np.ndarray) -> list[RankTimeSplit]:
@@ -122,6 +147,64 @@ def summarize(
         per_rank=per_rank,
         per_op=op_stats(run, inst, busbw),
         time_split=time_split(m, steady),
+        per_peer=peer_stats(run),
+        coverage=coverage(run),
+    )
+
+
+_SENDS = np.array([OP_CODE["send"], OP_CODE["isend"]], dtype=np.uint8)
+_RECEIVES = np.array([OP_CODE["recv"], OP_CODE["irecv"]], dtype=np.uint8)
+
+
+def peer_stats(run: RunData) -> list[PeerStats]:
+    """Point-to-point operations per (sender, receiver) pair, both sides counted."""
+    c = run.collectives
+    if len(c) == 0:
+        return []
+    is_send = np.isin(c["op"], _SENDS)
+    is_recv = np.isin(c["op"], _RECEIVES)
+    known = c["peer"] >= 0
+    sender = np.where(is_send, c["rank"], c["peer"])
+    receiver = np.where(is_send, c["peer"], c["rank"])
+    took = np.where(c["t_end_ns"] > 0, c["t_end_ns"] - c["t_arrive_ns"], 0) / 1e9
+    out = []
+    pairs = sorted(
+        {
+            (int(a), int(b))
+            for a, b in zip(
+                sender[(is_send | is_recv) & known],
+                receiver[(is_send | is_recv) & known],
+                strict=True,
+            )
+        }
+    )
+    for a, b in pairs:
+        pair = known & (sender == a) & (receiver == b)
+        sends, recvs = pair & is_send, pair & is_recv
+        out.append(
+            PeerStats(
+                sender=a,
+                receiver=b,
+                sends=int(sends.sum()),
+                receives=int(recvs.sum()),
+                bytes_total=int(c["nbytes"][sends].sum()),
+                send_time_s=float(took[sends].sum()),
+                receive_time_s=float(took[recvs].sum()),
+            )
+        )
+    return out
+
+
+def coverage(run: RunData) -> Coverage:
+    c = run.collectives
+    p2p = np.isin(c["op"], P2P_CODES) if len(c) else np.zeros(0, dtype=bool)
+    sources = c["source"][~p2p] if len(c) else np.zeros(0, dtype=np.uint8)
+    by_source = {name: int((sources == code).sum()) for code, name in enumerate(SOURCES)}
+    return Coverage(
+        by_source=by_source,
+        point_to_point=int(p2p.sum()),
+        incomplete=sum(info.incomplete_records for info in run.ranks.values()),
+        dropped=sum(info.dropped_records for info in run.ranks.values()),
     )
 
 

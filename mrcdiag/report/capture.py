@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mrcdiag.analyzers.capture_check import CaptureCheck, check_capture
+from mrcdiag.analyzers.summary import Coverage
 from mrcdiag.store.flight_recorder import read_run_dumps
 from mrcdiag.store.reader import RunDirError, read_run
 
@@ -45,3 +46,13 @@ def render_check(check: CaptureCheck) -> list[str]:
             for d in check.differences
         ]
     return lines + [f"  note: {n}" for n in check.notes]
+
+
+def capture_line(c: Coverage) -> str:
+    """What was recorded, by who issued it: one line under the tables."""
+    sources = ", ".join(f"{n} {name}" for name, n in c.by_source.items() if n)
+    parts = [f"Captured: {sources or 'no collectives'}", f"{c.point_to_point} point-to-point"]
+    if c.incomplete:
+        parts.append(f"{c.incomplete} never completed (closed at detach)")
+    parts.append(f"{c.dropped} dropped")
+    return " · ".join(parts)

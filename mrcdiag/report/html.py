@@ -16,6 +16,7 @@ import numpy as np
 from mrcdiag.analyzers import Analysis
 from mrcdiag.analyzers.compare import Comparison
 from mrcdiag.metrics import GPU_MEMORY_BANDWIDTH_UTILIZATION, GPU_SM_CLOCK, GPU_UTILIZATION
+from mrcdiag.report.capture import capture_line
 from mrcdiag.store.schema import OPS
 
 MAX_ROWS, MAX_COLS, MAX_BARS = 128, 200, 64
@@ -334,7 +335,22 @@ def _tables(analysis: Analysis) -> str:
         "<th>steps</th><th>p50 ms</th><th>p90 ms</th><th>data wait</th><th>in collectives</th>"
         f"</tr>{ranks}</table><h2>Collectives</h2><table><tr><th>op</th><th>group</th>"
         "<th>calls</th><th>bytes</th><th>time/rank s</th><th>waiting s</th><th>busbw GB/s</th>"
-        f"</tr>{ops}</table>"
+        f"</tr>{ops}</table>{_peers(s.per_peer)}<p>{_e(capture_line(s.coverage))}</p>"
+    )
+
+
+def _peers(per_peer: list) -> str:
+    if not per_peer:
+        return ""
+    rows = "".join(
+        f"<tr><td>{p.sender} → {p.receiver}</td><td>{p.sends}</td><td>{p.receives}</td>"
+        f"<td>{_human_bytes(p.bytes_total)}</td><td>{p.send_time_s:.3f}</td>"
+        f"<td>{p.receive_time_s:.3f}</td></tr>"
+        for p in per_peer[:32]
+    )
+    return (
+        "<h2>Point-to-point</h2><table><tr><th>from → to</th><th>sends</th><th>receives</th>"
+        f"<th>bytes</th><th>in send s</th><th>in receive s</th></tr>{rows}</table>"
     )
 
 

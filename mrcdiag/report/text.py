@@ -12,6 +12,7 @@ from rich.table import Table
 
 from mrcdiag.analyzers import Analysis
 from mrcdiag.analyzers.findings import Finding
+from mrcdiag.report.capture import capture_line
 
 WIDTH = 100
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -144,6 +145,21 @@ def _tables(console: Console, analysis: Analysis) -> None:
                 f"{o.busbw_median_gbps:.2f} GB/s" if o.busbw_median_gbps is not None else "-",
             )
         console.print(table)
+    if s.per_peer:
+        peers = Table(title="Point-to-point", box=table_box, title_justify="left")
+        for col in ("from → to", "sends", "receives", "bytes", "in send", "in receive"):
+            peers.add_column(col, justify="left" if col == "from → to" else "right")
+        for p in s.per_peer[:16]:
+            peers.add_row(
+                f"{p.sender} → {p.receiver}",
+                str(p.sends),
+                str(p.receives),
+                _fmt_bytes(p.bytes_total),
+                _fmt_s(p.send_time_s),
+                _fmt_s(p.receive_time_s),
+            )
+        console.print(peers)
+    console.print(capture_line(s.coverage))
 
 
 def _problems(console: Console, analysis: Analysis) -> None:

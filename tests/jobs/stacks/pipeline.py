@@ -7,6 +7,7 @@ torch.profiler around the whole loop, counting the c10d send/recv ops it saw."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -53,11 +54,11 @@ def main() -> None:
     for event in prof.events():
         if event.name in ("c10d::send", "c10d::recv_"):
             counts["send" if event.name == "c10d::send" else "recv"] += 1
+    report_truth(optimizer_steps=STEPS)
     truth_path = os.environ.get("STACK_TRUTH")
     if truth_path:  # every rank reports its own point-to-point counts
-        os.environ["STACK_TRUTH"] = f"{truth_path}.rank{rank}"
-        os.environ["RANK"] = "0"
-        report_truth(optimizer_steps=STEPS, p2p=counts)
+        with open(f"{truth_path}.rank{rank}", "w", encoding="utf-8") as f:
+            json.dump({"p2p": counts}, f)
     dist.destroy_process_group()
 
 
