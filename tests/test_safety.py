@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, job_env, launch, script, torchrun
+from conftest import REPO, job_env, launch, mrcdiag, script, torchrun
 
 from mrcdiag.capture.autoimport import BOOT_DIR
 from mrcdiag.store.reader import read_run
@@ -84,3 +84,25 @@ def test_sigterm_during_the_final_close_keeps_every_record(tmp_path: Path) -> No
     run = read_run(run_dir)
     assert len(run.collectives) == 7  # all of them reached the disk before it died
     assert run.ranks[0].closed_cleanly
+
+
+def test_launch_and_report_say_plainly_when_no_rank_attached(run_dir: Path) -> None:
+    result = launch(run_dir, 2, script("no_process_group.py"))
+    assert result.returncode == 0, result.stderr
+    assert "mrcdiag: no rank attached, so nothing was recorded" in result.stderr
+    proc = mrcdiag("report", str(run_dir))
+    assert proc.returncode != 0
+    assert "init_device_mesh" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_report_says_which_rank_never_attached_and_why(tmp_path: Path) -> None:
+    from mrcdiag.store import layout
+    from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
+
+    run_dir = tmp_path / "run"
+    write_synthetic_run(run_dir, SyntheticSpec(ranks=2, ranks_per_host=2, steps=20))
+    failed = layout.rank_dir(run_dir, 2)
+    failed.mkdir(parents=True)
+    (failed / layout.ATTACH_FAILED_FILE).write_text('{"reason": "OSError(28, \'No space\')"}')
+    run = read_run(run_dir)
+    assert any("rank-00002 never attached: OSError(28" in p for p in run.problems), run.problems

@@ -63,7 +63,16 @@ class Launcher:
 
     def say_who_never_attached(self) -> None:
         """A rank that never attached recorded nothing: say so plainly, now."""
-        dirs = layout.rank_dirs(self.run_dir)
+        all_dirs = layout.rank_dirs(self.run_dir)
+        for d in all_dirs:
+            failed = d / layout.ATTACH_FAILED_FILE
+            if failed.exists() and not (d / layout.RANK_META_FILE).exists():
+                try:
+                    reason = json.loads(failed.read_text()).get("reason", "?")
+                except (OSError, ValueError):
+                    reason = "?"
+                self.say(f"mrcdiag: rank {layout.rank_of_dir(d)} could not attach: {reason}")
+        dirs = [d for d in all_dirs if (d / layout.RANK_META_FILE).exists()]
         if not dirs:
             self.say(
                 "mrcdiag: no rank attached, so nothing was recorded: the job never created "

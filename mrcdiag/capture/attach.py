@@ -53,7 +53,21 @@ def attach(run_dir: str | os.PathLike | None = None, job: str | None = None) -> 
         return _attach(torch, run_dir, job)
     except Exception as exc:  # the job is sacred
         warn_once("attach", f"not recording this rank ({exc!r}); the job goes on")
+        _say_why_not_attached(run_dir, repr(exc))
         return False
+
+
+def _say_why_not_attached(run_dir_arg: Any, reason: str) -> None:
+    """Leave the reason where the report looks for this rank's records."""
+    try:
+        run_dir = run_dir_arg or os.environ.get("MRCDIAG_RUN_DIR")
+        rank = os.environ.get("RANK")
+        if run_dir and rank is not None:
+            rank_dir = layout.rank_dir(Path(run_dir), int(rank))
+            rank_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(rank_dir / layout.ATTACH_FAILED_FILE, {"reason": reason})
+    except Exception:
+        pass  # nothing more to do: the warning above went to the rank's stderr
 
 
 def _cpu_group(dist: Any) -> Any:

@@ -29,6 +29,7 @@ STEPS_FILE = "steps.arrows"
 GROUPS_FILE = "groups.jsonl"
 EVENTS_FILE = "events.jsonl"
 FLIGHT_RECORDER_FILE = "flight_recorder.json"
+ATTACH_FAILED_FILE = "attach_failed.json"  # why a rank records nothing, in its own words
 FLIGHT_RECORDER_AT_ATTACH_FILE = "flight_recorder_at_attach.json"  # mrcdiag's own traffic
 NODES_DIR = "nodes"
 _RANK_PREFIX = "rank-"

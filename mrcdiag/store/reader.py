@@ -178,8 +178,9 @@ def read_run(
         problems.append("run.json is missing: job name and command line are unknown")
     if not rank_dirs:
         raise RunDirError(
-            f"{dirs[0]} has no rank data yet: the job never reached init_process_group, "
-            "or its workers did not run under `mrcdiag launch`"
+            f"{dirs[0]} has no rank data yet: the job never created its default process "
+            "group (init_process_group or init_device_mesh), or its workers did not run "
+            "under `mrcdiag launch`"
         )
     data = _assemble(dirs, run, world, rank_dirs, problems, progress)
     data.link_probe = list(probe.get("pairs") or [])
@@ -208,7 +209,12 @@ def _assemble(
             progress(done, len(rank_dirs))
         meta_path = rank_dir / layout.RANK_META_FILE
         if not meta_path.exists():
-            problems.append(f"{rank_dir} has no rank.json; skipped")
+            failed = rank_dir / layout.ATTACH_FAILED_FILE
+            if failed.exists():
+                reason = _read_json(failed).get("reason", "?")
+                problems.append(f"{rank_dir.name} never attached: {reason}")
+            else:
+                problems.append(f"{rank_dir} has no rank.json; skipped")
             continue
         try:
             meta = RankMeta.from_json(_read_json(meta_path))
