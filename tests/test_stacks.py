@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import job_env, launch, read_json_file, report_json, script
 
-from mrcdiag.store import schema
+from mrcdiag.report.capture import verify_run
+from mrcdiag.store import layout, schema
 from mrcdiag.store.reader import read_run
 
 pytestmark = pytest.mark.slow
@@ -82,6 +83,9 @@ def test_fsdp2_with_a_checkpoint_gather_every_collective(run_dir: Path) -> None:
     # full_tensor() of every parameter: functional all-gathers, each one completed
     assert functional.sum() > 0
     assert (run.collectives["t_end_ns"][functional] > 0).all()
+    capture = report_json(run_dir)["summary"]["capture"]
+    assert capture["by_source"]["functional"] == functional.sum()
+    assert capture["incomplete"] == 0
 
 
 def test_tensor_parallel_set_up_only_by_init_device_mesh(run_dir: Path) -> None:
@@ -92,6 +96,17 @@ def test_tensor_parallel_set_up_only_by_init_device_mesh(run_dir: Path) -> None:
     assert set(_steps_per_rank(run_dir).values()) == {truth["optimizer_steps"]}
     labels = {g.label for g in run.groups}
     assert "world 0-1" in labels, labels
+    # the check can fail: take one all_reduce out of rank 1's flight recorder dump
+    dump_path = layout.rank_dir(run_dir, 1) / layout.FLIGHT_RECORDER_FILE
+    dump = json.loads(dump_path.read_text())
+    last = max(
+        i for i, e in enumerate(dump["entries"]) if e["profiling_name"].endswith("all_reduce")
+    )
+    del dump["entries"][last]
+    dump_path.write_text(json.dumps(dump))
+    ok, lines = verify_run(run_dir)
+    assert not ok
+    assert any("rank 1 group 0 all_reduce: mrcdiag" in line for line in lines), lines
 
 
 def test_two_d_mesh_groups_are_named_by_dimension_and_ranks(run_dir: Path) -> None:
