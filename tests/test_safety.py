@@ -106,3 +106,9 @@ def test_report_says_which_rank_never_attached_and_why(tmp_path: Path) -> None:
     (failed / layout.ATTACH_FAILED_FILE).write_text('{"reason": "OSError(28, \'No space\')"}')
     run = read_run(run_dir)
     assert any("rank-00002 never attached: OSError(28" in p for p in run.problems), run.problems
+
+
+def test_compiled_collectives_still_compile_whole_under_mrcdiag(run_dir: Path) -> None:
+    result = launch(run_dir, 2, script("compiled_collectives.py"), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr

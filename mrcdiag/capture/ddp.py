@@ -13,7 +13,7 @@ import functools
 from typing import Any
 
 from mrcdiag.capture.dispatch import arm_one_shot, window
-from mrcdiag.capture.wrappers import DDP_SOURCE, current_session
+from mrcdiag.capture.wrappers import DDP_SOURCE, current_session, mark_wrapper
 from mrcdiag.capture.wrappers import thread_state as _tls
 from mrcdiag.log import warn_once
 
@@ -125,7 +125,7 @@ def _in_ddp_window(orig: Any) -> Any:
         with window(DDP_SOURCE):
             return orig(self, *args, **kwargs)
 
-    return method
+    return mark_wrapper(method, orig)
 
 
 def patch_ddp(ddp_cls: Any) -> None:

@@ -19,6 +19,7 @@ from mrcdiag.capture.ddp import patch_ddp
 from mrcdiag.capture.lifecycle import detach
 from mrcdiag.capture.wrappers import (
     current_session,
+    mark_wrapper,
     stop_recording,
     wrap_batch_p2p,
     wrap_collective,
@@ -72,7 +73,8 @@ def install(torch: Any, on_init: Callable[[], Any] | None = None) -> None:
     try:
         import torch.distributed._functional_collectives as fc
 
-        for name in ops.FUNCTIONAL_COLLECTIVES:
+        aliases = [a for a, target in ops.FUNCTIONAL_ALIASES.items() if not hasattr(fc, target)]
+        for name in (*ops.FUNCTIONAL_COLLECTIVES, *aliases):
             orig = getattr(fc, name, None)
             if orig is not None and not hasattr(orig, "__mrcdiag_wrapped__"):
                 setattr(fc, name, wrap_functional(name, orig))
@@ -150,8 +152,8 @@ def _patch_init(dist: Any, c10d: Any) -> None:
             detach()
         return orig_destroy(*args, **kwargs)
 
-    init_process_group.__mrcdiag_wrapped__ = orig_init  # type: ignore[attr-defined]
-    destroy_process_group.__mrcdiag_wrapped__ = orig_destroy  # type: ignore[attr-defined]
+    mark_wrapper(init_process_group, orig_init)
+    mark_wrapper(destroy_process_group, orig_destroy)
     for module in (dist, c10d):
         module.init_process_group = init_process_group
         module.destroy_process_group = destroy_process_group

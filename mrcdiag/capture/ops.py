@@ -172,16 +172,21 @@ FUNCTIONAL_COLLECTIVES: tuple[str, ...] = (
     "all_gather_single",
     "all_gather_single_autograd",
     "all_gather_single_coalesced",
-    "all_gather_tensor",
-    "all_gather_tensor_autograd",
-    "all_gather_into_tensor_coalesced",
     "reduce_scatter_single",
     "reduce_scatter_single_autograd",
     "reduce_scatter_single_coalesced",
-    "reduce_scatter_tensor",
-    "reduce_scatter_tensor_autograd",
-    "reduce_scatter_tensor_coalesced",
     "all_to_all_single",
     "all_to_all_single_autograd",
     "permute_tensor",
 )
+# Deprecated names that call one of the above through the module (torch 2.13): wrapped
+# only on a torch without the name they call, so that their FutureWarning still points
+# at the caller and nothing is windowed twice.
+FUNCTIONAL_ALIASES: dict[str, str] = {
+    "all_gather_tensor": "all_gather_single",
+    "all_gather_tensor_autograd": "all_gather_single_autograd",
+    "reduce_scatter_tensor": "reduce_scatter_single",
+    "reduce_scatter_tensor_autograd": "reduce_scatter_single_autograd",
+    "all_gather_into_tensor_coalesced": "all_gather_single_coalesced",
+    "reduce_scatter_tensor_coalesced": "reduce_scatter_single_coalesced",
+}

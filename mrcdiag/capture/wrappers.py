@@ -130,6 +130,16 @@ class Session:
 _session: Session | None = None
 
 
+def mark_wrapper(wrapper: Any, orig: Any) -> Any:
+    """Mark `wrapper` as ours around `orig`: `__mrcdiag_wrapped__` keeps patching
+    idempotent, and `_torchdynamo_inline` makes torch.compile trace `orig` itself (with
+    its own rules, such as turning c10d calls into functional collectives) instead of
+    tracing into our recording, which it cannot."""
+    wrapper.__mrcdiag_wrapped__ = orig
+    wrapper._torchdynamo_inline = orig
+    return wrapper
+
+
 def stop_recording(reason: str, exc: BaseException) -> None:
     """Something of ours broke: say it once, stop recording, leave the job alone."""
     session = take_session()
@@ -225,8 +235,7 @@ def wrap_collective(op_name: str, orig: Any) -> Any:
             stop_recording(op_name, exc)
         return result
 
-    wrapper.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
-    return wrapper
+    return mark_wrapper(wrapper, orig)
 
 
 def wrap_batch_p2p(orig: Any) -> Any:
@@ -292,8 +301,7 @@ def wrap_batch_p2p(orig: Any) -> Any:
             stop_recording("batch_isend_irecv", exc)
         return works
 
-    wrapper.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
-    return wrapper
+    return mark_wrapper(wrapper, orig)
 
 
 # The last all-reduces of DDP, kept from Python. A Work issued in backward holds Python
@@ -360,25 +368,28 @@ def wrap_work_wait(orig: Any) -> Any:
         _finish(session, self)
         return result
 
-    wait.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
-    return wait
+    return mark_wrapper(wait, orig)
 
 
 def wrap_functional(name: str, orig: Any) -> Any:
     """A functional collective (torch.distributed._functional_collectives): its C++
     implementation issues the c10d op, which capture/dispatch.py records within the
     window opened here, completed from its Work however the result is wrapped."""
+    import torch
+
     from mrcdiag.capture.dispatch import window
+
+    is_compiling = torch.compiler.is_compiling
 
     @functools.wraps(orig)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if _session is None or _tls.busy:
+        # Under torch.compile's tracing, nothing of ours: Dynamo traces the original.
+        if is_compiling() or _session is None or _tls.busy:
             return orig(*args, **kwargs)
         with window(_FUNCTIONAL):
             return orig(*args, **kwargs)
 
-    wrapper.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
-    return wrapper
+    return mark_wrapper(wrapper, orig)
 
 
 def wrap_wait_tensor(orig: Any) -> Any:
@@ -405,8 +416,7 @@ def wrap_wait_tensor(orig: Any) -> Any:
             stop_recording("wait_tensor", exc)
         return result
 
-    wait_tensor.__mrcdiag_wrapped__ = orig  # type: ignore[attr-defined]
-    return wait_tensor
+    return mark_wrapper(wait_tensor, orig)
 
 
 def current_session() -> Session | None:
