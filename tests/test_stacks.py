@@ -112,6 +112,7 @@ def test_tensor_parallel_set_up_only_by_init_device_mesh(run_dir: Path) -> None:
 def test_two_d_mesh_groups_are_named_by_dimension_and_ranks(run_dir: Path) -> None:
     truth, said, _ = _run_stack(run_dir, "dp_tp_2d.py", nproc=4)
     assert _collectives_compared(said) > 0
+    assert _steps_per_rank(run_dir) == {r: truth["optimizer_steps"] for r in range(4)}
     run = read_run(run_dir)
     assert {g.label for g in run.groups} == {"tp 0-1", "tp 2-3", "dp 0, 2", "dp 1, 3"}
     per_op = report_json(run_dir)["summary"]["per_op"]
@@ -121,7 +122,8 @@ def test_two_d_mesh_groups_are_named_by_dimension_and_ranks(run_dir: Path) -> No
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_pipeline_point_to_point_against_the_profiler(run_dir: Path, schedule: str) -> None:
-    _, _, truth = _run_stack(run_dir, "pipeline.py", STACK_SCHEDULE=schedule)
+    steps, _, truth = _run_stack(run_dir, "pipeline.py", STACK_SCHEDULE=schedule)
+    assert set(_steps_per_rank(run_dir).values()) == {steps["optimizer_steps"]}
     run = read_run(run_dir)
     c = run.collectives
     for rank in (0, 1):
