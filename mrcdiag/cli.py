@@ -152,7 +152,8 @@ def _say(message: str) -> None:
 @click.option(
     "--fail-on",
     type=click.Choice(["warning", "critical"]),
-    help="Exit with 3 when a finding reaches this severity (for CI and schedulers).",
+    help="Exit with 3 when an anomaly (a straggler, slowdown, hang, slow link, throttled "
+    "GPU...) reaches this severity, for CI and schedulers. Efficiency findings never do.",
 )
 def report(
     run_dirs: tuple[Path, ...],
@@ -204,7 +205,8 @@ def report(
     else:
         click.echo(text, nl=False)
     if fail_on and any(
-        severity_rank(f.severity) >= severity_rank(fail_on) for f in analysis.findings
+        f.is_anomaly and severity_rank(f.severity) >= severity_rank(fail_on)
+        for f in analysis.findings
     ):
         sys.exit(EXIT_FINDINGS)
 

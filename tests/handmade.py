@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +88,11 @@ def lockstep(
     data_ms: dict[int, float] | None = None,
     seed: int = 0,
     end_late_ms: dict[int, float] | None = None,
+    extra_ms: Callable[[int, int], float] | None = None,
 ) -> RunData:
     """Synchronous steps: compute, then `buckets` collectives that end together, or, with
-    `end_late_ms`, later for some ranks (a ring whose slow link delivers to them last)."""
+    `end_late_ms`, later for some ranks (a ring whose slow link delivers to them last).
+    `extra_ms(rank, step)`: more work for a rank in some steps (stalls, spans)."""
     rng = np.random.default_rng(seed)
     members = group or tuple(range(world))
     steps, colls = [], []
@@ -100,7 +103,8 @@ def lockstep(
         for r in range(world):
             base = compute_ms[r] if isinstance(compute_ms, dict) else compute_ms
             d = (data_ms or {}).get(r, 0.0)
-            arrive[r] = start[r] + int((base + d + abs(rng.normal(0, noise_ms))) * MS)
+            extra = extra_ms(r, k) if extra_ms is not None else 0.0
+            arrive[r] = start[r] + int((base + d + extra + abs(rng.normal(0, noise_ms))) * MS)
         last = max(arrive[r] for r in members)
         ends = {r: last + int((2 + (end_late_ms or {}).get(r, 0.0)) * MS) for r in range(world)}
         for b in range(buckets):

@@ -21,7 +21,8 @@ def test_balanced_ranks_raise_nothing() -> None:
 def test_one_slow_rank_is_the_only_straggler_with_its_cost() -> None:
     a = analyze(lockstep(4, 60, compute_ms={0: 10, 1: 10, 2: 15, 3: 10}))
     stragglers = [f for f in a.findings if f.kind == "straggler"]
-    assert [(f.ranks, f.cause) for f in stragglers] == [((2,), "slow_compute")]
+    # no node samples: no signal tells why, so the cause is not guessed
+    assert [(f.ranks, f.cause) for f in stragglers] == [((2,), "unknown")]
     # 5 ms late in each of the 57 steady steps, less the others' noise
     assert abs(stragglers[0].time_lost_s - 0.005 * 57) < 0.05
 
@@ -33,7 +34,7 @@ def test_rank_late_only_because_its_collectives_end_late_is_no_straggler() -> No
     assert not [f for f in analyze(late_ends).findings if f.kind == "straggler"]
     both = analyze(lockstep(4, 60, compute_ms={0: 10, 1: 10, 2: 10, 3: 15}, end_late_ms={2: 5}))
     stragglers = [f for f in both.findings if f.kind == "straggler"]
-    assert [(f.ranks, f.cause) for f in stragglers] == [((3,), "slow_compute")]
+    assert [(f.ranks, f.cause) for f in stragglers] == [((3,), "unknown")]
 
 
 def test_single_rank_run_has_a_summary_and_no_findings() -> None:
@@ -190,7 +191,7 @@ def test_power_cap_on_every_gpu_is_not_the_slow_ranks_cause() -> None:
     ]
     run.node_samples["h0"] = node_samples(rows)
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
-    assert finding.ranks == (3,) and finding.cause == "slow_compute"
+    assert finding.ranks == (3,) and finding.cause == "unknown"
 
 
 def test_probe_locates_the_host_whose_links_are_slow() -> None:
@@ -292,19 +293,25 @@ def test_ddp_all_reduces_that_outlast_backward_count_as_time_in_collectives() ->
     assert analyze(run).summary.comm_fraction == pytest.approx(0.0, abs=0.01)
 
 
-def _cpu_wait(run, extra_s_per_s: float, rank: int = 3) -> None:  # noqa: ANN001
-    """Run-queue wait counters of 4 ranks over 5 s: 0.1 s/s each, `rank` more."""
-    rows = [
-        (
-            k * 1_000_000_000,
-            "mrcdiag_rank_cpu_wait_seconds_total",
-            f"rank={r}",
-            k * (0.1 + (extra_s_per_s if r == rank else 0.0)),
-        )
-        for k in range(6)
-        for r in range(4)
-    ]
+def _counters(run, wait_extra: float = 0.0, cpu: dict[int, float] | None = None) -> None:  # noqa: ANN001
+    """Per-rank counters of 4 ranks over 5 s: run-queue wait 0.1 s/s each, rank 3
+    `wait_extra` more; CPU seconds at the given rates (s/s), where given."""
+    rows = []
+    for k in range(6):
+        for r in range(4):
+            wait = 0.1 + (wait_extra if r == 3 else 0.0)
+            rows.append(
+                (k * 1_000_000_000, "mrcdiag_rank_cpu_wait_seconds_total", f"rank={r}", k * wait)
+            )
+            if cpu is not None:
+                rows.append(
+                    (k * 1_000_000_000, "mrcdiag_rank_cpu_seconds_total", f"rank={r}", k * cpu[r])
+                )
     run.node_samples["h0"] = node_samples(rows)
+
+
+def _cpu_wait(run, extra_s_per_s: float) -> None:  # noqa: ANN001
+    _counters(run, wait_extra=extra_s_per_s)
 
 
 def test_run_queue_wait_that_explains_the_lateness_is_host_contention() -> None:
@@ -318,5 +325,57 @@ def test_run_queue_wait_short_of_the_lateness_leaves_the_cause_to_the_work() -> 
     run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 30})
     _cpu_wait(run, 0.2)  # above the 0.15 s/s floor, but 6 ms of 20 ms late
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
-    assert finding.ranks == (3,) and finding.cause == "slow_compute"
+    assert finding.ranks == (3,) and finding.cause == "unknown"
     assert finding.evidence["cpu_wait_s_per_s"] == 0.3
+
+
+def test_extra_cpu_time_that_explains_the_lateness_is_slow_compute() -> None:
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 30})
+    # rank 3 busy 0.95 s/s, its peers 0.35: 0.6 s/s of a ~32 ms step explains 20 ms
+    _counters(run, cpu={0: 0.35, 1: 0.35, 2: 0.35, 3: 0.95})
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (3,) and finding.cause == "slow_compute"
+    assert finding.evidence["cpu_s_per_s"] == 0.95
+
+
+def test_a_rank_late_with_no_extra_cpu_time_is_not_called_slow_compute() -> None:
+    """Stopped from outside (SIGSTOP, a hypervisor): late, yet it burns no more CPU."""
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 30})
+    _counters(run, cpu={0: 0.35, 1: 0.35, 2: 0.35, 3: 0.33})
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (3,) and finding.cause == "unknown"
+    assert "cpu_s_per_s" in finding.evidence
+
+
+def test_a_stall_every_tenth_step_is_a_periodic_straggler_with_its_cost() -> None:
+    run = lockstep(3, 80, extra_ms=lambda r, k: 150.0 if r == 2 and k % 10 == 5 else 0.0)
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (2,) and finding.severity != "info"
+    assert finding.evidence["pattern"] == "periodic"
+    assert finding.evidence["every_steps"] == 10
+    stalls = len([k for k in range(3, 80) if k % 10 == 5])
+    assert abs(finding.time_lost_s - 0.150 * stalls) <= 0.1 * 0.150 * stalls
+    assert "every 10 steps" in finding.summary
+
+
+def test_a_rank_slow_for_part_of_the_run_is_found_over_that_span() -> None:
+    run = lockstep(4, 100, extra_ms=lambda r, k: 3.0 if r == 1 and k >= 50 else 0.0)
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (1,) and finding.severity == "warning"
+    first, last = map(int, finding.evidence["straggling_steps"].split("-"))
+    assert 45 <= first <= 55 and last == 99
+    # the what-if over the 50 steps where it happened, not a fraction of them
+    assert abs(finding.time_lost_s - 0.003 * 50) <= 0.2 * 0.003 * 50
+
+
+def test_hiccups_that_fall_on_every_rank_alike_are_no_straggler() -> None:
+    """A busy shared machine: each rank is held up now and then, at random."""
+    rng = np.random.default_rng(7)
+    hiccups = {
+        (r, k): float(rng.uniform(2, 20))
+        for r in range(3)
+        for k in range(80)
+        if rng.random() < 0.08
+    }
+    run = lockstep(3, 80, extra_ms=lambda r, k: hiccups.get((r, k), 0.0))
+    assert [f for f in analyze(run).findings if f.severity != "info"] == []

@@ -57,7 +57,7 @@ def analyze(
     stragglers = find_stragglers(run, instances, matrix, settings)
     findings += stragglers
     findings += find_slowdowns(matrix, settings)
-    explained = any(f.severity != "info" for f in stragglers)
+    explained = tuple(sorted({r for f in stragglers if f.severity != "info" for r in f.ranks}))
     findings += find_idle(run, matrix, explained, settings)
     findings += find_interconnect(
         run, instances, summary.time_split, busbw, settings, expected_busbw_gbps

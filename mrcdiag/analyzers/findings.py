@@ -8,6 +8,22 @@ from typing import Any
 SEVERITIES = ("info", "warning", "critical")
 KINDS = ("straggler", "slowdown", "idle_compute", "interconnect", "hang")
 
+# Two kinds of statement. An anomaly: something deviates from its peers or from its own
+# past (a straggling rank or node, a slowdown, a hang, a slow link, a throttled GPU, a
+# bandwidth below what the user said to expect). Efficiency: the shape of a healthy
+# workload (communication nothing overlaps, waiting with no one to blame, idle GPUs, a
+# job-wide data wait). Only anomalies may warn; efficiency is told in "Where the time
+# goes" and judged against an expectation only when the user gives one.
+CATEGORIES = ("anomaly", "efficiency")
+EFFICIENCY_CAUSES = frozenset(
+    {
+        ("interconnect", "exposed_communication"),
+        ("idle_compute", "waiting_on_collectives"),
+        ("idle_compute", "data_loading"),
+        ("idle_compute", "low_gpu_utilization"),
+    }
+)
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -24,9 +40,24 @@ class Finding:
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.severity not in SEVERITIES:
             raise ValueError(f"a finding of kind {self.kind!r}, severity {self.severity!r}")
+        if self.category == "efficiency" and self.severity != "info":
+            raise ValueError(
+                f"{self.kind}/{self.cause} describes the workload's shape: info, not "
+                f"{self.severity}, unless measured against an expectation the user gave"
+            )
+
+    @property
+    def category(self) -> str:
+        """ "anomaly" or "efficiency" (see CATEGORIES)."""
+        return "efficiency" if (self.kind, self.cause) in EFFICIENCY_CAUSES else "anomaly"
+
+    @property
+    def is_anomaly(self) -> bool:
+        return self.category == "anomaly"
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out["category"] = self.category
         out["ranks"] = list(self.ranks)
         out["nodes"] = list(self.nodes)
         out["time_lost_s"] = round(float(self.time_lost_s), 6)
@@ -38,4 +69,9 @@ def severity_rank(severity: str) -> int:
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
-    return sorted(findings, key=lambda f: (-f.time_lost_s, -severity_rank(f.severity)))
+    """Anomalies first, then by cost and severity: a reference to "the straggler" in an
+    efficiency finding always points at one printed before it."""
+    return sorted(
+        findings,
+        key=lambda f: (not f.is_anomaly, -f.time_lost_s, -severity_rank(f.severity)),
+    )

@@ -17,8 +17,10 @@ from mrcdiag.store.reader import RunData
 
 
 def find_idle(
-    run: RunData, m: RankStepMatrix, explained: bool, settings: Settings
+    run: RunData, m: RankStepMatrix, explained: tuple[int, ...], settings: Settings
 ) -> list[Finding]:
+    """Efficiency: time the ranks spend waiting. `explained`: the straggling ranks found,
+    whom the waits are for."""
     cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if len(cols) == 0:
         return []
@@ -37,31 +39,29 @@ def find_idle(
         if d > 0
     }
     if wait_fraction >= settings.idle_wait_info_ratio:
-        warns = wait_fraction >= settings.idle_wait_warning_ratio and not explained
-        severity = "warning" if warns else "info"
         findings.append(
             Finding(
                 kind="idle_compute",
-                severity=severity,
+                severity="info",  # efficiency: whom they wait for is the straggler finding
                 cause="waiting_on_collectives",
                 time_lost_s=float(wait.sum() / n),
                 ranks=tuple(int(r) for r in m.ranks),
                 summary=f"ranks spent {100 * wait_fraction:.0f}% of their step time waiting "
                 "for late peers at collectives"
-                + (" (explained by the straggler above)" if explained else ""),
+                + (f" (the straggler: rank {', '.join(map(str, explained))})" if explained else ""),
                 evidence={"wait_fraction_per_rank": _top(per_rank_wait)},
                 recommendation="fix the straggler that the others wait for; if none is "
                 "named, the waits come from uneven work between ranks (balance batches)",
             )
         )
     data_fraction = data / np.maximum(duration, 1e-12)
-    slow_input = data_fraction >= settings.data_wait_warning_ratio
+    slow_input = data_fraction >= settings.data_wait_info_ratio
     if slow_input.sum() >= max(2, 0.5 * n):  # job-wide; one rank alone is a straggler
         overall = float(data.sum() / total)
         findings.append(
             Finding(
                 kind="idle_compute",
-                severity="critical" if overall >= settings.data_wait_critical_ratio else "warning",
+                severity="info",  # every rank alike: the input pipeline's shape, not a fault
                 cause="data_loading",
                 time_lost_s=float(data.sum() / n),
                 ranks=tuple(int(r) for r in m.ranks[slow_input]),
@@ -79,7 +79,7 @@ def find_idle(
                 "check the storage the data is read from",
             )
         )
-    findings += _gpu_idle(run, settings.gpu_idle_warning_ratio)
+    findings += _gpu_idle(run, settings.gpu_idle_info_ratio)
     return findings
 
 
@@ -98,7 +98,7 @@ def _gpu_idle(run: RunData, idle_below: float) -> list[Finding]:
             out.append(
                 Finding(
                     kind="idle_compute",
-                    severity="warning",
+                    severity="info",  # efficiency: the workload keeps its GPUs this busy
                     cause="low_gpu_utilization",
                     time_lost_s=0.0,
                     nodes=(host,),

@@ -60,7 +60,7 @@ def collective_instances(run: RunData) -> Instances:
     end = records["t_end_ns"]
     transfer_each = np.where(end > 0, end - last[inverse], -1).astype(np.float64)
     transfer_each[transfer_each < 0] = np.nan
-    transfer = _median_by(inverse, transfer_each, n)
+    transfer = median_by(inverse, transfer_each, n)
     first_index = np.zeros(n, dtype=np.int64)
     first_index[inverse[::-1]] = np.arange(len(inverse))[::-1]
     step = np.zeros(n, dtype=np.int32)
@@ -84,7 +84,7 @@ def collective_instances(run: RunData) -> Instances:
     )
 
 
-def _median_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+def median_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """Median of `values` per index (NaNs ignored) without a Python loop over groups."""
     out = np.full(n, np.nan)
     if len(values) == 0:

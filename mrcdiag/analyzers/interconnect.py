@@ -185,13 +185,13 @@ def _exposed(split: list[RankTimeSplit], settings: Settings) -> list[Finding]:
         return []
     duration = sum(r.step_time_s for r in split)
     exposed = sum(r.exposed_comm_s for r in split)
-    if duration <= 0 or exposed / duration < settings.exposed_warning_ratio:
+    if duration <= 0 or exposed / duration < settings.exposed_info_ratio:
         return []
     n = len(split)
     return [
         Finding(
             kind="interconnect",
-            severity="warning",
+            severity="info",  # efficiency: the workload's overlap, not a fault
             cause="exposed_communication",
             time_lost_s=exposed / n,
             ranks=tuple(r.rank for r in split),

@@ -15,7 +15,10 @@ straggler, the link is. The gap needs no clock alignment either: both ends are r
 the rank's own clock.
 Values are folded into rank x step matrices. Within a step, synchronous collectives add
 up (each is its own meeting point) while asynchronous ones overlap (DDP's bucket
-all-reduces are issued together), so their contributions take the maximum.
+all-reduces, FSDP's prefetches): each asynchronous instance is judged on its own and the
+step takes their median, so that one bucket's jitter does not make every rank of a clean
+job look behind (the maximum over a step's buckets did, on both ranks of a clean Hugging
+Face or Lightning run).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrcdiag.analyzers.instances import Instances
+from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.store.reader import Columns, RunData
 from mrcdiag.store.schema import SOURCE_CODE
 
@@ -128,12 +131,12 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     col = rec["step"][valid]
     is_async = rec["is_async"][valid]
     matrices = []
+    cell = row[is_async] * shape[1] + col[is_async]
     for values in (late_ns[valid], own_ns[valid], excess_ns[valid], wait_ns[valid]):
         summed = np.zeros(shape)
         np.add.at(summed, (row[~is_async], col[~is_async]), values[~is_async] / 1e9)
-        peak = np.full(shape, -np.inf)
-        np.maximum.at(peak, (row[is_async], col[is_async]), values[is_async] / 1e9)
-        matrices.append(summed + np.where(np.isfinite(peak), peak, 0.0))
+        overlapped = median_by(cell, values[is_async] / 1e9, shape[0] * shape[1])
+        matrices.append(summed + np.nan_to_num(overlapped.reshape(shape)))
     has = np.zeros(shape, dtype=bool)
     has[row, col] = True
     return RankStepMatrix(

@@ -18,6 +18,11 @@ class Settings:
 
     # Stragglers (analyzers/stragglers.py)
     persistence_ratio: float = 0.75  # share of a window's steps the rank is behind its peers
+    span_edge_ratio: float = 0.5  # a window next to a straggling one joins its span from here
+    # Episodic stragglers (periodic stalls, outside throttling, short spans): found by cost
+    episodic_min_lost_of_run_ratio: float = 0.03  # what-if saving, of the steady run
+    episodic_concentration: float = 3.0  # times any other rank's what-if saving
+    episodic_min_events: int = 3  # steps in which it held the others up
     min_lateness_of_step_ratio: float = 0.01
     outlier_sigmas: float = 6.0  # with 5 ranks or more: beyond the ranks' own spread
     warning_lateness_of_step_ratio: float = 0.03
@@ -45,16 +50,15 @@ class Settings:
 
     # Idle compute (analyzers/idle.py)
     idle_wait_info_ratio: float = 0.10  # of step time waiting for peers: worth a line
-    idle_wait_warning_ratio: float = 0.30  # ... and a warning when no straggler explains it
-    data_wait_warning_ratio: float = 0.10
-    data_wait_critical_ratio: float = 0.30
-    gpu_idle_warning_ratio: float = 0.50
+    # Efficiency findings (info, "Where the time goes"): told from these shares on.
+    data_wait_info_ratio: float = 0.10  # of step time in the DataLoader, on most ranks
+    gpu_idle_info_ratio: float = 0.50  # mean GPU utilization of a node below this
 
     # Interconnect (analyzers/interconnect.py)
     slow_group_ratio: float = 0.5  # below half the best comparable group's bandwidth
     slow_host_critical_ratio: float = 0.2
     low_of_expected_ratio: float = 0.5
-    exposed_warning_ratio: float = 0.30
+    exposed_info_ratio: float = 0.30  # of step time in transfers nothing overlaps
     min_instances: int = 5
     min_bandwidth_bytes: int = 64 << 10  # smaller messages measure latency, not bandwidth
 

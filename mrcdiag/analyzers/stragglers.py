@@ -19,10 +19,16 @@ import numpy as np
 
 from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns, windows
 from mrcdiag.analyzers.findings import Finding
-from mrcdiag.analyzers.instances import Instances
+from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.settings import Settings
-from mrcdiag.metrics import GPU_CLOCK_EVENT_ACTIVE, GPU_RANK_INFO, RANK_CPU_WAIT, THROTTLE_REASONS
+from mrcdiag.metrics import (
+    GPU_CLOCK_EVENT_ACTIVE,
+    GPU_RANK_INFO,
+    RANK_CPU,
+    RANK_CPU_WAIT,
+    THROTTLE_REASONS,
+)
 from mrcdiag.store.reader import RunData, series
 from mrcdiag.store.samples import parse_labels
 
@@ -56,36 +62,184 @@ def find_stragglers(
         settings.clock_uncertainty_factor * uncertainty if _cross_host(run) else 0,
         settings.min_lateness_s,
     )
-    flagged: dict[int, np.ndarray] = {}  # row -> steps in which it straggled
     all_windows = windows(cols, settings.window_min_steps, settings.windows_per_run)
-    for window in all_windows:
+    flagged: dict[int, set[int]] = {}  # row -> indices of the windows in which it straggled
+    behind_by_window, median_by_window = [], []
+    for index, window in enumerate(all_windows):
         late = m.own_late_s[:, window]  # arriving late only because a link delivered
         # to this rank last is the link's finding (interconnect), not a straggler
+        arrival = m.late_s[:, window]
         with warnings.catch_warnings():  # ranks outside every group have all-NaN rows
             warnings.simplefilter("ignore", RuntimeWarning)
             med = np.nanmedian(late, axis=1)
             behind = np.nanmean(np.where(np.isnan(late), np.nan, late > 0), axis=1)
+            # the others must wait for it: its arrivals are late too, not only its work
+            arrives_late = np.nanmedian(arrival, axis=1) > 0
+        behind_by_window.append(behind)
+        median_by_window.append(med)
         spread = robust_sigma(med) if len(m.ranks) >= 5 else 0.0
         centre = float(np.nanmedian(med)) if len(m.ranks) >= 5 else 0.0
         for row in np.flatnonzero(
             (med >= floor)
             & (behind >= settings.persistence_ratio)
+            & arrives_late
             & (med - centre > settings.outlier_sigmas * spread)
         ):
-            flagged.setdefault(int(row), []).append(window)
+            flagged.setdefault(int(row), set()).add(index)
     n_windows = len(all_windows)
     needed = 1 if n_windows <= 2 else 2
-    rows = {r: np.concatenate(w) for r, w in flagged.items() if len(w) >= needed}
-    if not rows:
-        return []
-    findings = _slow_nodes(run, inst, m, rows, cols, step_s, run_s, settings)
+    rows: dict[int, np.ndarray] = {}
+    for row, found in flagged.items():
+        if len(found) < needed:
+            continue
+        # A span's edges: a neighbouring window where it is still behind in most steps
+        # belongs to the span (a slowdown that starts mid-window is behind in 60-70%).
+        grown = True
+        while grown:
+            grown = False
+            for index in range(n_windows):
+                if index in found or not ({index - 1, index + 1} & found):
+                    continue
+                if (
+                    behind_by_window[index][row] >= settings.span_edge_ratio
+                    and median_by_window[index][row] >= floor
+                ):
+                    found.add(index)
+                    grown = True
+        rows[row] = np.concatenate([all_windows[i] for i in sorted(found)])
+    findings = _slow_nodes(run, inst, m, rows, cols, step_s, run_s, settings) if rows else []
     in_node = {r for f in findings for r in f.ranks}
     for row, steps in rows.items():
         rank = int(m.ranks[row])
         if rank in in_node:
             continue
         findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s, settings))
-    return findings
+    findings += _episodic(run, m, set(rows), cols, floor, step_s, run_s, settings)
+    return _host_contention(run, findings, settings)
+
+
+def _step_cost(m: RankStepMatrix, row: int, steps: np.ndarray) -> np.ndarray:
+    """Per step, how much sooner the step would have gone on had this rank arrived with
+    the others (its excess over the last of them, as far as its own work explains it)."""
+    return np.nan_to_num(
+        np.minimum(m.excess_s[row, steps], np.maximum(m.own_late_s[row, steps], 0))
+    )
+
+
+def _episodic(
+    run: RunData,
+    m: RankStepMatrix,
+    persistent_rows: set[int],
+    cols: np.ndarray,
+    floor: float,
+    step_s: float,
+    run_s: float,
+    settings: Settings,
+) -> list[Finding]:
+    """Stragglers that a median over steps does not see: a rank that stalls every N steps
+    (a checkpoint, a log flush, garbage collection), is stopped from outside now and then
+    (a hypervisor, a co-tenant, SIGSTOP), or is slow for a short span. Found by what they
+    cost: the what-if saving summed over the steps it held the others up, far above any
+    other rank's (the jitter of a shared machine falls on every rank alike)."""
+    if len(m.ranks) < 2:
+        return []
+    costs = np.array([_step_cost(m, row, cols) for row in range(len(m.ranks))])
+    totals = costs.sum(axis=1)
+    out = []
+    for row in np.argsort(-totals):
+        if row in persistent_rows or totals[row] <= 0:
+            continue
+        others = np.delete(totals, row)
+        hits = cols[_holding_up(costs[row], floor)]
+        if (
+            totals[row] < settings.episodic_min_lost_of_run_ratio * run_s
+            or totals[row] < settings.episodic_concentration * float(np.max(others))
+            or len(hits) < settings.episodic_min_events
+        ):
+            continue
+        out.append(
+            _rank_finding(
+                run, m, int(row), hits, cols, step_s, run_s, settings, pattern=_pattern(hits)
+            )
+        )
+    return out
+
+
+def _host_contention(run: RunData, findings: list[Finding], settings: Settings) -> list[Finding]:
+    """Where every rank of a host waits for a CPU (more ranks and threads than cores, a
+    noisy neighbour on the whole host), say so once for the host: a rank there that
+    straggles for no other measured reason is not at fault itself."""
+    waits = _counter_rates(run, RANK_CPU_WAIT)
+    by_host: dict[str, list[int]] = {}
+    for rank in run.ranks:
+        by_host.setdefault(run.host_of(rank), []).append(rank)
+    out = list(findings)
+    for host, ranks in sorted(by_host.items()):
+        rates = [waits.get(r) for r in ranks]
+        if len(ranks) < 2 or any(v is None or v < settings.cpu_wait_excess_s_per_s for v in rates):
+            continue
+        folded = [
+            f
+            for f in out
+            if f.kind == "straggler"
+            and f.cause in ("host_contention", "unknown")
+            and set(f.ranks) <= set(ranks)
+        ]
+        out = [f for f in out if f not in folded]
+        out.append(
+            Finding(
+                kind="straggler",
+                severity="info",
+                cause="host_contention",
+                time_lost_s=float(sum(f.time_lost_s for f in folded)),
+                ranks=tuple(sorted(ranks)),
+                nodes=(host,),
+                summary=f"every rank on {host} waits for a CPU ({min(rates):.2f}-"
+                f"{max(rates):.2f} s per second): more ranks and threads than cores, or "
+                "another tenant; lateness on this host is its scheduling, not one rank's "
+                "fault"
+                + (
+                    f" (ranks {', '.join(str(r) for f in folded for r in f.ranks)} were "
+                    "behind now and then)"
+                    if folded
+                    else ""
+                ),
+                evidence={
+                    "cpu_wait_s_per_s": {
+                        str(r): round(w, 3) for r, w in zip(ranks, rates, strict=True)
+                    }
+                },
+                recommendation="give each rank its own cores (fewer ranks per node, "
+                "OMP_NUM_THREADS, taskset/numactl), or move other work off this host",
+            )
+        )
+    return out
+
+
+def _holding_up(cost: np.ndarray, floor: float) -> np.ndarray:
+    """The steps that make up a rank's cost: the fewest that hold 80% of it, and any as
+    large as half the least of those (timer noise elsewhere does not count as a step)."""
+    order = np.argsort(-cost)
+    cumulative = np.cumsum(cost[order])
+    if len(cost) == 0 or cumulative[-1] <= 0:
+        return np.zeros(len(cost), dtype=bool)
+    core = order[: int(np.searchsorted(cumulative, 0.8 * cumulative[-1])) + 1]
+    return cost >= max(floor, 0.5 * float(cost[core].min()))
+
+
+def _pattern(hits: np.ndarray) -> dict[str, object]:
+    """How the steps a rank held the others up are spread: every N steps, one span, or
+    now and then."""
+    gaps = np.diff(hits)
+    if len(gaps) >= 2:
+        period = int(np.median(gaps))
+        regular = np.mean(np.abs(gaps - period) <= 1)
+        if period >= 2 and regular >= 0.7:
+            return {"pattern": "periodic", "every_steps": period}
+    first, last = int(hits[0]), int(hits[-1])
+    if len(hits) >= 0.6 * (last - first + 1):
+        return {"pattern": "span", "steps": f"{first}-{last}"}
+    return {"pattern": "intermittent", "steps_held_up": int(len(hits))}
 
 
 def _cross_host(run: RunData) -> bool:
@@ -127,33 +281,74 @@ def _rank_finding(
     step_s: float,
     run_s: float,
     settings: Settings,
+    pattern: dict[str, object] | None = None,
 ) -> Finding:
     rank = int(m.ranks[row])
     late_s = float(np.nanmedian(m.own_late_s[row, steps]))
-    lost_s = robust_total(
-        np.minimum(m.excess_s[row, steps], np.maximum(m.own_late_s[row, steps], 0))
-    )
+    cost = _step_cost(m, row, steps)
+    # persistent: a robust total (a neighbour's spike neither adds nor hides); episodic:
+    # every step it held the others up counts, as they are the finding
+    lost_s = robust_total(cost) if pattern is None else float(cost.sum())
     others = np.arange(len(m.ranks)) != row
     evidence: dict[str, object] = {
-        "median_lateness_ms": round(late_s * 1e3, 3),
+        "median_own_work_lateness_ms": round(late_s * 1e3, 3),
         "median_arrival_lateness_ms": round(float(np.nanmedian(m.late_s[row, steps])) * 1e3, 3),
         "steps_behind_peers": f"{100 * np.nanmean(m.own_late_s[row, steps] > 0):.0f}%",
         "job_step_time_ms": round(step_s * 1e3, 3),
         "straggling_steps": f"{int(steps.min())}-{int(steps.max())}",
     }
+    if pattern is not None:
+        evidence.update(pattern)
     cause, detail, advice = _cause(run, m, row, others, steps, late_s, step_s, evidence, settings)
     host = run.host_of(rank)
+    share = len(steps) / len(cols)
+    severity = _severity(settings, late_s, lost_s, step_s, run_s, share)
+    if pattern is not None:  # judged by what it cost alone
+        severity = _severity(settings, 0.0, lost_s, step_s, run_s, share)
     return Finding(
         kind="straggler",
-        severity=_severity(settings, late_s, lost_s, step_s, run_s, len(steps) / len(cols)),
+        severity=severity,
         cause=cause,
         time_lost_s=lost_s,
         ranks=(rank,),
         nodes=(host,),
-        summary=f"rank {rank} on {host} arrives {late_s * 1e3:.1f} ms behind its peers "
-        f"({100 * late_s / step_s:.0f}% of a step){detail}",
+        summary=_summary(rank, host, late_s, step_s, steps, cols, pattern) + detail,
         evidence=evidence,
         recommendation=advice,
+    )
+
+
+def _summary(
+    rank: int,
+    host: str,
+    late_s: float,
+    step_s: float,
+    steps: np.ndarray,
+    cols: np.ndarray,
+    pattern: dict[str, object] | None,
+) -> str:
+    """What the evidence shows: how much longer the rank's own work between collectives
+    takes than its peers', and over which steps; the others wait for it."""
+    head = f"rank {rank} on {host} holds its peers up"
+    if pattern is None:
+        span = (
+            ""
+            if len(steps) >= 0.9 * len(cols)
+            else f" in steps {int(steps.min())}-{int(steps.max())}"
+        )
+        return (
+            f"{head}{span}: its own work between collectives takes {late_s * 1e3:.1f} ms "
+            f"longer than theirs ({100 * late_s / step_s:.0f}% of a step)"
+        )
+    if pattern["pattern"] == "periodic":
+        return (
+            f"{head} every {pattern['every_steps']} steps ({len(steps)} times), "
+            f"{late_s * 1e3:.1f} ms each time"
+        )
+    if pattern["pattern"] == "span":
+        return f"{head} in steps {pattern['steps']}, {late_s * 1e3:.1f} ms per step"
+    return (
+        f"{head} now and then ({len(steps)} of {len(cols)} steps, {late_s * 1e3:.1f} ms each time)"
     )
 
 
@@ -182,7 +377,11 @@ def _cause(
             "give this rank's DataLoader more workers (num_workers), pin_memory and "
             "prefetching, or check its storage path and input shards",
         )
-    cpu_wait = _cpu_wait_rates(run)
+    # Signals per second of run, turned into seconds over the run: they must explain the
+    # lateness summed over the steps where the rank held the others up.
+    run_s = float(np.nansum(np.nanmax(m.duration_s, axis=0)))
+    lateness_total_s = max(late_s, 0.0) * len(steps)
+    cpu_wait = _counter_rates(run, RANK_CPU_WAIT)
     if rank in cpu_wait and len(cpu_wait) >= 2:
         mine = cpu_wait[rank]
         rest = float(np.median([v for r, v in cpu_wait.items() if r != rank]))
@@ -191,8 +390,11 @@ def _cause(
         # The extra run-queue wait must explain the lateness, as the data wait must: with
         # more ranks than cores the rank with more work also waits a little more for a
         # CPU, and that is not what made it late.
-        extra_wait_per_step_s = (mine - rest) * step_s
-        if mine - rest >= settings.cpu_wait_excess_s_per_s and extra_wait_per_step_s >= explains:
+        extra_wait_s = (mine - rest) * run_s
+        if (
+            mine - rest >= settings.cpu_wait_excess_s_per_s
+            and extra_wait_s >= settings.cause_explains_lateness_ratio * lateness_total_s
+        ):
             return (
                 "host_contention",
                 f"; its threads waited {mine:.2f} s per second for a CPU (peers {rest:.2f})",
@@ -208,22 +410,39 @@ def _cause(
             "check the GPU's cooling and power (nvidia-smi -q -d PERFORMANCE), and the "
             "node's power capping",
         )
+    cpu = _counter_rates(run, RANK_CPU)
+    if rank in cpu and len(cpu) >= 2:
+        mine = cpu[rank]
+        rest = float(np.median([v for r, v in cpu.items() if r != rank]))
+        evidence["cpu_s_per_s"] = round(mine, 3)
+        evidence["cpu_s_per_s_others"] = round(rest, 3)
+        if (mine - rest) * run_s >= settings.cause_explains_lateness_ratio * lateness_total_s:
+            return (
+                "slow_compute",
+                f"; it burns more CPU than its peers ({mine:.2f} s per second, peers "
+                f"{rest:.2f}): its own work is heavier",
+                "compare this rank's work with its peers' (uneven batch or sequence "
+                "lengths, an extra role such as logging or checkpointing on this rank)",
+            )
     return (
-        "slow_compute",
-        "; nothing in its inputs or host explains it: its own work is slower",
-        "compare this rank's work with its peers' (uneven batch or sequence lengths, an "
-        "extra role such as logging or checkpointing on this rank) and its hardware",
+        "unknown",
+        "; no signal separates it from its peers (DataLoader wait, run-queue wait, CPU "
+        "time, GPU clocks): its work is slower for a reason not measured here, or it was "
+        "stopped from outside (a hypervisor, a co-tenant's cgroup throttling)",
+        "look at what this rank does differently and at its host: CPU throttling "
+        "(cpu.stat nr_throttled), steal time, other tenants, uneven inputs",
     )
 
 
-def _cpu_wait_rates(run: RunData) -> dict[int, float]:
-    """Run-queue wait (s/s) per rank over the run, from the node agents' samples."""
+def _counter_rates(run: RunData, name: str) -> dict[int, float]:
+    """A per-rank counter of the node agents (CPU seconds, run-queue wait) as a rate
+    (s/s) per rank over the run."""
     rates: dict[int, float] = {}
     for samples in run.node_samples.values():
-        names = samples["name"] == RANK_CPU_WAIT
+        names = samples["name"] == name
         for labels in set(samples["labels"][names]):
             fields = parse_labels(labels)
-            t, v = series(samples, RANK_CPU_WAIT, labels)
+            t, v = series(samples, name, labels)
             if len(t) >= 2 and t[-1] > t[0] and "rank" in fields:
                 rates[int(fields["rank"])] = float((v[-1] - v[0]) / ((t[-1] - t[0]) / 1e9))
     return rates
@@ -298,9 +517,8 @@ def _set_excess(
     is_async[rec["instance"]] = rec["is_async"]
     valid = (inst.step >= 0) & (inst.step < len(per_step))
     np.add.at(per_step, inst.step[valid & ~is_async], excess[valid & ~is_async])
-    peak = np.zeros(len(per_step))
-    np.maximum.at(peak, inst.step[valid & is_async], excess[valid & is_async])
-    return (per_step + peak)[cols]
+    overlapped = median_by(inst.step[valid & is_async], excess[valid & is_async], len(per_step))
+    return (per_step + np.nan_to_num(overlapped))[cols]
 
 
 def _slow_nodes(

@@ -286,11 +286,16 @@ def _gpu_plots(analysis: Analysis) -> str:
     return "".join(out)
 
 
-def _findings(analysis: Analysis) -> str:
-    if not analysis.findings:
-        return '<p class="ok">No finding: the run looks healthy.</p>'
+def _findings(analysis: Analysis, anomalies: bool = True) -> str:
+    chosen = [f for f in analysis.findings if f.is_anomaly == anomalies]
+    if not chosen:
+        return (
+            '<p class="ok">No anomaly: no rank, node, link or GPU stands out.</p>'
+            if anomalies
+            else ""
+        )
     out = []
-    for f in analysis.findings:
+    for f in chosen:
         target = "gpu" if f.cause == "gpu_throttling" else PLOT_OF.get(f.kind, "steps")
         where = []
         if f.ranks:
@@ -361,7 +366,12 @@ def render_html(analysis: Analysis, diff: Comparison | None = None) -> str:
     step_med = s.step_time_p50_s or 0.0
     serious = [f for f in analysis.findings if f.severity != "info"]
     headline = (
-        "; ".join(f"{_e(f.cause)} ({f.time_lost_s:.2f} s lost)" for f in serious[:3])
+        "; ".join(
+            f"{_e(f.cause)}"
+            + (f" on rank {', '.join(map(str, f.ranks))}" if 0 < len(f.ranks) <= 4 else "")
+            + f" ({f.time_lost_s:.2f} s lost)"
+            for f in serious[:3]
+        )
         if serious
         else '<span class="ok">no finding of severity warning or above</span>'
     )
@@ -390,7 +400,7 @@ def render_html(analysis: Analysis, diff: Comparison | None = None) -> str:
         f" · {s.duration_s:.1f} s · step time p50 {step_med * 1e3:.1f} ms, p90 "
         f"{(s.step_time_p90_s or 0) * 1e3:.1f} ms</p>"
         f'<p class="headline"><b>Top causes:</b> {headline}</p>'
-        f"<h2>Findings, by time lost</h2>{_findings(analysis)}"
+        f"<h2>Anomalies, by time lost</h2>{_findings(analysis)}"
         f'<h2 id="steps">Step time per rank over steps</h2><p class=muted>Rows are ranks (or '
         "groups of ranks, their slowest shown), columns steps (or bins of steps). A straggler "
         f"is a row that stays dark; a slowdown is a band of columns.</p>{step_plot}"
@@ -398,7 +408,8 @@ def render_html(analysis: Analysis, diff: Comparison | None = None) -> str:
         "the median of its peers each rank arrived; the rank everyone waits for is dark."
         f"</p>{late_plot}"
         f'<h2 id="busbw">Bus bandwidth against message size</h2>{_busbw_plot(analysis)}'
-        f'<h2 id="breakdown">Where each rank\'s step goes</h2>{_breakdown(analysis)}'
+        f'<h2 id="breakdown">Where the time goes</h2>{_findings(analysis, anomalies=False)}'
+        f"{_breakdown(analysis)}"
         + (f'<h2 id="gpu">GPUs over time</h2>{gpu}' if gpu else '<div id="gpu"></div>')
         + compare_html
         + _tables(analysis)

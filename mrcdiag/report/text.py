@@ -49,8 +49,10 @@ def render_text(analysis: Analysis, color: bool | None = None) -> str:
         emoji=False,
     )
     _headline(console, analysis)
-    for number, finding in enumerate(analysis.findings, 1):
+    anomalies = [f for f in analysis.findings if f.is_anomaly]
+    for number, finding in enumerate(anomalies, 1):
         _finding(console, number, finding)
+    _where_time_goes(console, analysis, len(anomalies))
     _tables(console, analysis)
     _problems(console, analysis)
     return buffer.getvalue()
@@ -75,8 +77,50 @@ def _headline(console: Console, analysis: Analysis) -> None:
     if not serious:
         console.print("[green]No problem found[/green]: no finding of severity warning or above.")
     else:
-        causes = ", ".join(f"{f.cause} ({_fmt_s(f.time_lost_s)} lost)" for f in serious[:3])
+        causes = ", ".join(f"{_cause_where(f)} ({_fmt_s(f.time_lost_s)} lost)" for f in serious[:3])
         console.print(f"[bold]Top causes:[/bold] {causes}")
+    console.print()
+
+
+def _cause_where(f: Finding) -> str:
+    """ "slow_compute on rank 1", "slow_node on node b": a cause with where it is."""
+    if f.ranks and len(f.ranks) <= 4 and f.cause != "slow_node":
+        return f"{f.cause} on rank {', '.join(map(str, f.ranks))}"
+    if f.nodes:
+        return f"{f.cause} on node {', '.join(f.nodes[:2])}"
+    return f.cause
+
+
+def _where_time_goes(console: Console, analysis: Analysis, numbered: int) -> None:
+    """Efficiency: the split of step time, for the job and the ranks that differ most,
+    and the efficiency findings (info: the workload's shape, not a fault)."""
+    split = analysis.summary.time_split
+    if not split:
+        return
+    console.print("[bold]Where the time goes[/bold] (steady steps)")
+    total = sum(r.step_time_s for r in split) or 1.0
+
+    def shares(parts: tuple[float, float, float, float], whole: float) -> str:
+        names = ("compute", "data wait", "exposed communication", "waiting for peers")
+        return ", ".join(f"{n} {100 * p / whole:.0f}%" for n, p in zip(names, parts, strict=True))
+
+    job = (
+        sum(r.compute_s for r in split),
+        sum(r.data_wait_s for r in split),
+        sum(r.exposed_comm_s for r in split),
+        sum(r.waiting_s for r in split),
+    )
+    console.print(f"   job: {shares(job, total)}")
+    by_wait = sorted(split, key=lambda r: r.waiting_s / max(r.step_time_s, 1e-12))
+    shown = by_wait if len(by_wait) <= 4 else by_wait[:2] + by_wait[-2:]
+    for r in shown:
+        parts = (r.compute_s, r.data_wait_s, r.exposed_comm_s, r.waiting_s)
+        console.print(f"   rank {r.rank}: {shares(parts, max(r.step_time_s, 1e-12))}")
+    for f in analysis.findings:
+        if not f.is_anomaly:
+            console.print(f"   [cyan]·[/cyan] {f.summary} [dim]({f.kind} · {f.cause})[/dim]")
+            if f.recommendation:
+                console.print(f"     [bold]→[/bold] {f.recommendation}")
     console.print()
 
 
