@@ -39,6 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-rank", type=int, action="append", default=[])
     p.add_argument("--slow-ms", type=float, default=0.0, help="extra compute on --slow-rank")
     p.add_argument(
+        "--slow-from-step", type=int, default=0, help="--slow-rank is slow from this step on"
+    )
+    p.add_argument(
+        "--stall-every",
+        type=int,
+        default=0,
+        help="--slow-rank does its extra work only every N steps (a checkpoint, a flush)",
+    )
+    p.add_argument(
         "--slow-host-rank",
         type=int,
         default=-1,
@@ -123,8 +132,9 @@ def main(argv: list[str] | None = None) -> None:
             os.kill(os.getpid(), 9)
         burn_cpu(args.work_ms)
         fixed_work(args.fixed_work)
-        if slow:
-            burn_cpu(args.slow_ms)
+        if slow and step >= args.slow_from_step:
+            if args.stall_every <= 0 or step % args.stall_every == args.stall_every // 2:
+                burn_cpu(args.slow_ms)
         if 0 <= args.slowdown_at_step <= step:
             burn_cpu(args.slowdown_ms)
         loss = model(batch).pow(2).mean()

@@ -113,3 +113,91 @@ def test_clean_run_of_hundreds_of_steps_has_no_warning(run_dir: Path, attempt: i
     result = launch(run_dir, 2, demo_job("--steps", "300", "--work-ms", "8"))
     assert result.returncode == 0, result.stderr
     assert _warnings(report_json(run_dir)) == []
+
+
+def test_a_rank_that_stalls_every_tenth_step_is_found_with_its_period(run_dir: Path) -> None:
+    steps, stall_ms = 80, 150.0
+    result = launch(
+        run_dir,
+        3,
+        demo_job(
+            "--steps", str(steps), "--work-ms", "10", "--slow-rank", "1",
+            "--slow-ms", str(stall_ms), "--stall-every", "10",
+        ),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stragglers = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "straggler"]
+    assert [f["ranks"] for f in stragglers] == [[1]], stragglers
+    (finding,) = stragglers
+    assert finding["evidence"]["pattern"] == "periodic", finding
+    assert finding["evidence"]["every_steps"] == 10
+    stalls = len([k for k in range(3, steps) if k % 10 == 5])  # after the warm-up steps
+    injected = stall_ms / 1e3 * stalls
+    assert abs(finding["time_lost_s"] - injected) <= 0.3 * injected, finding
+
+
+def test_a_rank_slow_for_the_second_half_is_found_over_that_span(run_dir: Path) -> None:
+    steps, slow_ms = 100, 8.0
+    result = launch(
+        run_dir,
+        2,
+        demo_job(
+            "--steps", str(steps), "--work-ms", "10", "--slow-rank", "1",
+            "--slow-ms", str(slow_ms), "--slow-from-step", "50",
+        ),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stragglers = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "straggler"]
+    assert [f["ranks"] for f in stragglers] == [[1]], stragglers
+    first, last = map(int, stragglers[0]["evidence"]["straggling_steps"].split("-"))
+    assert 38 <= first <= 62 and last >= 95, stragglers[0]
+    # the what-if over the steps where it happened, not over a part of them
+    injected = slow_ms / 1e3 * (steps - 50)
+    assert 0.6 * injected <= stragglers[0]["time_lost_s"] <= 1.3 * injected, stragglers[0]
+
+
+def test_a_rank_stopped_from_outside_on_a_duty_cycle_is_found(run_dir: Path) -> None:
+    """SIGSTOP 30 ms of every 100 ms, as a throttled VM or a co-tenant's cgroup would:
+    no change to the job, and nothing in the rank's own signals says why."""
+    import json
+    import signal
+    import threading
+    import time
+
+    from conftest import REPO, job_env, launch_command, torchrun
+
+    from mrcdiag.store import layout
+
+    cmd = launch_command(run_dir, torchrun(3, demo_job("--steps", "150", "--work-ms", "10")))
+    proc = subprocess.Popen(
+        cmd, env=job_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    meta = layout.rank_dir(run_dir, 2) / layout.RANK_META_FILE
+    stop = threading.Event()
+
+    def duty_cycle() -> None:
+        while not meta.exists() and proc.poll() is None:  # the rank attached: its pid
+            stop.wait(0.05)
+        if proc.poll() is not None:
+            return
+        pid = json.loads(meta.read_text())["pid"]
+        while not stop.is_set():
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.03)  # the fault itself: stopped 30 ms ...
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                return
+            stop.wait(0.07)  # ... of every 100 ms
+
+    thread = threading.Thread(target=duty_cycle, daemon=True)
+    thread.start()
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        stop.set()
+        thread.join()
+    assert proc.returncode == 0, stderr
+    stragglers = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "straggler"]
+    assert [f["ranks"] for f in stragglers] == [[2]], stragglers
+    assert stragglers[0]["cause"] in ("unknown", "host_contention"), stragglers[0]

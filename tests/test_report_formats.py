@@ -43,10 +43,14 @@ def test_terminal_report_has_headline_and_straggler_block(runs: dict[str, Path])
     assert (
         lines[0].startswith("mrcdiag report  job demo_job") and "3 ranks on 1 node(s)" in lines[0]
     )
-    assert any(line.startswith("Top causes: slow_compute") for line in lines[:4])
+    assert any(line.startswith("Top causes: slow_compute on rank 2") for line in lines[:4])
     block = next(i for i, line in enumerate(lines) if "straggler · cause slow_compute" in line)
     assert "rank 2" in lines[block] and "lost" in lines[block]
-    assert "arrives" in lines[block + 1] and "behind its peers" in lines[block + 1]
+    # the headline states what its evidence shows: the rank's own work is slower
+    assert "rank 2 on" in lines[block + 1] and "holds its peers up" in lines[block + 1]
+    assert "own work between collectives takes" in " ".join(lines[block + 1 : block + 3])
+    # efficiency comes after the anomalies, in its own section
+    assert lines.index("Where the time goes (steady steps)") > block
     assert max(len(line) for line in lines) <= 100
 
 

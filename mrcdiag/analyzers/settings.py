@@ -18,7 +18,8 @@ class Settings:
 
     # Stragglers (analyzers/stragglers.py)
     persistence_ratio: float = 0.75  # share of a window's steps the rank is behind its peers
-    span_edge_ratio: float = 0.5  # a window next to a straggling one joins its span from here
+    span_edge_ratio: float = 0.6  # a window next to a straggling one joins its span from here
+    span_edge_lateness_ratio: float = 0.3  # ... late by this share of its lateness in the span
     # Episodic stragglers (periodic stalls, outside throttling, short spans): found by cost
     episodic_min_lost_of_run_ratio: float = 0.03  # what-if saving, of the steady run
     episodic_concentration: float = 3.0  # times any other rank's what-if saving

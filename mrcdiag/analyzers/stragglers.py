@@ -92,8 +92,14 @@ def find_stragglers(
     for row, found in flagged.items():
         if len(found) < needed:
             continue
-        # A span's edges: a neighbouring window where it is still behind in most steps
-        # belongs to the span (a slowdown that starts mid-window is behind in 60-70%).
+        # A span's edges: a neighbouring window where it is still behind in most steps,
+        # by a good part of its lateness in the span, belongs to the span (a slowdown that
+        # starts mid-window is behind in 60-70% of that window's steps).
+        edge_floor = max(
+            floor,
+            settings.span_edge_lateness_ratio
+            * float(np.median([median_by_window[i][row] for i in found])),
+        )
         grown = True
         while grown:
             grown = False
@@ -102,7 +108,7 @@ def find_stragglers(
                     continue
                 if (
                     behind_by_window[index][row] >= settings.span_edge_ratio
-                    and median_by_window[index][row] >= floor
+                    and median_by_window[index][row] >= edge_floor
                 ):
                     found.add(index)
                     grown = True
