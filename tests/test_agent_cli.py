@@ -36,3 +36,26 @@ def test_launch_without_a_command_is_a_usage_error() -> None:
 def test_launch_of_a_missing_program_is_one_line(tmp_path: Path) -> None:
     proc = mrcdiag("launch", "--run-dir", str(tmp_path / "r"), "--", "no-such-torchrun")
     assert proc.returncode == 1 and "command not found: 'no-such-torchrun'" in proc.stderr
+
+
+def test_rank_cpu_wait_never_falls_when_a_thread_ends(tmp_path: Path) -> None:
+    from mrcdiag.collectors.host import ThreadCounter, read_schedstat_waits_ns
+
+    task = tmp_path / "4242" / "task"
+
+    def threads(waits: dict[str, int]) -> dict[str, int] | None:
+        for tid in list(task.iterdir()) if task.exists() else []:
+            if tid.name not in waits:  # the thread ended
+                (tid / "schedstat").unlink()
+                tid.rmdir()
+        for tid, ns in waits.items():
+            (task / tid).mkdir(parents=True, exist_ok=True)
+            (task / tid / "schedstat").write_text(f"1000 {ns} 3\n")
+        return read_schedstat_waits_ns(4242, tmp_path)
+
+    counter = ThreadCounter()
+    totals = [
+        counter.total_ns(threads(waits))
+        for waits in ({"4242": 100, "4243": 900}, {"4242": 150}, {"4242": 160, "4250": 40})
+    ]
+    assert totals == [1000, 1050, 1100]  # the ended thread's 900 ns stay counted

@@ -50,6 +50,12 @@ def _steps_per_rank(run_dir: Path) -> dict[int, int]:
     return dict(Counter(int(r) for r in run.steps["rank"]))
 
 
+def _no_warning(run_dir: Path) -> None:
+    """A clean run of a real training loop: nothing to warn about (issue #13)."""
+    serious = [f for f in report_json(run_dir)["findings"] if f["severity"] != "info"]
+    assert serious == [], serious
+
+
 def _collectives_compared(said: list[str]) -> int:
     line = next(line for line in said if "capture check" in line)
     return int(line.split("capture check: ")[1].split()[0])
@@ -65,6 +71,7 @@ def test_hugging_face_trainer_every_collective_and_step(run_dir: Path) -> None:
     ops = {schema.OPS[o] for o in ddp["op"]}
     # DDP's own: the parameter-shape check and the start-up broadcasts, beside its buckets
     assert {"all_gather", "broadcast", "all_reduce"} <= ops
+    _no_warning(run_dir)
 
 
 def test_lightning_ddp_every_collective_and_step(run_dir: Path) -> None:
@@ -72,6 +79,7 @@ def test_lightning_ddp_every_collective_and_step(run_dir: Path) -> None:
     truth, said, _ = _run_stack(run_dir, "lightning_ddp.py")
     assert _collectives_compared(said) > 0
     assert set(_steps_per_rank(run_dir).values()) == {truth["optimizer_steps"]}
+    _no_warning(run_dir)
 
 
 def test_fsdp2_with_a_checkpoint_gather_every_collective(run_dir: Path) -> None:

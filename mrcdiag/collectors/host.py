@@ -2,7 +2,10 @@
 
 Run-queue wait per rank comes from /proc/PID/task/*/schedstat (second field: ns spent
 runnable but not running), summed over the rank's threads: the direct sign that the
-rank shares its cores with something else.
+rank shares its cores with something else. A thread that ends takes its schedstat with
+it, so the collector keeps each thread's last value: the counter never goes back (a
+DataLoader or gloo thread ending made the run-queue wait of a rank fall by up to a
+tenth of a second before, read as a negative rate).
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from mrcdiag.collectors.base import Sample, SampleCollector
 RankProcess = tuple[int, int, int]  # (rank, local_rank, pid)
 
 
-def read_schedstat_wait_s(pid: int, proc_root: Path = Path("/proc")) -> float | None:
-    """Seconds the threads of `pid` waited for a CPU; None if the process is gone."""
-    total_ns = 0
+def read_schedstat_waits_ns(pid: int, proc_root: Path = Path("/proc")) -> dict[str, int] | None:
+    """Per thread of `pid`, ns it waited for a CPU; None if the process is gone."""
+    waits: dict[str, int] = {}
     try:
         tasks = list((proc_root / str(pid) / "task").iterdir())
     except OSError:
@@ -28,10 +31,24 @@ def read_schedstat_wait_s(pid: int, proc_root: Path = Path("/proc")) -> float | 
     for task in tasks:
         try:
             fields = (task / "schedstat").read_text().split()
-            total_ns += int(fields[1])
+            waits[task.name] = int(fields[1])
         except (OSError, IndexError, ValueError):
             continue
-    return total_ns / 1e9
+    return waits
+
+
+class ThreadCounter:
+    """A per-process total over its threads that does not fall when a thread ends."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.ended_ns = 0
+
+    def total_ns(self, now: dict[str, int]) -> int:
+        for tid in set(self.last) - set(now):
+            self.ended_ns += self.last.pop(tid)
+        self.last.update(now)
+        return self.ended_ns + sum(self.last.values())
 
 
 class HostCollector(SampleCollector):
@@ -46,6 +63,7 @@ class HostCollector(SampleCollector):
         self.proc_root = proc_root
         psutil.cpu_percent(percpu=True)  # prime: the first call has no interval behind it
         self._procs: dict[int, psutil.Process] = {}
+        self._waits: dict[int, ThreadCounter] = {}  # pid -> its run-queue wait
 
     def read(self) -> list[Sample]:
         out: list[Sample] = []
@@ -153,6 +171,7 @@ class HostCollector(SampleCollector):
                 cpu_s = times.user + times.system
             except (psutil.Error, OSError):
                 self._procs.pop(pid, None)
+                self._waits.pop(pid, None)
                 continue
             out.append(
                 Sample(
@@ -163,12 +182,13 @@ class HostCollector(SampleCollector):
                     "CPU time used by the rank's process",
                 )
             )
-            wait = read_schedstat_wait_s(pid, self.proc_root)
-            if wait is not None:
+            waits = read_schedstat_waits_ns(pid, self.proc_root)
+            if waits is not None:
+                counter = self._waits.setdefault(pid, ThreadCounter())
                 out.append(
                     Sample(
                         "mrcdiag_rank_cpu_wait_seconds_total",
-                        wait,
+                        counter.total_ns(waits) / 1e9,
                         labels,
                         "counter",
                         "Time the rank's threads were runnable but waited for a CPU",
