@@ -21,7 +21,7 @@ class Settings:
     span_edge_ratio: float = 0.6  # a window next to a straggling one joins its span from here
     span_edge_lateness_ratio: float = 0.3  # ... late by this share of its lateness in the span
     # Episodic stragglers (periodic stalls, outside throttling, short spans): found by cost
-    episodic_min_lost_of_run_ratio: float = 0.03  # what-if saving, of the steady run
+    episodic_min_lost_of_run_ratio: float = 0.05  # what-if saving, of the steady run
     episodic_concentration: float = 3.0  # times any other rank's what-if saving
     episodic_min_events: int = 3  # steps in which it held the others up
     min_lateness_of_step_ratio: float = 0.01
@@ -34,6 +34,10 @@ class Settings:
     # microseconds behind is the scheduling of a shared host, not a slow rank to go and see.
     min_persistent_lateness_s: float = 0.001
     cpu_wait_excess_s_per_s: float = 0.15  # run-queue wait beyond the other ranks'
+    cpu_excess_s_per_s: float = 0.05  # CPU time beyond the other ranks', for slow_compute
+    # On a host where every rank waits for a CPU, an unexplained straggler costing less
+    # than this share of the run is told as the host's contention, not as the rank's fault
+    contended_host_fold_lost_ratio: float = 0.10
     # A cause is named only when its signal (extra DataLoader wait, extra run-queue wait
     # per step) beyond the peers' accounts for at least this share of the lateness.
     cause_explains_lateness_ratio: float = 0.5

@@ -184,12 +184,17 @@ def _host_contention(run: RunData, findings: list[Finding], settings: Settings) 
         rates = [waits.get(r) for r in ranks]
         if len(ranks) < 2 or any(v is None or v < settings.cpu_wait_excess_s_per_s for v in rates):
             continue
+        # A rank of such a host that straggles for no other measured reason, and costs
+        # less than a tenth of the run, is that scheduling; one that costs more (stopped
+        # from outside, say) stays a finding of its own.
+        run_s = _steady_run_s(run, settings)
         folded = [
             f
             for f in out
             if f.kind == "straggler"
             and f.cause in ("host_contention", "unknown")
             and set(f.ranks) <= set(ranks)
+            and f.time_lost_s < settings.contended_host_fold_lost_ratio * run_s
         ]
         out = [f for f in out if f not in folded]
         out.append(
@@ -231,6 +236,18 @@ def _holding_up(cost: np.ndarray, floor: float) -> np.ndarray:
         return np.zeros(len(cost), dtype=bool)
     core = order[: int(np.searchsorted(cumulative, 0.8 * cumulative[-1])) + 1]
     return cost >= max(floor, 0.5 * float(cost[core].min()))
+
+
+def _steady_run_s(run: RunData, settings: Settings) -> float:
+    """The steady steps' duration, from the ranks' step records."""
+    steps = run.steps
+    if not len(steps):
+        return 0.0
+    cut = steady_columns(int(steps["step"].max()) + 1, settings.warmup_steps)
+    keep = np.isin(steps["step"], cut)
+    if not keep.any():
+        return 0.0
+    return float((steps["t_end_ns"][keep].max() - steps["t_start_ns"][keep].min()) / 1e9)
 
 
 def _pattern(hits: np.ndarray) -> dict[str, object]:
@@ -426,7 +443,10 @@ def _cause(
         rest = float(np.median([v for r, v in cpu.items() if r != rank]))
         evidence["cpu_s_per_s"] = round(mine, 3)
         evidence["cpu_s_per_s_others"] = round(rest, 3)
-        if (mine - rest) * run_s >= settings.cause_explains_lateness_ratio * lateness_total_s:
+        if (
+            mine - rest >= settings.cpu_excess_s_per_s
+            and (mine - rest) * run_s >= settings.cause_explains_lateness_ratio * lateness_total_s
+        ):
             return (
                 "slow_compute",
                 f"; it burns more CPU than its peers ({mine:.2f} s per second, peers "
