@@ -1,0 +1,226 @@
+"""How often the report is right: scenarios x seeds on real torchrun jobs.
+
+    python benchmarks/detection_matrix.py [--seeds 3] [--only NAME ...] [--json OUT]
+
+Each scenario runs a real job under `mrcdiag launch` (gloo, CPU, this host), with its
+fault injected the way it happens: extra work or a slow DataLoader inside the job; a busy
+loop pinned to a rank's core, or SIGSTOP/SIGCONT on a duty cycle, from outside it. The
+report's findings of severity warning or above are then judged against what was
+injected:
+
+  right        the expected finding (kind and rank) with an accepted cause, nothing else
+  missed       the expected finding is not there
+  false        a warning about something that was not injected (on clean runs: any)
+  wrong cause  the right kind and rank, another cause
+
+and printed per scenario. Not here (they need root and network namespaces, see
+tests/test_multinode.py): clean runs on 3 hosts, a slow link, a slow node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STACKS = REPO / "tests" / "jobs" / "stacks"
+
+
+@dataclass(frozen=True)
+class Expected:
+    kind: str  # "" for a clean run: no warning at all
+    ranks: tuple[int, ...] = ()
+    causes: tuple[str, ...] = ()  # accepted causes (empty: any)
+    or_nothing: bool = False  # the fault may also go unreported (a co-tenant on 2 cores)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    nproc: int
+    target: list[str]
+    expected: Expected
+    env: dict[str, str] = field(default_factory=dict)
+    outside: str = ""  # "hog:RANK" or "sigstop:RANK"
+
+
+def demo(*args: str) -> list[str]:
+    return ["-m", "mrcdiag.demo_job", *args]
+
+
+WORK = ["--steps", "60", "--work-ms", "30"]  # 30 ms of work: 10% is 3 ms
+SCENARIOS = [
+    Scenario("clean, 2 ranks", 2, demo(*WORK), Expected("")),
+    Scenario("clean, 3 ranks on 2 cores", 3, demo(*WORK), Expected("")),
+    Scenario("clean, Hugging Face Trainer", 2, [str(STACKS / "hf_trainer.py")], Expected(""),
+             {"STACK_STEPS": "40"}),
+    Scenario("clean, Lightning DDP", 2, [str(STACKS / "lightning_ddp.py")], Expected(""),
+             {"STACK_STEPS": "40"}),
+    Scenario("one rank 10% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "3"),
+             Expected("straggler", (1,), ("slow_compute", "unknown"))),
+    Scenario("one rank 20% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "6"),
+             Expected("straggler", (1,), ("slow_compute",))),
+    Scenario("one rank 20% slower, 3 ranks", 3,
+             demo(*WORK, "--slow-rank", "2", "--slow-ms", "6"),
+             Expected("straggler", (2,), ("slow_compute", "unknown"))),
+    Scenario("slow DataLoader on one rank", 2,
+             demo(*WORK, "--slow-data-rank", "1", "--slow-data-ms", "10"),
+             Expected("straggler", (1,), ("data_loading",))),
+    Scenario("stall of 150 ms every 10th step", 3,
+             demo(*WORK, "--slow-rank", "1", "--slow-ms", "150", "--stall-every", "10"),
+             Expected("straggler", (1,), ("slow_compute", "unknown"))),
+    Scenario("slow from mid-run (50%)", 2,
+             demo("--steps", "100", "--work-ms", "20", "--slow-rank", "1", "--slow-ms", "6",
+                  "--slow-from-step", "50"),
+             Expected("straggler", (1,), ("slow_compute", "unknown"))),
+    Scenario("SIGSTOP 30 ms of every 100 ms", 3, demo("--steps", "150", "--work-ms", "10"),
+             Expected("straggler", (2,), ("unknown", "host_contention")), outside="sigstop:2"),
+    Scenario("CPU co-tenant on rank 1's core", 2,
+             demo("--steps", "60", "--work-ms", "0", "--fixed-work", "300", "--pin"),
+             Expected("straggler", (1,), ("host_contention",), or_nothing=True),
+             outside="hog:1"),
+    Scenario("job-wide slowdown", 2,
+             demo(*WORK, "--slowdown-at-step", "30", "--slowdown-ms", "15"),
+             Expected("slowdown")),
+    Scenario("a rank dies", 3, demo(*WORK, "--die-rank", "2", "--die-at-step", "30"),
+             Expected("hang", (2,))),
+    Scenario("tensor parallel (init_device_mesh), one rank slower", 2,
+             [str(STACKS / "tp_mesh.py")], Expected("straggler", (1,)),
+             {"STACK_STEPS": "60", "STACK_SLOW_RANK": "1", "STACK_SLOW_S": "0.01"}),
+    Scenario("pipeline (1F1B), uneven stages", 2, [str(STACKS / "pipeline.py")],
+             Expected("straggler", (1,)), {"STACK_SCHEDULE": "1f1b", "STACK_SLOW_STAGE": "1",
+                                            "STACK_STEPS": "20"}),
+]  # fmt: skip
+
+
+def _outside(spec: str, run_dir: Path, proc: subprocess.Popen) -> Callable[[], None]:
+    """Start the fault from outside the job; returns what stops it."""
+    if not spec:
+        return lambda: None
+    kind, rank = spec.split(":")
+    if kind == "hog":
+        hog = subprocess.Popen(
+            [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{rank}}})\nwhile 1: pass"]
+        )
+        return lambda: (hog.kill(), hog.wait())
+    stop = threading.Event()
+    meta = run_dir / "ranks" / f"rank-{int(rank):05d}" / "rank.json"
+
+    def duty() -> None:
+        while not meta.exists() and proc.poll() is None and not stop.is_set():
+            stop.wait(0.05)
+        if not meta.exists():
+            return
+        pid = json.loads(meta.read_text())["pid"]
+        while not stop.is_set():
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.03)
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                return
+            stop.wait(0.07)
+
+    thread = threading.Thread(target=duty, daemon=True)
+    thread.start()
+    return lambda: (stop.set(), thread.join())
+
+
+def run_once(scenario: Scenario, tmp: Path) -> list[dict]:
+    run_dir = tmp / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", **scenario.env)
+    cmd = [
+        sys.executable, "-m", "mrcdiag.cli", "launch", "--run-dir", str(run_dir),
+        "--metrics-port", "0", "--metrics-addr", "127.0.0.1", "--interval", "0.5", "--",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(scenario.nproc),
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0", *scenario.target,
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    stop = _outside(scenario.outside, run_dir, proc)
+    try:
+        proc.wait(timeout=300)
+    finally:
+        stop()
+    report = subprocess.run(
+        [sys.executable, "-m", "mrcdiag.cli", "report", str(run_dir), "--format", "json"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )  # fmt: skip
+    if report.returncode != 0:
+        return [{"kind": "error", "ranks": [], "cause": report.stderr.strip()[-200:]}]
+    findings = json.loads(report.stdout)["findings"]
+    return [f for f in findings if f["severity"] in ("warning", "critical")]
+
+
+def judge(expected: Expected, warnings: list[dict]) -> str:
+    """right, missed, false or wrong cause."""
+    if not expected.kind:
+        return "right" if not warnings else "false"
+    hits = [
+        f
+        for f in warnings
+        if f["kind"] == expected.kind
+        and (not expected.ranks or set(expected.ranks) <= set(f["ranks"]))
+    ]
+    others = [f for f in warnings if f not in hits and f["kind"] != "idle_compute"]
+    if expected.kind == "hang":  # the others' waits are the hang's consequence
+        others = [f for f in others if f["kind"] not in ("straggler", "slowdown")]
+    if not hits:
+        if others:
+            return "false"
+        return "right" if expected.or_nothing else "missed"
+    if others:
+        return "false"
+    if expected.causes and not any(f["cause"] in expected.causes for f in hits):
+        return "wrong cause"
+    return "right"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3, help="runs of each scenario")
+    p.add_argument("--only", nargs="*", default=[], help="scenarios whose name contains this")
+    p.add_argument("--json", type=Path, help="also write every verdict here")
+    args = p.parse_args()
+    chosen = [s for s in SCENARIOS if not args.only or any(o in s.name for o in args.only)]
+    rows, details = [], []
+    for scenario in chosen:
+        verdicts = []
+        for seed in range(args.seeds):
+            with tempfile.TemporaryDirectory() as tmp:
+                warnings = run_once(scenario, Path(tmp))
+            verdict = judge(scenario.expected, warnings)
+            verdicts.append(verdict)
+            details.append(
+                {
+                    "scenario": scenario.name,
+                    "seed": seed,
+                    "verdict": verdict,
+                    "warnings": [(f["kind"], f["cause"], f["ranks"]) for f in warnings],
+                }
+            )
+            print(f"  {scenario.name} #{seed}: {verdict} {details[-1]['warnings']}", flush=True)
+        rows.append((scenario.name, verdicts))
+    print()
+    print("| scenario | runs | right | missed | false warnings | wrong cause |")
+    print("|---|---|---|---|---|---|")
+    for name, verdicts in rows:
+        counts = [verdicts.count(v) for v in ("right", "missed", "false", "wrong cause")]
+        print(f"| {name} | {len(verdicts)} | " + " | ".join(map(str, counts)) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(details, indent=1))
+
+
+if __name__ == "__main__":
+    main()
