@@ -145,6 +145,32 @@ def test_pipeline_point_to_point_against_the_profiler(run_dir: Path, schedule: s
     assert all(p["sends"] == p["receives"] > 0 for p in peers)
 
 
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_a_clean_pipeline_has_no_warning(run_dir: Path, schedule: str) -> None:
+    env = job_env(STACK_SCHEDULE=schedule, STACK_STEPS="20", STACK_PROFILE="0")
+    result = launch(run_dir, 2, script("stacks/pipeline.py"), timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _no_warning(run_dir)
+
+
+def test_a_pipeline_stage_with_more_layers_is_stage_imbalance(run_dir: Path) -> None:
+    result = launch(
+        run_dir,
+        2,
+        script("stacks/pipeline.py"),
+        timeout=240,
+        env=job_env(
+            STACK_SCHEDULE="1f1b", STACK_SLOW_STAGE="1", STACK_STEPS="12", STACK_PROFILE="0"
+        ),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    serious = [f for f in report_json(run_dir)["findings"] if f["severity"] != "info"]
+    # one finding for the stage, not a straggler of every rank, nor exposed communication
+    assert [(f["kind"], f["cause"], f["ranks"]) for f in serious] == [
+        ("straggler", "stage_imbalance", [1])
+    ], serious
+
+
 def test_a_slow_rank_in_a_device_mesh_job_is_named(run_dir: Path) -> None:
     result = launch(
         run_dir,

@@ -21,6 +21,7 @@ from mrcdiag.analyzers.instances import Instances, collective_instances
 from mrcdiag.analyzers.interconnect import find_interconnect
 from mrcdiag.analyzers.lateness import RankStepMatrix, rank_step_matrix
 from mrcdiag.analyzers.link_rates import find_degraded_links
+from mrcdiag.analyzers.pipeline import find_stage_imbalance
 from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.analyzers.slowdown import find_slowdowns
@@ -56,6 +57,7 @@ def analyze(
     findings += find_hangs(run)
     stragglers = find_stragglers(run, instances, matrix, settings)
     findings += stragglers
+    findings += find_stage_imbalance(run, matrix, settings)
     findings += find_slowdowns(matrix, settings)
     explained = tuple(sorted({r for f in stragglers if f.severity != "info" for r in f.ranks}))
     findings += find_idle(run, matrix, explained, settings)

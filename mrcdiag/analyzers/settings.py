@@ -45,6 +45,9 @@ class Settings:
     throttled_share_ratio: float = 0.2  # of GPU samples; and this much above the peers' GPUs
     clock_uncertainty_factor: float = 3.0  # across hosts, lateness must exceed this x bound
 
+    # Pipeline stages (analyzers/pipeline.py)
+    stage_imbalance_ratio: float = 1.25  # a stage's own work over the other stages' median
+
     # Slowdowns (analyzers/slowdown.py)
     slowdown_min_ratio: float = 1.15
     slowdown_critical_ratio: float = 1.5

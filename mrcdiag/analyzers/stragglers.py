@@ -175,7 +175,7 @@ def _host_contention(run: RunData, findings: list[Finding], settings: Settings) 
     """Where every rank of a host waits for a CPU (more ranks and threads than cores, a
     noisy neighbour on the whole host), say so once for the host: a rank there that
     straggles for no other measured reason is not at fault itself."""
-    waits = _counter_rates(run, RANK_CPU_WAIT)
+    waits = counter_rates(run, RANK_CPU_WAIT)
     by_host: dict[str, list[int]] = {}
     for rank in run.ranks:
         by_host.setdefault(run.host_of(rank), []).append(rank)
@@ -408,7 +408,7 @@ def _cause(
     # lateness summed over the steps where the rank held the others up.
     run_s = float(np.nansum(np.nanmax(m.duration_s, axis=0)))
     lateness_total_s = max(late_s, 0.0) * len(steps)
-    cpu_wait = _counter_rates(run, RANK_CPU_WAIT)
+    cpu_wait = counter_rates(run, RANK_CPU_WAIT)
     if rank in cpu_wait and len(cpu_wait) >= 2:
         mine = cpu_wait[rank]
         rest = float(np.median([v for r, v in cpu_wait.items() if r != rank]))
@@ -437,7 +437,7 @@ def _cause(
             "check the GPU's cooling and power (nvidia-smi -q -d PERFORMANCE), and the "
             "node's power capping",
         )
-    cpu = _counter_rates(run, RANK_CPU)
+    cpu = counter_rates(run, RANK_CPU)
     if rank in cpu and len(cpu) >= 2:
         mine = cpu[rank]
         rest = float(np.median([v for r, v in cpu.items() if r != rank]))
@@ -464,7 +464,7 @@ def _cause(
     )
 
 
-def _counter_rates(run: RunData, name: str) -> dict[int, float]:
+def counter_rates(run: RunData, name: str) -> dict[int, float]:
     """A per-rank counter of the node agents (CPU seconds, run-queue wait) as a rate
     (s/s) per rank over the run."""
     rates: dict[int, float] = {}

@@ -1,0 +1,100 @@
+"""Pipeline stages: a stage slower than the others holds the whole pipeline to its pace.
+
+In a pipeline (ranks that pass activations to each other by send and receive) every
+stage waits for its neighbours, so the step time is the slowest stage's and every
+rank's steps look alike; no rank arrives late at a collective. What differs is each
+stage's own work: its step time less the time it sat blocked in point-to-point and
+collective calls and in its DataLoader. A stage whose own work clearly exceeds the
+others' (an uneven split of layers, a slower device) is the bottleneck: one finding,
+`stage_imbalance`, for that stage, not a straggler of every rank.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from mrcdiag.analyzers.common import job_step_time, steady_columns
+from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.instances import P2P_CODES
+from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.settings import Settings
+from mrcdiag.analyzers.stragglers import counter_rates
+from mrcdiag.metrics import RANK_CPU_WAIT
+from mrcdiag.store.reader import RunData
+
+
+def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) -> list[Finding]:
+    c = run.collectives
+    if not len(c):
+        return []
+    stages = sorted({int(r) for r in c["rank"][np.isin(c["op"], P2P_CODES)]})
+    cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
+    if len(stages) < 2 or len(cols) < 3:
+        return []
+    rows = [m.row(r) for r in stages]
+    own = (m.duration_s - m.blocked_s - m.data_wait_s)[np.ix_(rows, cols)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_stage = np.nanmedian(own, axis=1)
+    if not np.isfinite(per_stage).all():
+        return []
+    order = np.argsort(-per_stage)
+    slowest, runner_up = int(order[0]), float(per_stage[order[1]])
+    rest = float(np.median(np.delete(per_stage, slowest)))
+    excess = float(per_stage[slowest]) - rest
+    if (
+        rest <= 0
+        or per_stage[slowest] < settings.stage_imbalance_ratio * rest
+        or excess < settings.min_persistent_lateness_s
+    ):
+        return []
+    # in most steps, not in a few: the stage's work, not one preemption
+    others_max = np.nanmax(np.delete(own, slowest, axis=0), axis=0)
+    if np.nanmean(own[slowest] > others_max) < settings.persistence_ratio:
+        return []
+    job = job_step_time(m.duration_s[:, cols])
+    run_s = float(np.nansum(job))
+    step_s = float(np.nanmedian(job))
+    # A stage that only waited longer for a CPU (its host shares cores) is contention,
+    # the stragglers' finding, not an uneven split.
+    waits = counter_rates(run, RANK_CPU_WAIT)
+    rank = stages[slowest]
+    if rank in waits and len(waits) >= 2:
+        rest_wait = float(np.median([v for r, v in waits.items() if r != rank and r in stages]))
+        extra_wait_s = (waits[rank] - rest_wait) * run_s
+        if extra_wait_s >= settings.cause_explains_lateness_ratio * excess * len(cols):
+            return []
+    # what-if: the pipeline at the pace of its next slowest stage
+    lost_s = max(float(per_stage[slowest]) - runner_up, 0.0) * len(cols)
+    share = lost_s / run_s if run_s > 0 else 0.0
+    severity = (
+        "critical"
+        if share >= settings.critical_lost_of_run_ratio
+        else "warning"
+        if share >= settings.warning_lost_of_run_ratio
+        else "info"
+    )
+    host = run.host_of(rank)
+    return [
+        Finding(
+            kind="straggler",
+            severity=severity,
+            cause="stage_imbalance",
+            time_lost_s=lost_s,
+            ranks=(rank,),
+            nodes=(host,),
+            summary=f"pipeline stage on rank {rank} ({host}) works {excess * 1e3:.1f} ms more "
+            f"per step than the other stages' median ({per_stage[slowest] * 1e3:.1f} ms "
+            f"against {rest * 1e3:.1f} ms): the whole pipeline goes at its pace",
+            evidence={
+                "own_work_ms_per_stage": {
+                    str(r): round(float(v) * 1e3, 3) for r, v in zip(stages, per_stage, strict=True)
+                },
+                "job_step_time_ms": round(step_s * 1e3, 3),
+            },
+            recommendation="rebalance the layers between stages (split by measured time, "
+            "not by layer count), or give this stage's device a lighter share",
+        )
+    ]
