@@ -46,7 +46,7 @@ class Settings:
     clock_uncertainty_factor: float = 3.0  # across hosts, lateness must exceed this x bound
 
     # Pipeline stages (analyzers/pipeline.py)
-    stage_imbalance_ratio: float = 1.25  # a stage's own work over the other stages' median
+    stage_imbalance_ratio: float = 1.5  # a stage's own work over the other stages' median
 
     # Slowdowns (analyzers/slowdown.py)
     slowdown_min_ratio: float = 1.15

@@ -408,12 +408,9 @@ def _cause(
     # lateness summed over the steps where the rank held the others up.
     run_s = float(np.nansum(np.nanmax(m.duration_s, axis=0)))
     lateness_total_s = max(late_s, 0.0) * len(steps)
-    cpu_wait = counter_rates(run, RANK_CPU_WAIT)
-    if rank in cpu_wait and len(cpu_wait) >= 2:
-        mine = cpu_wait[rank]
-        rest = float(np.median([v for r, v in cpu_wait.items() if r != rank]))
-        evidence["cpu_wait_s_per_s"] = round(mine, 3)
-        evidence["cpu_wait_s_per_s_others"] = round(rest, 3)
+    cpu_wait = _versus_peers(run, RANK_CPU_WAIT, rank, "cpu_wait_s_per_s", evidence)
+    if cpu_wait is not None:
+        mine, rest = cpu_wait
         # The extra run-queue wait must explain the lateness, as the data wait must: with
         # more ranks than cores the rank with more work also waits a little more for a
         # CPU, and that is not what made it late.
@@ -437,12 +434,9 @@ def _cause(
             "check the GPU's cooling and power (nvidia-smi -q -d PERFORMANCE), and the "
             "node's power capping",
         )
-    cpu = counter_rates(run, RANK_CPU)
-    if rank in cpu and len(cpu) >= 2:
-        mine = cpu[rank]
-        rest = float(np.median([v for r, v in cpu.items() if r != rank]))
-        evidence["cpu_s_per_s"] = round(mine, 3)
-        evidence["cpu_s_per_s_others"] = round(rest, 3)
+    cpu = _versus_peers(run, RANK_CPU, rank, "cpu_s_per_s", evidence)
+    if cpu is not None:
+        mine, rest = cpu
         if (
             mine - rest >= settings.cpu_excess_s_per_s
             and (mine - rest) * run_s >= settings.cause_explains_lateness_ratio * lateness_total_s
@@ -462,6 +456,21 @@ def _cause(
         "look at what this rank does differently and at its host: CPU throttling "
         "(cpu.stat nr_throttled), steal time, other tenants, uneven inputs",
     )
+
+
+def _versus_peers(
+    run: RunData, name: str, rank: int, key: str, evidence: dict[str, object]
+) -> tuple[float, float] | None:
+    """A per-rank counter's rate for `rank` and the median of the others' (also put in
+    the evidence as `key` and `key`_others); None where it was not sampled."""
+    rates = counter_rates(run, name)
+    if rank not in rates or len(rates) < 2:
+        return None
+    mine = rates[rank]
+    rest = float(np.median([v for r, v in rates.items() if r != rank]))
+    evidence[key] = round(mine, 3)
+    evidence[key + "_others"] = round(rest, 3)
+    return mine, rest
 
 
 def counter_rates(run: RunData, name: str) -> dict[int, float]:

@@ -173,12 +173,7 @@ def _make_kernel(torch: Any, c10d_op: str) -> Callable[..., Any]:
             peer = -1
             if peer_pos >= 0:
                 peer = int(dist.get_global_rank(pg, int(args[peer_pos])))
-            if is_p2p:
-                group.p2p_seq += 1
-                seq = group.p2p_seq
-            else:
-                group.seq += 1
-                seq = group.seq
+            seq = group.next_seq(is_p2p)
             dtype = ops.dtype_code(first.dtype) if first is not None else 0
             device = ops.cuda_index(first) if first is not None else -1
             op_code = single_code if len(args[0]) == 1 else code

@@ -63,6 +63,15 @@ class _Group:
     seq: int = 0
     p2p_seq: int = 0
 
+    def next_seq(self, is_p2p: bool) -> int:
+        """The next sequence number: collectives and point-to-point count apart, as
+        torch's own (and the flight recorder's) do. The Python API's hot path inlines it."""
+        if is_p2p:
+            self.p2p_seq += 1
+            return self.p2p_seq
+        self.seq += 1
+        return self.seq
+
 
 class Session:
     """Everything the wrappers need once a rank is attached."""
@@ -257,14 +266,13 @@ def wrap_batch_p2p(orig: Any) -> Any:
             for p2p in p2p_ops:
                 is_send = getattr(p2p.op, "__name__", "") in ("isend", "send")
                 group = session.group(p2p.group)
-                group.p2p_seq += 1
                 tensor = p2p.tensor
                 heads.append(
                     (
                         send_code if is_send else recv_code,
                         tls.source,
                         group.index,
-                        group.p2p_seq,
+                        group.next_seq(True),
                         int(p2p.peer),
                         tensor.nbytes,
                         ops.dtype_code(tensor.dtype),

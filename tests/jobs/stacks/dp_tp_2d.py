@@ -7,7 +7,6 @@ import os
 import sys
 
 import torch
-import torch.nn as nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import (
@@ -17,19 +16,9 @@ from torch.distributed.tensor.parallel import (
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import report_truth  # noqa: E402
+from _common import MLP, report_truth  # noqa: E402
 
 STEPS = int(os.environ.get("STACK_STEPS", "6"))
-
-
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.up = nn.Linear(32, 64)
-        self.down = nn.Linear(64, 32)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.relu(self.up(x)))
 
 
 def main() -> None:
@@ -37,7 +26,7 @@ def main() -> None:
     mesh = init_device_mesh("cpu", (world // 2, 2), mesh_dim_names=("dp", "tp"))
     torch.manual_seed(0)
     model = parallelize_module(
-        MLP(), mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel()}
+        MLP(32, 64), mesh["tp"], {"up": ColwiseParallel(), "down": RowwiseParallel()}
     )
     fully_shard(model, mesh=mesh["dp"])
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

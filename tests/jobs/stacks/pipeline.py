@@ -26,6 +26,7 @@ STEPS = int(os.environ.get("STACK_STEPS", "6"))
 SCHEDULE = os.environ.get("STACK_SCHEDULE", "gpipe")
 SLOW_STAGE = int(os.environ.get("STACK_SLOW_STAGE", "-1"))
 WIDTH = int(os.environ.get("STACK_WIDTH", "384"))
+BATCH = 64  # 16 rows per microbatch: compute, not the schedule's bookkeeping, per stage
 
 
 def stage_module(stage: int) -> nn.Module:
@@ -46,9 +47,9 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU]) if profiled else nullcontext() as prof:
         for _ in range(STEPS):
             if rank == 0:
-                schedule.step(torch.randn(16, WIDTH))
+                schedule.step(torch.randn(BATCH, WIDTH))
             elif rank == world - 1:
-                schedule.step(target=torch.randn(16, WIDTH))
+                schedule.step(target=torch.randn(BATCH, WIDTH))
             else:
                 schedule.step()
             opt.step()

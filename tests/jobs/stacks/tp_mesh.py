@@ -9,7 +9,6 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
@@ -18,27 +17,19 @@ from torch.distributed.tensor.parallel import (
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import report_truth  # noqa: E402
+from _common import MLP, report_truth  # noqa: E402
 
 STEPS = int(os.environ.get("STACK_STEPS", "20"))
 SLOW_RANK = int(os.environ.get("STACK_SLOW_RANK", "-1"))
 SLOW_S = float(os.environ.get("STACK_SLOW_S", "0.03"))
 
 
-class MLP(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.up = nn.Linear(64, 256)
-        self.down = nn.Linear(256, 64)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(torch.relu(self.up(x)))
-
-
 def main() -> None:
     mesh = init_device_mesh("cpu", (int(os.environ["WORLD_SIZE"]),), mesh_dim_names=("tp",))
     torch.manual_seed(0)
-    model = parallelize_module(MLP(), mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
+    model = parallelize_module(
+        MLP(64, 256), mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()}
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     rank = mesh.get_rank()
     for _ in range(STEPS):
