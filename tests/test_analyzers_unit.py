@@ -53,6 +53,10 @@ def test_lateness_inside_a_group_that_is_not_the_world() -> None:
     run = lockstep(4, 40, compute_ms={0: 10, 1: 18, 2: 10, 3: 10}, group=(0, 1))
     stragglers = [f for f in analyze(run).findings if f.kind == "straggler"]
     assert [f.ranks for f in stragglers] == [(1,)]
+    # the finding says where the others waited for it: the group it shares with rank 0
+    label = run.groups[0].label
+    assert list(stragglers[0].evidence["others_waited_in_groups"]) == [label]
+    assert stragglers[0].summary.endswith(f"the others waited for it in {label}")
 
 
 def test_overlapping_async_buckets_are_counted_once_per_step() -> None:

@@ -14,6 +14,7 @@ explains it), summed over steps.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 
@@ -121,7 +122,32 @@ def find_stragglers(
             continue
         findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s, settings))
     findings += _episodic(run, m, set(rows), cols, floor, step_s, run_s, settings)
-    return _host_contention(run, findings, settings)
+    return [_where_waited(run, inst, f) for f in _host_contention(run, findings, settings)]
+
+
+def _where_waited(run: RunData, inst: Instances, finding: Finding) -> Finding:
+    """Name the process groups in which the others waited for a straggling rank: with
+    several groups (data x tensor parallel, pipeline stages) its lateness shows only in
+    the groups it belongs to, and that is where to look."""
+    if len(finding.ranks) != 1 or "straggling_steps" not in finding.evidence:
+        return finding
+    rank = finding.ranks[0]
+    first, last = map(int, str(finding.evidence["straggling_steps"]).split("-"))
+    held = (inst.last_rank == rank) & (inst.step >= first) & (inst.step <= last)
+    held &= inst.n_arrived >= 2
+    if not held.any():
+        return finding
+    ids, counts = np.unique(inst.group[held], return_counts=True)
+    labels = {
+        (run.groups[int(g)].label if int(g) < len(run.groups) else f"group {int(g)}"): int(n)
+        for g, n in sorted(zip(ids, counts, strict=True), key=lambda gn: -gn[1])
+    }
+    named = ", ".join(list(labels)[:3])
+    return replace(
+        finding,
+        evidence={**finding.evidence, "others_waited_in_groups": labels},
+        summary=f"{finding.summary}; the others waited for it in {named}",
+    )
 
 
 def _step_cost(m: RankStepMatrix, row: int, steps: np.ndarray) -> np.ndarray:
