@@ -157,8 +157,10 @@ def test_a_rank_slow_for_the_second_half_is_found_over_that_span(run_dir: Path) 
 
 
 def test_a_rank_stopped_from_outside_on_a_duty_cycle_is_found(run_dir: Path) -> None:
-    """SIGSTOP 30 ms of every 100 ms, as a throttled VM or a co-tenant's cgroup would:
-    no change to the job, and nothing in the rank's own signals says why."""
+    """SIGSTOP 40 ms of every 100 ms, as a throttled VM or a co-tenant's cgroup would:
+    no change to the job, and nothing in the rank's own signals says why. Two ranks, one
+    per core: with three on two cores every rank waits for a CPU, and an unexplained
+    straggler costing under a tenth of the run is rightly told as the host's contention."""
     import json
     import signal
     import threading
@@ -168,11 +170,11 @@ def test_a_rank_stopped_from_outside_on_a_duty_cycle_is_found(run_dir: Path) -> 
 
     from mrcdiag.store import layout
 
-    cmd = launch_command(run_dir, torchrun(3, demo_job("--steps", "150", "--work-ms", "10")))
+    cmd = launch_command(run_dir, torchrun(2, demo_job("--steps", "150", "--work-ms", "10")))
     proc = subprocess.Popen(
         cmd, env=job_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    meta = layout.rank_dir(run_dir, 2) / layout.RANK_META_FILE
+    meta = layout.rank_dir(run_dir, 1) / layout.RANK_META_FILE
     stop = threading.Event()
 
     def duty_cycle() -> None:
@@ -184,11 +186,11 @@ def test_a_rank_stopped_from_outside_on_a_duty_cycle_is_found(run_dir: Path) -> 
         while not stop.is_set():
             try:
                 os.kill(pid, signal.SIGSTOP)
-                time.sleep(0.03)  # the fault itself: stopped 30 ms ...
+                time.sleep(0.04)  # the fault itself: stopped 40 ms ...
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 return
-            stop.wait(0.07)  # ... of every 100 ms
+            stop.wait(0.06)  # ... of every 100 ms
 
     thread = threading.Thread(target=duty_cycle, daemon=True)
     thread.start()
@@ -199,5 +201,5 @@ def test_a_rank_stopped_from_outside_on_a_duty_cycle_is_found(run_dir: Path) -> 
         thread.join()
     assert proc.returncode == 0, stderr
     stragglers = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "straggler"]
-    assert [f["ranks"] for f in stragglers] == [[2]], stragglers
+    assert [f["ranks"] for f in stragglers] == [[1]], stragglers
     assert stragglers[0]["cause"] in ("unknown", "host_contention"), stragglers[0]

@@ -24,6 +24,8 @@ class Settings:
     episodic_min_lost_of_run_ratio: float = 0.05  # what-if saving, of the steady run
     episodic_concentration: float = 3.0  # times any other rank's what-if saving
     episodic_min_events: int = 3  # steps in which it held the others up
+    # a lasting straggler whose cost sits in fewer than this share of its steps is episodic
+    episodic_share_of_span_ratio: float = 0.3
     min_lateness_of_step_ratio: float = 0.01
     outlier_sigmas: float = 6.0  # with 5 ranks or more: beyond the ranks' own spread
     warning_lateness_of_step_ratio: float = 0.03

@@ -277,14 +277,20 @@ def _steady_run_s(run: RunData, settings: Settings) -> float:
 
 
 def _pattern(hits: np.ndarray) -> dict[str, object]:
-    """How the steps a rank held the others up are spread: every N steps, one span, or
-    now and then."""
+    """How the steps a rank held the others up are spread: every N steps (most of them on
+    one phase of N, an odd extra step allowed), one span, or now and then."""
     gaps = np.diff(hits)
     if len(gaps) >= 2:
-        period = int(np.median(gaps))
-        regular = np.mean(np.abs(gaps - period) <= 1)
-        if period >= 2 and regular >= 0.7:
-            return {"pattern": "periodic", "every_steps": period}
+        values, counts = np.unique(gaps[gaps >= 2], return_counts=True)
+        if len(values):
+            period = int(values[np.argmax(counts)])
+            phases = np.bincount(hits % period, minlength=period)
+            phase = int(np.argmax(phases))
+            off = (hits - phase) % period
+            slack = 1 if period >= 4 else 0  # a step early or late, where that means something
+            on_phase = np.mean((off <= slack) | (off >= period - slack))
+            if on_phase >= 0.7 and phases[phase] >= 3:
+                return {"pattern": "periodic", "every_steps": period}
     first, last = int(hits[0]), int(hits[-1])
     if len(hits) >= 0.6 * (last - first + 1):
         return {"pattern": "span", "steps": f"{first}-{last}"}
@@ -338,8 +344,15 @@ def _rank_finding(
     pattern: dict[str, object] | None = None,
 ) -> Finding:
     rank = int(m.ranks[row])
-    late_s = float(np.nanmedian(m.own_late_s[row, steps]))
     cost = _step_cost(m, row, steps)
+    if pattern is None:
+        # A lasting lateness whose cost sits in a minority of its steps (a stall every N
+        # steps on a rank that is also a little behind in the others) is an episode too.
+        hits = steps[_holding_up(cost, settings.min_lateness_s)]
+        if 0 < len(hits) < settings.episodic_share_of_span_ratio * len(steps):
+            steps, pattern = hits, _pattern(hits)
+            cost = _step_cost(m, row, steps)
+    late_s = float(np.nanmedian(m.own_late_s[row, steps]))
     # persistent: a robust total (a neighbour's spike neither adds nor hides); episodic:
     # every step it held the others up counts, as they are the finding
     lost_s = robust_total(cost) if pattern is None else float(cost.sum())
