@@ -26,6 +26,7 @@ class Settings:
     episodic_min_events: int = 3  # steps in which it held the others up
     # a lasting straggler whose cost sits in fewer than this share of its steps is episodic
     episodic_share_of_span_ratio: float = 0.3
+    episodic_quiet_ratio: float = 0.2  # ... and is late by less than this share elsewhere
     min_lateness_of_step_ratio: float = 0.01
     outlier_sigmas: float = 6.0  # with 5 ranks or more: beyond the ranks' own spread
     warning_lateness_of_step_ratio: float = 0.03

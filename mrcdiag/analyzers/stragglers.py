@@ -348,8 +348,16 @@ def _rank_finding(
     if pattern is None:
         # A lasting lateness whose cost sits in a minority of its steps (a stall every N
         # steps on a rank that is also a little behind in the others) is an episode too.
-        hits = steps[_holding_up(cost, settings.min_lateness_s)]
-        if 0 < len(hits) < settings.episodic_share_of_span_ratio * len(steps):
+        held = _holding_up(cost, settings.min_lateness_s)
+        hits = steps[held]
+        # ... but not a rank late by as much in every step, whose cost only shows where
+        # the others' jitter does not hide it (one slow rank among many)
+        quiet = float(np.nanmedian(m.own_late_s[row, steps[~held]])) if (~held).any() else 0.0
+        loud = float(np.nanmedian(m.own_late_s[row, hits])) if len(hits) else 0.0
+        if (
+            0 < len(hits) < settings.episodic_share_of_span_ratio * len(steps)
+            and quiet < settings.episodic_quiet_ratio * loud
+        ):
             steps, pattern = hits, _pattern(hits)
             cost = _step_cost(m, row, steps)
     late_s = float(np.nanmedian(m.own_late_s[row, steps]))
