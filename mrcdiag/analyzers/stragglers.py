@@ -91,6 +91,13 @@ def find_stragglers(
     needed = 1 if n_windows <= 2 else 2
     rows: dict[int, np.ndarray] = {}
     for row, found in flagged.items():
+        # a window behind by a sliver, far from where the rank is really slow, is chance
+        strongest = max(median_by_window[i][row] for i in found)
+        found = {
+            i
+            for i in found
+            if median_by_window[i][row] >= settings.span_edge_lateness_ratio * strongest
+        }
         if len(found) < needed:
             continue
         # A span's edges: a neighbouring window where it is still behind in most steps,
@@ -191,7 +198,15 @@ def _episodic(
             continue
         out.append(
             _rank_finding(
-                run, m, int(row), hits, cols, step_s, run_s, settings, pattern=_pattern(hits)
+                run,
+                m,
+                int(row),
+                hits,
+                cols,
+                step_s,
+                run_s,
+                settings,
+                pattern=_pattern(hits, _step_cost(m, int(row), hits)),
             )
         )
     return out
@@ -276,20 +291,21 @@ def _steady_run_s(run: RunData, settings: Settings) -> float:
     return float((steps["t_end_ns"][keep].max() - steps["t_start_ns"][keep].min()) / 1e9)
 
 
-def _pattern(hits: np.ndarray) -> dict[str, object]:
-    """How the steps a rank held the others up are spread: every N steps (most of them on
-    one phase of N, an odd extra step allowed), one span, or now and then."""
+def _pattern(hits: np.ndarray, costs: np.ndarray | None = None) -> dict[str, object]:
+    """How the steps a rank held the others up are spread: every N steps (most of their
+    cost on one phase of N, an odd cheap extra step allowed), one span, or now and then."""
+    weights = np.ones(len(hits)) if costs is None else np.maximum(costs, 0) + 1e-12
     gaps = np.diff(hits)
     if len(gaps) >= 2:
         values, counts = np.unique(gaps[gaps >= 2], return_counts=True)
         if len(values):
             period = int(values[np.argmax(counts)])
-            phases = np.bincount(hits % period, minlength=period)
+            phases = np.bincount(hits % period, weights=weights, minlength=period)
             phase = int(np.argmax(phases))
             off = (hits - phase) % period
             slack = 1 if period >= 4 else 0  # a step early or late, where that means something
-            on_phase = np.mean((off <= slack) | (off >= period - slack))
-            if on_phase >= 0.7 and phases[phase] >= 3:
+            on = (off <= slack) | (off >= period - slack)
+            if weights[on].sum() >= 0.7 * weights.sum() and on.sum() >= 3:
                 return {"pattern": "periodic", "every_steps": period}
     first, last = int(hits[0]), int(hits[-1])
     if len(hits) >= 0.6 * (last - first + 1):
@@ -358,7 +374,7 @@ def _rank_finding(
             0 < len(hits) < settings.episodic_share_of_span_ratio * len(steps)
             and quiet < settings.episodic_quiet_ratio * loud
         ):
-            steps, pattern = hits, _pattern(hits)
+            steps, pattern = hits, _pattern(hits, cost[held])
             cost = _step_cost(m, row, steps)
     late_s = float(np.nanmedian(m.own_late_s[row, steps]))
     # persistent: a robust total (a neighbour's spike neither adds nor hides); episodic:
