@@ -22,6 +22,7 @@ from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.recurrence import step_pattern
 from mrcdiag.analyzers.settings import Settings
 from mrcdiag.metrics import (
     GPU_CLOCK_EVENT_ACTIVE,
@@ -206,7 +207,7 @@ def _episodic(
                 step_s,
                 run_s,
                 settings,
-                pattern=_pattern(hits, _step_cost(m, int(row), hits)),
+                pattern=step_pattern(hits, _step_cost(m, int(row), hits)),
             )
         )
     return out
@@ -291,28 +292,6 @@ def _steady_run_s(run: RunData, settings: Settings) -> float:
     return float((steps["t_end_ns"][keep].max() - steps["t_start_ns"][keep].min()) / 1e9)
 
 
-def _pattern(hits: np.ndarray, costs: np.ndarray | None = None) -> dict[str, object]:
-    """How the steps a rank held the others up are spread: every N steps (most of their
-    cost on one phase of N, an odd cheap extra step allowed), one span, or now and then."""
-    weights = np.ones(len(hits)) if costs is None else np.maximum(costs, 0) + 1e-12
-    gaps = np.diff(hits)
-    if len(gaps) >= 2:
-        values, counts = np.unique(gaps[gaps >= 2], return_counts=True)
-        if len(values):
-            period = int(values[np.argmax(counts)])
-            phases = np.bincount(hits % period, weights=weights, minlength=period)
-            phase = int(np.argmax(phases))
-            off = (hits - phase) % period
-            slack = 1 if period >= 4 else 0  # a step early or late, where that means something
-            on = (off <= slack) | (off >= period - slack)
-            if weights[on].sum() >= 0.7 * weights.sum() and on.sum() >= 3:
-                return {"pattern": "periodic", "every_steps": period}
-    first, last = int(hits[0]), int(hits[-1])
-    if len(hits) >= 0.6 * (last - first + 1):
-        return {"pattern": "span", "steps": f"{first}-{last}"}
-    return {"pattern": "intermittent", "steps_held_up": int(len(hits))}
-
-
 def _cross_host(run: RunData) -> bool:
     return any(i.clock_method == "ping_pong" for i in run.ranks.values())
 
@@ -374,7 +353,7 @@ def _rank_finding(
             0 < len(hits) < settings.episodic_share_of_span_ratio * len(steps)
             and quiet < settings.episodic_quiet_ratio * loud
         ):
-            steps, pattern = hits, _pattern(hits, cost[held])
+            steps, pattern = hits, step_pattern(hits, cost[held])
             cost = _step_cost(m, row, steps)
     late_s = float(np.nanmedian(m.own_late_s[row, steps]))
     # persistent: a robust total (a neighbour's spike neither adds nor hides); episodic:
