@@ -13,8 +13,9 @@ injected:
   false        a warning about something that was not injected (on clean runs: any)
   wrong cause  the right kind and rank, another cause
 
-and printed per scenario. Not here (they need root and network namespaces, see
-tests/test_multinode.py): clean runs on 3 hosts, a slow link, a slow node.
+and printed per scenario. The multi-host scenarios run on test hosts made of network
+namespaces (tests/netns.py: root and iproute2), a link shaped with tbf; without them they
+are left out with the reason.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Expected:
     ranks: tuple[int, ...] = ()
     causes: tuple[str, ...] = ()  # accepted causes (empty: any)
     or_nothing: bool = False  # the fault may also go unreported (a co-tenant on 2 cores)
+    nodes: tuple[str, ...] = ()  # the hosts it must name
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,9 @@ class Scenario:
     target: list[str]
     expected: Expected
     env: dict[str, str] = field(default_factory=dict)
-    outside: str = ""  # "hog:RANK" or "sigstop:RANK"
+    outside: str = ""  # "hog:RANK", or "sigstop:RANK:STOPPED_MS:PERIOD_MS" (a duty cycle)
+    hosts: int = 0  # >0: that many test hosts (network namespaces), nproc ranks on each
+    slow_link: str = ""  # "HOST:RATE": that host's link shaped with tbf
 
 
 def demo(*args: str) -> list[str]:
@@ -70,6 +74,10 @@ SCENARIOS = [
              {"STACK_STEPS": "12", "STACK_PROFILE": "0"}),
     Scenario("clean, pipeline (1F1B)", 2, [str(STACKS / "pipeline.py")], Expected(""),
              {"STACK_STEPS": "12", "STACK_SCHEDULE": "1f1b", "STACK_PROFILE": "0"}),
+    Scenario("clean, 3 hosts", 1, demo("--steps", "60", "--work-ms", "8"), Expected(""),
+             hosts=3),
+    Scenario("one rank 5% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "1.5"),
+             Expected("straggler", (1,), ("slow_compute", "unknown"))),
     Scenario("one rank 10% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "3"),
              Expected("straggler", (1,), ("slow_compute", "unknown"))),
     Scenario("one rank 20% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "6"),
@@ -88,7 +96,9 @@ SCENARIOS = [
                   "--slow-from-step", "50"),
              Expected("straggler", (1,), ("slow_compute", "unknown"))),
     Scenario("SIGSTOP 30 ms of every 100 ms", 3, demo("--steps", "150", "--work-ms", "10"),
-             Expected("straggler", (2,), ("unknown", "host_contention")), outside="sigstop:2"),
+             Expected("straggler", (2,), ("unknown", "host_contention")), outside="sigstop:2:30:100"),
+    Scenario("SIGSTOP 40 ms of every 100 ms, 2 ranks", 2, demo("--steps", "150", "--work-ms", "10"),
+             Expected("straggler", (1,), ("unknown", "host_contention")), outside="sigstop:1:40:100"),
     Scenario("CPU co-tenant on rank 1's core", 2,
              demo("--steps", "60", "--work-ms", "0", "--fixed-work", "300", "--pin"),
              Expected("straggler", (1,), ("host_contention",), or_nothing=True),
@@ -101,6 +111,18 @@ SCENARIOS = [
     Scenario("tensor parallel (init_device_mesh), one rank slower", 2,
              [str(STACKS / "tp_mesh.py")], Expected("straggler", (1,)),
              {"STACK_STEPS": "60", "STACK_SLOW_RANK": "1", "STACK_SLOW_S": "0.01"}),
+    Scenario("FSDP2, one rank slower", 2, [str(STACKS / "fsdp2.py")],
+             Expected("straggler", (1,)),
+             {"STACK_STEPS": "60", "STACK_SLOW_RANK": "1", "STACK_SLOW_S": "0.01"}),
+    Scenario("2-D mesh (dp x tp), one rank slower", 4, [str(STACKS / "dp_tp_2d.py")],
+             Expected("straggler", (2,)),
+             {"STACK_STEPS": "60", "STACK_SLOW_RANK": "2", "STACK_SLOW_S": "0.02"}),
+    Scenario("slow link (one host at 40 Mbit/s)", 1, demo("--steps", "30", "--work-ms", "5"),
+             Expected("interconnect", causes=("slow_link",), nodes=("host1",)),
+             hosts=3, slow_link="1:40mbit"),
+    Scenario("slow node (both ranks of a host slower)", 2,
+             demo(*WORK, "--slow-host-rank", "2", "--slow-ms", "6"),
+             Expected("straggler", (2, 3), ("slow_node",), nodes=("host1",)), hosts=2),
     Scenario("pipeline (1F1B), uneven stages", 2, [str(STACKS / "pipeline.py")],
              Expected("straggler", (1,), ("stage_imbalance",)),
              {"STACK_SCHEDULE": "1f1b", "STACK_SLOW_STAGE": "1", "STACK_STEPS": "12",
@@ -112,12 +134,13 @@ def _outside(spec: str, run_dir: Path, proc: subprocess.Popen) -> Callable[[], N
     """Start the fault from outside the job; returns what stops it."""
     if not spec:
         return lambda: None
-    kind, rank = spec.split(":")
+    kind, rank, *duty_ms = spec.split(":")
     if kind == "hog":
         hog = subprocess.Popen(
             [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{rank}}})\nwhile 1: pass"]
         )
         return lambda: (hog.kill(), hog.wait())
+    stopped_s, period_s = (float(v) / 1e3 for v in duty_ms)
     stop = threading.Event()
     meta = run_dir / "ranks" / f"rank-{int(rank):05d}" / "rank.json"
 
@@ -130,20 +153,41 @@ def _outside(spec: str, run_dir: Path, proc: subprocess.Popen) -> Callable[[], N
         while not stop.is_set():
             try:
                 os.kill(pid, signal.SIGSTOP)
-                time.sleep(0.03)
+                time.sleep(stopped_s)
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 return
-            stop.wait(0.07)
+            stop.wait(period_s - stopped_s)
 
     thread = threading.Thread(target=duty, daemon=True)
     thread.start()
     return lambda: (stop.set(), thread.join())
 
 
+def run_on_hosts(scenario: Scenario, tmp: Path, env: dict[str, str]) -> list[Path]:
+    """The job on `scenario.hosts` test hosts; each host's run dir."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from netns import Hosts, can_make_namespaces, launch_on_hosts
+
+    reason = can_make_namespaces()
+    if reason:
+        raise RuntimeError(reason)
+    with Hosts(scenario.hosts, tmp) as hosts:
+        if scenario.slow_link:
+            host, rate = scenario.slow_link.split(":")
+            hosts.shape(int(host), rate)
+        return launch_on_hosts(
+            hosts, scenario.nproc, scenario.target, env, timeout=300,
+            extra_launch=["--interval", "0.5"],
+        )  # fmt: skip
+
+
 def run_once(scenario: Scenario, tmp: Path) -> list[dict]:
     run_dir = tmp / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", **scenario.env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if scenario.hosts:
+        return _warnings(run_on_hosts(scenario, tmp, env), env)
     cmd = [
         sys.executable, "-m", "mrcdiag.cli", "launch", "--run-dir", str(run_dir),
         "--metrics-port", "0", "--metrics-addr", "127.0.0.1", "--interval", "0.5", "--",
@@ -158,8 +202,13 @@ def run_once(scenario: Scenario, tmp: Path) -> list[dict]:
         proc.wait(timeout=300)
     finally:
         stop()
+    return _warnings([run_dir], env)
+
+
+def _warnings(run_dirs: list[Path], env: dict[str, str]) -> list[dict]:
+    """The report's findings of severity warning or above."""
     report = subprocess.run(
-        [sys.executable, "-m", "mrcdiag.cli", "report", str(run_dir), "--format", "json"],
+        [sys.executable, "-m", "mrcdiag.cli", "report", *map(str, run_dirs), "--format", "json"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
     )  # fmt: skip
     if report.returncode != 0:
@@ -177,6 +226,7 @@ def judge(expected: Expected, warnings: list[dict]) -> str:
         for f in warnings
         if f["kind"] == expected.kind
         and (not expected.ranks or set(expected.ranks) <= set(f["ranks"]))
+        and (not expected.nodes or set(expected.nodes) <= set(f["nodes"]))
     ]
     others = [f for f in warnings if f not in hits and f["kind"] != "idle_compute"]
     if expected.kind == "hang":  # the others' waits are the hang's consequence
@@ -204,7 +254,14 @@ def main() -> None:
         verdicts = []
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as tmp:
-                warnings = run_once(scenario, Path(tmp))
+                try:
+                    warnings = run_once(scenario, Path(tmp))
+                except Exception as error:  # a job that failed, or hosts that cannot be made
+                    reason = str(error).strip().splitlines()[0][:200]
+                    if "namespaces" in reason:
+                        print(f"  {scenario.name}: left out ({reason})", flush=True)
+                        break
+                    warnings = [{"kind": "error", "ranks": [], "cause": reason}]
             verdict = judge(scenario.expected, warnings)
             verdicts.append(verdict)
             details.append(

@@ -20,7 +20,9 @@ def rank_info(rank: int, host: str = "h0", closed: bool = True, stuck=None) -> R
 
 def make_run(
     world: int,
-    steps: list[tuple],  # (rank, step, start_ns, end_ns, data_wait_ns, comm_ns)
+    # (rank, step, start_ns, end_ns, data_wait_ns, comm_ns), and optionally the stepping
+    # thread's (cpu_ns, cpu_wait_ns)
+    steps: list[tuple],
     collectives: list[tuple],  # (rank, op, group, seq, nbytes, arrive_ns, end_ns, step, async)
     groups: list[tuple[int, ...]] | None = None,
     hosts: dict[int, str] | None = None,
@@ -33,7 +35,8 @@ def make_run(
         r: rank_info(r, hosts.get(r, "h0"), (closed or {}).get(r, True), (stuck or {}).get(r))
         for r in range(world)
     }
-    s = np.array(steps, dtype=np.int64).reshape(-1, 6)
+    width = len(steps[0]) if steps else 6
+    s = np.array(steps, dtype=np.int64).reshape(-1, width)
     c = np.array(
         [
             (r, OP_CODE[op], g, q, b, a, e, st, int(asy))
@@ -71,6 +74,8 @@ def make_run(
                 "data_wait_ns": s[:, 4],
                 "comm_ns": s[:, 5],
                 "n_collectives": np.ones(len(s), np.int32),
+                "cpu_ns": s[:, 6] if width > 7 else np.full(len(s), -1),
+                "cpu_wait_ns": s[:, 7] if width > 7 else np.full(len(s), -1),
                 "rank": s[:, 0].astype(np.int32),
             }
         ),

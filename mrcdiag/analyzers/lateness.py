@@ -46,6 +46,9 @@ class RankStepMatrix:
     excess_s: np.ndarray
     wait_s: np.ndarray
     has_instances: np.ndarray  # bool: a collective of this rank fell in this step
+    # the stepping thread on a CPU, and waiting in a run queue for one (NaN: not known)
+    cpu_s: np.ndarray | None = None
+    cpu_wait_s: np.ndarray | None = None
 
     def row(self, rank: int) -> int:
         return int(np.searchsorted(self.ranks, rank))
@@ -122,6 +125,10 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
 
     duration = dense((steps["t_end_ns"] - steps["t_start_ns"]) / 1e9)
     data_wait = dense(steps["data_wait_ns"] / 1e9)
+    cpu, cpu_wait = (
+        dense(np.where(steps[name] >= 0, steps[name] / 1e9, np.nan))
+        for name in ("cpu_ns", "cpu_wait_ns")
+    )
     blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
     late_ns, own_ns, excess_ns = record_lateness(inst)
     rec = inst.records
@@ -150,6 +157,8 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
         excess_s=np.where(has, matrices[2], np.nan),
         wait_s=np.where(has, matrices[3], 0.0),
         has_instances=has,
+        cpu_s=cpu,
+        cpu_wait_s=cpu_wait,
     )
 
 

@@ -21,6 +21,7 @@ from mrcdiag.analyzers.instances import P2P_CODES
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.settings import Settings
 from mrcdiag.analyzers.stragglers import counter_rates
+from mrcdiag.analyzers.thread_time import thread_time
 from mrcdiag.metrics import RANK_CPU_WAIT
 from mrcdiag.store.reader import RunData
 
@@ -59,13 +60,19 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
     step_s = float(np.nanmedian(job))
     # A stage that only waited longer for a CPU (its host shares cores) is contention,
     # the stragglers' finding, not an uneven split.
-    waits = counter_rates(run, RANK_CPU_WAIT)
     rank = stages[slowest]
-    if rank in waits and len(waits) >= 2:
-        rest_wait = float(np.median([v for r, v in waits.items() if r != rank and r in stages]))
-        extra_wait_s = (waits[rank] - rest_wait) * run_s
-        if extra_wait_s >= settings.cause_explains_lateness_ratio * excess * len(cols):
+    others = np.array([m.row(r) for r in stages if r != rank])
+    tt = thread_time(m, m.row(rank), others, cols)
+    if tt is not None:
+        if tt.extra_wait_s >= settings.cause_explains_lateness_ratio * excess:
             return []
+    else:
+        waits = counter_rates(run, RANK_CPU_WAIT)
+        if rank in waits and len(waits) >= 2:
+            rest_wait = float(np.median([v for r, v in waits.items() if r != rank and r in stages]))
+            extra_wait_s = (waits[rank] - rest_wait) * run_s
+            if extra_wait_s >= settings.cause_explains_lateness_ratio * excess * len(cols):
+                return []
     # what-if: the pipeline at the pace of its next slowest stage
     lost_s = max(float(per_stage[slowest]) - runner_up, 0.0) * len(cols)
     share = lost_s / run_s if run_s > 0 else 0.0
@@ -89,6 +96,7 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
             f"per step than the other stages' median ({per_stage[slowest] * 1e3:.1f} ms "
             f"against {rest * 1e3:.1f} ms): the whole pipeline goes at its pace",
             evidence={
+                **(tt.evidence() if tt is not None else {}),
                 "own_work_ms_per_stage": {
                     str(r): round(float(v) * 1e3, 3) for r, v in zip(stages, per_stage, strict=True)
                 },

@@ -60,6 +60,8 @@ def with_pseudo_steps(run: RunData) -> RunData:
             "data_wait_ns": np.zeros(n, dtype=np.int64),
             "comm_ns": np.zeros(n, dtype=np.int64),
             "n_collectives": np.ones(n, dtype=np.int32),
+            "cpu_ns": np.full(n, -1, dtype=np.int64),
+            "cpu_wait_ns": np.full(n, -1, dtype=np.int64),
             "rank": np.concatenate(rows["rank"]),
         }
     )

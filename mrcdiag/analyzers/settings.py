@@ -44,6 +44,12 @@ class Settings:
     # A cause is named only when its signal (extra DataLoader wait, extra run-queue wait
     # per step) beyond the peers' accounts for at least this share of the lateness.
     cause_explains_lateness_ratio: float = 0.5
+    # A rank whose thread waits for a CPU more per second of CPU than its peers, by this
+    # factor, and whose extra wait is this share of its lateness, shares its core: the
+    # co-tenant also inflates its CPU time (caches, a busy sibling hyperthread), so more
+    # CPU there is not heavier work.
+    contention_wait_per_cpu_ratio: float = 1.25
+    contention_min_share_of_lateness: float = 0.25
     min_lateness_s: float = 1e-4  # below this no lateness is told from timer noise
     throttled_share_ratio: float = 0.2  # of GPU samples; and this much above the peers' GPUs
     clock_uncertainty_factor: float = 3.0  # across hosts, lateness must exceed this x bound

@@ -24,6 +24,7 @@ from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.recurrence import step_pattern
 from mrcdiag.analyzers.settings import Settings
+from mrcdiag.analyzers.thread_time import ThreadTime, thread_time
 from mrcdiag.metrics import (
     GPU_CLOCK_EVENT_ACTIVE,
     GPU_RANK_INFO,
@@ -226,15 +227,20 @@ def _host_contention(run: RunData, findings: list[Finding], settings: Settings) 
         rates = [waits.get(r) for r in ranks]
         if len(ranks) < 2 or any(v is None or v < settings.cpu_wait_excess_s_per_s for v in rates):
             continue
-        # A rank of such a host that straggles for no other measured reason, and costs
-        # less than a tenth of the run, is that scheduling; one that costs more (stopped
+        # A rank of such a host that straggles because it waited for a CPU (or for no
+        # measured reason), and costs less than a tenth of the run, is that scheduling; one that costs more (stopped
         # from outside, say) stays a finding of its own.
         run_s = _steady_run_s(run, settings)
         folded = [
             f
             for f in out
             if f.kind == "straggler"
-            and f.cause in ("host_contention", "unknown")
+            # an unknown cause where the thread's own clocks were recorded means it was
+            # off the CPU without waiting for one: not this host's contention
+            and (
+                f.cause == "host_contention"
+                or (f.cause == "unknown" and "step_cpu_ms" not in f.evidence)
+            )
             and set(f.ranks) <= set(ranks)
             and f.time_lost_s < settings.contended_host_fold_lost_ratio * run_s
         ]
@@ -446,50 +452,33 @@ def _cause(
             "give this rank's DataLoader more workers (num_workers), pin_memory and "
             "prefetching, or check its storage path and input shards",
         )
-    # Signals per second of run, turned into seconds over the run: they must explain the
-    # lateness summed over the steps where the rank held the others up.
-    run_s = float(np.nansum(np.nanmax(m.duration_s, axis=0)))
-    lateness_total_s = max(late_s, 0.0) * len(steps)
-    cpu_wait = _versus_peers(run, RANK_CPU_WAIT, rank, "cpu_wait_s_per_s", evidence)
-    if cpu_wait is not None:
-        mine, rest = cpu_wait
-        # The extra run-queue wait must explain the lateness, as the data wait must: with
-        # more ranks than cores the rank with more work also waits a little more for a
-        # CPU, and that is not what made it late.
-        extra_wait_s = (mine - rest) * run_s
-        if (
-            mine - rest >= settings.cpu_wait_excess_s_per_s
-            and extra_wait_s >= settings.cause_explains_lateness_ratio * lateness_total_s
-        ):
-            return (
-                "host_contention",
-                f"; its threads waited {mine:.2f} s per second for a CPU (peers {rest:.2f})",
-                "find what else runs on this rank's cores (top, ps -eLo psr), pin ranks and "
-                "DataLoader workers to separate cores, or lower OMP_NUM_THREADS",
-            )
     throttle = _gpu_throttle(run, rank, settings.throttled_share_ratio)
     if throttle:
         evidence["gpu_clock_events"] = throttle
+    tt = thread_time(m, row, others, steps)
+    if tt is not None:
+        named = _cause_from_thread_time(tt, late_s, evidence, settings)
+    else:
+        named = _cause_from_rates(run, m, rank, steps, late_s, evidence, settings)
+    if named == "host_contention" or (named and not throttle):
+        return named, *_CAUSE_TEXT[named](evidence)
+    if throttle:
         return (
             "gpu_throttling",
             f"; its GPU clocks dropped ({throttle})",
             "check the GPU's cooling and power (nvidia-smi -q -d PERFORMANCE), and the "
             "node's power capping",
         )
-    cpu = _versus_peers(run, RANK_CPU, rank, "cpu_s_per_s", evidence)
-    if cpu is not None:
-        mine, rest = cpu
-        if (
-            mine - rest >= settings.cpu_excess_s_per_s
-            and (mine - rest) * run_s >= settings.cause_explains_lateness_ratio * lateness_total_s
-        ):
-            return (
-                "slow_compute",
-                f"; it burns more CPU than its peers ({mine:.2f} s per second, peers "
-                f"{rest:.2f}): its own work is heavier",
-                "compare this rank's work with its peers' (uneven batch or sequence "
-                "lengths, an extra role such as logging or checkpointing on this rank)",
-            )
+    if tt is not None and late_s - max(tt.extra_cpu_s, 0) - max(tt.extra_wait_s, 0) >= explains:
+        return (
+            "unknown",
+            f"; its thread was off the CPU without waiting for one ({tt.cpu_s * 1e3:.1f} ms "
+            f"on a CPU and {tt.wait_s * 1e3:.1f} ms in the run queue per step, peers "
+            f"{tt.cpu_others_s * 1e3:.1f} and {tt.wait_others_s * 1e3:.1f} ms): stopped from "
+            "outside (a hypervisor, SIGSTOP, a cgroup's CPU limit) or asleep",
+            "look at this rank's host and process: CPU throttling (cpu.stat nr_throttled), "
+            "steal time, something that stops or suspends it, sleeps in the training loop",
+        )
     return (
         "unknown",
         "; no signal separates it from its peers (DataLoader wait, run-queue wait, CPU "
@@ -498,6 +487,96 @@ def _cause(
         "look at what this rank does differently and at its host: CPU throttling "
         "(cpu.stat nr_throttled), steal time, other tenants, uneven inputs",
     )
+
+
+def _cause_from_thread_time(
+    tt: ThreadTime, late_s: float, evidence: dict[str, object], settings: Settings
+) -> str:
+    """From the stepping thread's own clocks over the late steps: more run-queue wait
+    than its peers (and more than its extra CPU, or more per CPU second) is contention;
+    more CPU is its work."""
+    evidence.update(tt.evidence())
+    explains = settings.cause_explains_lateness_ratio * max(late_s, 0.0)
+    if tt.extra_wait_s >= explains and tt.extra_wait_s >= tt.extra_cpu_s:
+        return "host_contention"
+    if tt.extra_wait_s >= settings.contention_min_share_of_lateness * max(
+        late_s, 0.0
+    ) and tt.wait_s * tt.cpu_others_s >= settings.contention_wait_per_cpu_ratio * (
+        tt.wait_others_s * tt.cpu_s
+    ):
+        return "host_contention"
+    if tt.extra_cpu_s >= explains:
+        return "slow_compute"
+    return ""
+
+
+def _cause_from_rates(
+    run: RunData,
+    m: RankStepMatrix,
+    rank: int,
+    steps: np.ndarray,
+    late_s: float,
+    evidence: dict[str, object],
+    settings: Settings,
+) -> str:
+    """For runs recorded without the thread's clocks: the node agent's per-rank rates
+    over the run, turned into seconds over the run, must explain the lateness summed over
+    the steps where the rank held the others up."""
+    run_s = float(np.nansum(np.nanmax(m.duration_s, axis=0)))
+    lateness_total_s = max(late_s, 0.0) * len(steps)
+    explains_s = settings.cause_explains_lateness_ratio * lateness_total_s
+    cpu_wait = _versus_peers(run, RANK_CPU_WAIT, rank, "cpu_wait_s_per_s", evidence)
+    if cpu_wait is not None:
+        mine, rest = cpu_wait
+        # with more ranks than cores the rank with more work also waits a little more for
+        # a CPU, and that is not what made it late
+        if mine - rest >= settings.cpu_wait_excess_s_per_s and (mine - rest) * run_s >= explains_s:
+            return "host_contention"
+    cpu = _versus_peers(run, RANK_CPU, rank, "cpu_s_per_s", evidence)
+    if cpu is not None:
+        mine, rest = cpu
+        if mine - rest >= settings.cpu_excess_s_per_s and (mine - rest) * run_s >= explains_s:
+            return "slow_compute"
+    return ""
+
+
+def _contention_text(evidence: dict[str, object]) -> tuple[str, str]:
+    if "step_cpu_wait_ms" in evidence:
+        what = (
+            f"its thread waited {evidence['step_cpu_wait_ms']} ms per step for a CPU (peers "
+            f"{evidence['step_cpu_wait_ms_others']})"
+        )
+    else:
+        what = (
+            f"its threads waited {evidence['cpu_wait_s_per_s']:.2f} s per second for a CPU "
+            f"(peers {evidence['cpu_wait_s_per_s_others']:.2f})"
+        )
+    return (
+        f"; {what}",
+        "find what else runs on this rank's cores (top, ps -eLo psr), pin ranks and "
+        "DataLoader workers to separate cores, or lower OMP_NUM_THREADS",
+    )
+
+
+def _compute_text(evidence: dict[str, object]) -> tuple[str, str]:
+    if "step_cpu_ms" in evidence:
+        what = (
+            f"its thread computes {evidence['step_cpu_ms']} ms per step (peers "
+            f"{evidence['step_cpu_ms_others']})"
+        )
+    else:
+        what = (
+            f"it burns more CPU than its peers ({evidence['cpu_s_per_s']:.2f} s per second, "
+            f"peers {evidence['cpu_s_per_s_others']:.2f})"
+        )
+    return (
+        f"; {what}: its own work is heavier",
+        "compare this rank's work with its peers' (uneven batch or sequence lengths, an "
+        "extra role such as logging or checkpointing on this rank)",
+    )
+
+
+_CAUSE_TEXT = {"host_contention": _contention_text, "slow_compute": _compute_text}
 
 
 def _versus_peers(

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from mrcdiag.capture.recorder import Recorder
+from mrcdiag.capture.thread_clock import UNKNOWN, ThreadClock
 
 _now = time.monotonic_ns  # the clock every record of the run uses
 
@@ -26,11 +27,14 @@ class StepTracker:
         self.data_wait_ns = 0
         self.comm_ns = 0
         self.n_collectives = 0
+        self.clock = ThreadClock()
+        self.cpu_ns, self.cpu_wait_ns = self.clock.read()
         self.manual = False
         self.in_manual_step = False
         self._optimizer_id: int | None = None
 
     def _close(self, t_end_ns: int) -> None:
+        cpu_ns, cpu_wait_ns = self.clock.read()
         self.recorder.add_step(
             (
                 self.index,
@@ -39,13 +43,18 @@ class StepTracker:
                 self.data_wait_ns,
                 self.comm_ns,
                 self.n_collectives,
+                cpu_ns - self.cpu_ns,
+                UNKNOWN
+                if UNKNOWN in (cpu_wait_ns, self.cpu_wait_ns)
+                else cpu_wait_ns - self.cpu_wait_ns,
             )
         )
         self.index += 1
-        self._reset(t_end_ns)
+        self._reset(t_end_ns, (cpu_ns, cpu_wait_ns))
 
-    def _reset(self, t_start_ns: int) -> None:
+    def _reset(self, t_start_ns: int, clocks: tuple[int, int] | None = None) -> None:
         self.t_start_ns = t_start_ns
+        self.cpu_ns, self.cpu_wait_ns = clocks or self.clock.read()
         self.data_wait_ns = 0
         self.comm_ns = 0
         self.n_collectives = 0

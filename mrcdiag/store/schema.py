@@ -120,5 +120,9 @@ STEP_SCHEMA = pa.schema(
         ("data_wait_ns", pa.int64()),  # blocked in DataLoader.__next__
         ("comm_ns", pa.int64()),  # blocked in collectives (sync calls and wait())
         ("n_collectives", pa.int32()),
+        # the stepping thread's own clocks over the step (Linux schedstat): on a CPU, and
+        # waiting in a run queue for one; -1 where not known (older runs, no schedstat)
+        ("cpu_ns", pa.int64()),
+        ("cpu_wait_ns", pa.int64()),
     ]
 )

@@ -80,6 +80,8 @@ def write_synthetic_run(run_dir: Path, spec: SyntheticSpec) -> Path:
                 "data_wait_ns": np.zeros(spec.steps, np.int64),
                 "comm_ns": ((end[:, r] - arrive[:, r]) * 1e9).astype(np.int64),
                 "n_collectives": np.ones(spec.steps, np.int32),
+                "cpu_ns": np.full(spec.steps, -1, np.int64),
+                "cpu_wait_ns": np.full(spec.steps, -1, np.int64),
             },
         )
     return run_dir

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
@@ -38,8 +39,22 @@ def read_stream(path: Path, schema_: pa.Schema, problems: list[str]) -> pa.Table
         return schema_.empty_table()
     table = pa.Table.from_batches(batches)
     if table.schema != schema_:
-        table = table.cast(schema_)
+        table = _fill_missing(table, schema_).cast(schema_)
     return table
+
+
+def _fill_missing(table: pa.Table, schema_: pa.Schema) -> pa.Table:
+    """A run written before a column existed gets it as -1 (integers: not known) or null,
+    in the schema's order."""
+    columns = []
+    for field in schema_:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name))
+        elif pa.types.is_integer(field.type):
+            columns.append(pa.array(np.full(table.num_rows, -1), field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.table(columns, schema=schema_)
 
 
 class StreamTail:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import torch
 import torch.nn as nn
@@ -17,6 +18,15 @@ def report_truth(**facts: object) -> None:
     if path and int(os.environ.get("RANK", "0")) == 0:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(facts, f)
+
+
+def slow_rank_work(rank: int) -> None:
+    """Extra work on the rank $STACK_SLOW_RANK names: $STACK_SLOW_S seconds of busy CPU
+    (0.03 unless told), as a rank whose own compute is slower than its peers' spends it."""
+    if rank == int(os.environ.get("STACK_SLOW_RANK", "-1")):
+        end = time.perf_counter() + float(os.environ.get("STACK_SLOW_S", "0.03"))
+        while time.perf_counter() < end:
+            pass
 
 
 class MLP(nn.Module):

@@ -1,5 +1,6 @@
 """2-D parallelism on a (dp, tp) device mesh: tensor parallel inside each dp replica,
-FSDP2 across replicas. Needs 4 ranks."""
+FSDP2 across replicas. Needs 4 ranks. STACK_SLOW_RANK=N makes rank N do extra work per
+step."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from torch.distributed.tensor.parallel import (
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import MLP, report_truth  # noqa: E402
+from _common import MLP, report_truth, slow_rank_work  # noqa: E402
 
 STEPS = int(os.environ.get("STACK_STEPS", "6"))
 
@@ -33,6 +34,7 @@ def main() -> None:
     for _ in range(STEPS):
         loss = model(torch.randn(8, 32)).pow(2).mean()
         loss.backward()
+        slow_rank_work(torch.distributed.get_rank())
         opt.step()
         opt.zero_grad()
     report_truth(optimizer_steps=STEPS)

@@ -1,5 +1,6 @@
 """FSDP2 (`fully_shard`) on gloo: a few steps, then a checkpoint save that gathers every
-parameter with DTensor.full_tensor(), as a state-dict save does."""
+parameter with DTensor.full_tensor(), as a state-dict save does. STACK_SLOW_RANK=N
+makes rank N do extra work per step."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import report_truth  # noqa: E402
+from _common import report_truth, slow_rank_work  # noqa: E402
 
 STEPS = int(os.environ.get("STACK_STEPS", "8"))
 
@@ -31,6 +32,7 @@ def main() -> None:
     for _ in range(STEPS):
         loss = model(torch.randn(16, 32)).pow(2).mean()
         loss.backward()
+        slow_rank_work(dist.get_rank())
         opt.step()
         opt.zero_grad()
     full = {name: p.full_tensor() for name, p in model.state_dict().items()}

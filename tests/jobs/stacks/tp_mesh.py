@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import torch
 from torch.distributed.device_mesh import init_device_mesh
@@ -17,11 +16,9 @@ from torch.distributed.tensor.parallel import (
 )
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _common import MLP, report_truth  # noqa: E402
+from _common import MLP, report_truth, slow_rank_work  # noqa: E402
 
 STEPS = int(os.environ.get("STACK_STEPS", "20"))
-SLOW_RANK = int(os.environ.get("STACK_SLOW_RANK", "-1"))
-SLOW_S = float(os.environ.get("STACK_SLOW_S", "0.03"))
 
 
 def main() -> None:
@@ -36,10 +33,7 @@ def main() -> None:
         x = torch.randn(32, 64)
         loss = model(x).pow(2).mean()
         loss.backward()
-        if rank == SLOW_RANK:
-            end = time.perf_counter() + SLOW_S
-            while time.perf_counter() < end:
-                pass
+        slow_rank_work(rank)
         opt.step()
         opt.zero_grad()
     report_truth(optimizer_steps=STEPS)

@@ -1,0 +1,57 @@
+"""Where a late rank's training thread spent its time over the steps it was late, against
+its peers over the same steps: on a CPU (its own work), waiting in a run queue for one
+(contention), or neither (stopped from outside, asleep). From the step records' own
+clocks (capture/thread_clock.py); absent for runs recorded without them."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from mrcdiag.analyzers.lateness import RankStepMatrix
+
+
+@dataclass(frozen=True)
+class ThreadTime:
+    """Medians per step, seconds."""
+
+    cpu_s: float
+    cpu_others_s: float
+    wait_s: float
+    wait_others_s: float
+
+    @property
+    def extra_cpu_s(self) -> float:
+        return self.cpu_s - self.cpu_others_s
+
+    @property
+    def extra_wait_s(self) -> float:
+        return self.wait_s - self.wait_others_s
+
+    def evidence(self) -> dict[str, float]:
+        return {
+            "step_cpu_ms": round(self.cpu_s * 1e3, 3),
+            "step_cpu_ms_others": round(self.cpu_others_s * 1e3, 3),
+            "step_cpu_wait_ms": round(self.wait_s * 1e3, 3),
+            "step_cpu_wait_ms_others": round(self.wait_others_s * 1e3, 3),
+        }
+
+
+def thread_time(
+    m: RankStepMatrix, row: int, others: np.ndarray, steps: np.ndarray
+) -> ThreadTime | None:
+    """`row`'s thread time against the rows `others` (a boolean mask or indices) over
+    `steps`; None where either side was not recorded."""
+    if m.cpu_s is None or m.cpu_wait_s is None or not len(steps):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: None below
+        values = [float(np.nanmedian(a[row, steps])) for a in (m.cpu_s, m.cpu_wait_s)] + [
+            float(np.nanmedian(a[np.ix_(others, steps)])) for a in (m.cpu_s, m.cpu_wait_s)
+        ]
+    if not np.isfinite(values).all():
+        return None
+    cpu, wait, cpu_others, wait_others = values
+    return ThreadTime(cpu, cpu_others, wait, wait_others)
