@@ -94,10 +94,12 @@ def lockstep(
     seed: int = 0,
     end_late_ms: dict[int, float] | None = None,
     extra_ms: Callable[[int, int], float] | None = None,
+    thread_ms: Callable[[int, int], tuple[float, float]] | None = None,
 ) -> RunData:
     """Synchronous steps: compute, then `buckets` collectives that end together, or, with
     `end_late_ms`, later for some ranks (a ring whose slow link delivers to them last).
-    `extra_ms(rank, step)`: more work for a rank in some steps (stalls, spans)."""
+    `extra_ms(rank, step)`: more work for a rank in some steps (stalls, spans).
+    `thread_ms(rank, step)`: the stepping thread's (ms on a CPU, ms in a run queue)."""
     rng = np.random.default_rng(seed)
     members = group or tuple(range(world))
     steps, colls = [], []
@@ -131,7 +133,10 @@ def lockstep(
         for r in range(world):
             d = (data_ms or {}).get(r, 0.0)
             end = ends[r] + buckets * 1000
-            steps.append((r, k, start[r], end, int(d * MS), 0 if is_async else end - arrive[r]))
+            row = (r, k, start[r], end, int(d * MS), 0 if is_async else end - arrive[r])
+            if thread_ms is not None:
+                row += tuple(int(v * MS) for v in thread_ms(r, k))
+            steps.append(row)
             start[r] = end
     return make_run(world, steps, colls, groups=[members])
 

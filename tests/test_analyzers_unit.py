@@ -351,6 +351,51 @@ def test_a_rank_late_with_no_extra_cpu_time_is_not_called_slow_compute() -> None
     assert "cpu_s_per_s" in finding.evidence
 
 
+def _late_rank_3(thread_ms) -> object:  # noqa: ANN001
+    """4 ranks, rank 3 20 ms late every step; its thread's clocks from `thread_ms`."""
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 30}, thread_ms=thread_ms)
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (3,)
+    return finding
+
+
+def test_the_threads_own_clocks_over_the_late_steps_name_the_cause() -> None:
+    # the agent's whole-run rates say contention; the steps themselves say heavier work
+    def heavier(rank: int, step: int) -> tuple[float, float]:
+        return (29.0 if rank == 3 else 9.0), 0.5
+
+    run = lockstep(4, 40, compute_ms={0: 10, 1: 10, 2: 10, 3: 30}, thread_ms=heavier)
+    _cpu_wait(run, 0.7)
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.cause == "slow_compute", finding
+    assert finding.evidence["step_cpu_ms"] == 29.0
+    assert "computes 29.0 ms per step" in finding.summary
+
+
+def test_waiting_in_the_run_queue_per_step_is_host_contention() -> None:
+    finding = _late_rank_3(lambda r, k: (9.0, 20.0 if r == 3 else 0.5))
+    assert finding.cause == "host_contention", finding
+    assert "waited 20.0 ms per step for a CPU" in finding.summary
+
+
+def test_a_shared_core_that_also_inflates_cpu_time_is_host_contention() -> None:
+    # 8 ms more CPU and 7 ms more run-queue wait: per CPU second it waits 2x its peers
+    finding = _late_rank_3(lambda r, k: (17.0, 12.0) if r == 3 else (9.0, 3.0))
+    assert finding.cause == "host_contention", finding
+
+
+def test_heavier_work_under_uniform_contention_is_slow_compute() -> None:
+    # more ranks than cores: every thread waits about as long per CPU second
+    finding = _late_rank_3(lambda r, k: (20.0, 12.0) if r == 3 else (8.0, 5.0))
+    assert finding.cause == "slow_compute", finding
+
+
+def test_a_thread_off_the_cpu_without_waiting_for_one_is_said_to_be_stopped() -> None:
+    finding = _late_rank_3(lambda r, k: (9.0, 0.5))
+    assert finding.cause == "unknown", finding
+    assert "off the CPU without waiting for one" in finding.summary
+
+
 def test_a_stall_every_tenth_step_is_a_periodic_straggler_with_its_cost() -> None:
     run = lockstep(3, 80, extra_ms=lambda r, k: 150.0 if r == 2 and k % 10 == 5 else 0.0)
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]

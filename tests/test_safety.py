@@ -62,6 +62,9 @@ def test_attach_and_step_by_hand_without_launch(tmp_path: Path) -> None:
         assert list(mine["step"]) == [0, 1, 2, 3, 4]
         assert list(mine["n_collectives"]) == [2] * 5
         assert (mine["comm_ns"] > 0).all()
+        # the stepping thread's own clocks: on a CPU for part of the step, never more
+        assert (mine["cpu_ns"] > 0).all() and (mine["cpu_wait_ns"] >= 0).all()
+        assert (mine["cpu_ns"] <= mine["t_end_ns"] - mine["t_start_ns"]).all()
 
 
 def test_sigterm_during_the_final_close_keeps_every_record(tmp_path: Path) -> None:
