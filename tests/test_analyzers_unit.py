@@ -396,6 +396,21 @@ def test_a_thread_off_the_cpu_without_waiting_for_one_is_said_to_be_stopped() ->
     assert "off the CPU without waiting for one" in finding.summary
 
 
+@pytest.mark.parametrize(
+    ("hiccup_ms", "severities"), [(3.0, {"info"}), (20.0, {"warning", "critical"})]
+)
+def test_hiccups_now_and_then_on_one_rank_warn_only_when_large_against_a_step(
+    hiccup_ms: float, severities: set[str]
+) -> None:
+    # rank 1 held up now and then with no rhythm (rank 0 of a Trainer drawing its progress
+    # bar; a rank stopped from outside): a few ms in a 12 ms step is that process's jitter
+    steps_hit = {4, 7, 11, 13, 18, 22, 26, 27, 31, 37, 40, 43, 47, 52, 55, 58}
+    run = lockstep(2, 60, extra_ms=lambda r, k: hiccup_ms if r == 1 and k in steps_hit else 0.0)
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (1,) and finding.evidence["pattern"] == "intermittent", finding
+    assert finding.severity in severities
+
+
 def test_a_stall_every_tenth_step_is_a_periodic_straggler_with_its_cost() -> None:
     run = lockstep(3, 80, extra_ms=lambda r, k: 150.0 if r == 2 and k % 10 == 5 else 0.0)
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]

@@ -380,6 +380,13 @@ def _rank_finding(
     share = len(steps) / len(cols)
     # an episode is judged by what it cost alone
     severity = _severity(settings, late_s, lost_s, step_s, run_s, share, pattern is not None)
+    if (
+        severity == "warning"
+        and pattern is not None
+        and pattern["pattern"] == "intermittent"
+        and late_s < settings.intermittent_min_lateness_of_step_ratio * step_s
+    ):
+        severity = "info"  # a hiccup now and then, small against a step
     return Finding(
         kind="straggler",
         severity=severity,
@@ -461,7 +468,7 @@ def _cause(
     else:
         named = _cause_from_rates(run, m, rank, steps, late_s, evidence, settings)
     if named == "host_contention" or (named and not throttle):
-        return named, *_CAUSE_TEXT[named](evidence)
+        return named, *_cause_text(named, evidence)
     if throttle:
         return (
             "gpu_throttling",
@@ -540,43 +547,31 @@ def _cause_from_rates(
     return ""
 
 
-def _contention_text(evidence: dict[str, object]) -> tuple[str, str]:
-    if "step_cpu_wait_ms" in evidence:
-        what = (
-            f"its thread waited {evidence['step_cpu_wait_ms']} ms per step for a CPU (peers "
-            f"{evidence['step_cpu_wait_ms_others']})"
-        )
-    else:
-        what = (
-            f"its threads waited {evidence['cpu_wait_s_per_s']:.2f} s per second for a CPU "
-            f"(peers {evidence['cpu_wait_s_per_s_others']:.2f})"
-        )
-    return (
-        f"; {what}",
+# cause: (what the thread's clocks show, what the agent's rates show, a conclusion,
+# advice); each phrase takes its evidence key's value and the peers' (key + "_others")
+_CAUSE_TEXT = {
+    "host_contention": (
+        ("step_cpu_wait_ms", "its thread waited {} ms per step for a CPU (peers {})"),
+        ("cpu_wait_s_per_s", "its threads waited {:.2f} s per second for a CPU (peers {:.2f})"),
+        "",
         "find what else runs on this rank's cores (top, ps -eLo psr), pin ranks and "
         "DataLoader workers to separate cores, or lower OMP_NUM_THREADS",
-    )
-
-
-def _compute_text(evidence: dict[str, object]) -> tuple[str, str]:
-    if "step_cpu_ms" in evidence:
-        what = (
-            f"its thread computes {evidence['step_cpu_ms']} ms per step (peers "
-            f"{evidence['step_cpu_ms_others']})"
-        )
-    else:
-        what = (
-            f"it burns more CPU than its peers ({evidence['cpu_s_per_s']:.2f} s per second, "
-            f"peers {evidence['cpu_s_per_s_others']:.2f})"
-        )
-    return (
-        f"; {what}: its own work is heavier",
+    ),
+    "slow_compute": (
+        ("step_cpu_ms", "its thread computes {} ms per step (peers {})"),
+        ("cpu_s_per_s", "it burns more CPU than its peers ({:.2f} s per second, peers {:.2f})"),
+        ": its own work is heavier",
         "compare this rank's work with its peers' (uneven batch or sequence lengths, an "
         "extra role such as logging or checkpointing on this rank)",
-    )
+    ),
+}
 
 
-_CAUSE_TEXT = {"host_contention": _contention_text, "slow_compute": _compute_text}
+def _cause_text(cause: str, evidence: dict[str, object]) -> tuple[str, str]:
+    """The detail and advice of a cause named from the thread's clocks or the rates."""
+    by_steps, by_rates, conclusion, advice = _CAUSE_TEXT[cause]
+    key, phrase = by_steps if by_steps[0] in evidence else by_rates
+    return f"; {phrase.format(evidence[key], evidence[key + '_others'])}{conclusion}", advice
 
 
 def _versus_peers(
