@@ -270,9 +270,13 @@ def main() -> None:
                     "seed": seed,
                     "verdict": verdict,
                     "warnings": [(f["kind"], f["cause"], f["ranks"]) for f in warnings],
+                    "findings": warnings,  # whole, with their evidence
                 }
             )
             print(f"  {scenario.name} #{seed}: {verdict} {details[-1]['warnings']}", flush=True)
+            if verdict != "right":
+                for f in warnings:
+                    print(f"      {f.get('summary', '')[:300]}", flush=True)
         rows.append((scenario.name, verdicts))
     print()
     print("| scenario | runs | right | missed | false warnings | wrong cause |")
