@@ -64,7 +64,9 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
     others = np.array([m.row(r) for r in stages if r != rank])
     tt = thread_time(m, m.row(rank), others, cols)
     if tt is not None:
-        if tt.extra_wait_s >= settings.cause_explains_lateness_ratio * excess:
+        # ... unless its own CPU work is itself heavier by as much: both, then
+        heavier = tt.cpu_s >= settings.stage_imbalance_ratio * tt.cpu_others_s
+        if tt.cause(excess, settings) == "host_contention" and not heavier:
             return []
     else:
         waits = counter_rates(run, RANK_CPU_WAIT)

@@ -24,7 +24,7 @@ from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.recurrence import step_pattern
 from mrcdiag.analyzers.settings import Settings
-from mrcdiag.analyzers.thread_time import ThreadTime, thread_time
+from mrcdiag.analyzers.thread_time import thread_time
 from mrcdiag.metrics import (
     GPU_CLOCK_EVENT_ACTIVE,
     GPU_RANK_INFO,
@@ -464,7 +464,8 @@ def _cause(
         evidence["gpu_clock_events"] = throttle
     tt = thread_time(m, row, others, steps)
     if tt is not None:
-        named = _cause_from_thread_time(tt, late_s, evidence, settings)
+        evidence.update(tt.evidence())
+        named = tt.cause(late_s, settings)
     else:
         named = _cause_from_rates(run, m, rank, steps, late_s, evidence, settings)
     if named == "host_contention" or (named and not throttle):
@@ -494,27 +495,6 @@ def _cause(
         "look at what this rank does differently and at its host: CPU throttling "
         "(cpu.stat nr_throttled), steal time, other tenants, uneven inputs",
     )
-
-
-def _cause_from_thread_time(
-    tt: ThreadTime, late_s: float, evidence: dict[str, object], settings: Settings
-) -> str:
-    """From the stepping thread's own clocks over the late steps: more run-queue wait
-    than its peers (and more than its extra CPU, or more per CPU second) is contention;
-    more CPU is its work."""
-    evidence.update(tt.evidence())
-    explains = settings.cause_explains_lateness_ratio * max(late_s, 0.0)
-    if tt.extra_wait_s >= explains and tt.extra_wait_s >= tt.extra_cpu_s:
-        return "host_contention"
-    if tt.extra_wait_s >= settings.contention_min_share_of_lateness * max(
-        late_s, 0.0
-    ) and tt.wait_s * tt.cpu_others_s >= settings.contention_wait_per_cpu_ratio * (
-        tt.wait_others_s * tt.cpu_s
-    ):
-        return "host_contention"
-    if tt.extra_cpu_s >= explains:
-        return "slow_compute"
-    return ""
 
 
 def _cause_from_rates(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,24 @@ class ThreadTime:
     @property
     def extra_wait_s(self) -> float:
         return self.wait_s - self.wait_others_s
+
+    def cause(self, late_s: float, settings: Settings) -> str:
+        """What made a thread `late_s` slower than its peers, where its clocks tell:
+        more run-queue wait (more than its extra CPU, or more per CPU second, since a
+        co-tenant on its core also inflates its CPU time) is "host_contention"; more CPU
+        is "slow_compute"; "" where neither explains the lateness."""
+        explains = settings.cause_explains_lateness_ratio * max(late_s, 0.0)
+        if self.extra_wait_s >= explains and self.extra_wait_s >= self.extra_cpu_s:
+            return "host_contention"
+        if self.extra_wait_s >= settings.contention_min_share_of_lateness * max(
+            late_s, 0.0
+        ) and self.wait_s * self.cpu_others_s >= settings.contention_wait_per_cpu_ratio * (
+            self.wait_others_s * self.cpu_s
+        ):
+            return "host_contention"
+        if self.extra_cpu_s >= explains:
+            return "slow_compute"
+        return ""
 
     def evidence(self) -> dict[str, float]:
         return {
