@@ -6,10 +6,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from mrcdiag.store import layout, records, schema
 from mrcdiag.store.samples import BLOCKS_FILE, RECENT_FILE, SampleWriter, read_samples
+from mrcdiag.store.tail import read_stream
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mrcdiag"
 
@@ -122,3 +124,18 @@ def test_no_module_imports_from_a_layer_above_it() -> None:
                 if theirs is not None and theirs > own:
                     upward.append(f"{module} imports {name}")
     assert upward == []
+
+
+def test_steps_written_before_the_thread_clocks_read_back_as_not_known(tmp_path: Path) -> None:
+    older = pa.schema([f for f in schema.STEP_SCHEMA if f.name not in ("cpu_ns", "cpu_wait_ns")])
+    rows = {"step": [0, 1], "t_start_ns": [10, 20], "t_end_ns": [20, 30]}
+    rows |= {"data_wait_ns": [0, 0], "comm_ns": [1, 1], "n_collectives": [1, 1]}
+    path = tmp_path / layout.STEPS_FILE
+    with pa.OSFile(str(path), "wb") as sink, ipc.new_stream(sink, older) as writer:
+        writer.write_table(pa.table(rows, schema=older))
+    problems: list[str] = []
+    table = read_stream(path, schema.STEP_SCHEMA, problems)
+    assert table.schema == schema.STEP_SCHEMA and problems == []
+    assert table.column("t_end_ns").to_pylist() == [20, 30]
+    assert table.column("cpu_ns").to_pylist() == [-1, -1]
+    assert table.column("cpu_wait_ns").to_pylist() == [-1, -1]

@@ -20,9 +20,8 @@ from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.instances import P2P_CODES
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.settings import Settings
-from mrcdiag.analyzers.stragglers import counter_rates
+from mrcdiag.analyzers.stragglers import cause_from_rates
 from mrcdiag.analyzers.thread_time import thread_time
-from mrcdiag.metrics import RANK_CPU_WAIT
 from mrcdiag.store.reader import RunData
 
 
@@ -59,22 +58,20 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
     run_s = float(np.nansum(job))
     step_s = float(np.nanmedian(job))
     # A stage that only waited longer for a CPU (its host shares cores) is contention,
-    # the stragglers' finding, not an uneven split.
+    # the stragglers' finding, not an uneven split; unless its own CPU work is itself
+    # heavier by as much (both, then). The stragglers' test of contention, over the
+    # steady steps: the thread's clocks, or the agent's rates for runs without them.
     rank = stages[slowest]
     others = np.array([m.row(r) for r in stages if r != rank])
     tt = thread_time(m, m.row(rank), others, cols)
     if tt is not None:
-        # ... unless its own CPU work is itself heavier by as much: both, then
+        contended = tt.cause(excess, settings) == "host_contention"
         heavier = tt.cpu_s >= settings.stage_imbalance_ratio * tt.cpu_others_s
-        if tt.cause(excess, settings) == "host_contention" and not heavier:
-            return []
     else:
-        waits = counter_rates(run, RANK_CPU_WAIT)
-        if rank in waits and len(waits) >= 2:
-            rest_wait = float(np.median([v for r, v in waits.items() if r != rank and r in stages]))
-            extra_wait_s = (waits[rank] - rest_wait) * run_s
-            if extra_wait_s >= settings.cause_explains_lateness_ratio * excess * len(cols):
-                return []
+        contended = cause_from_rates(run, m, rank, cols, excess, {}, settings) == "host_contention"
+        heavier = False
+    if contended and not heavier:
+        return []
     # what-if: the pipeline at the pace of its next slowest stage
     lost_s = max(float(per_stage[slowest]) - runner_up, 0.0) * len(cols)
     share = lost_s / run_s if run_s > 0 else 0.0

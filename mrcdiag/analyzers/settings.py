@@ -48,12 +48,12 @@ class Settings:
     # factor, and whose extra wait is this share of its lateness, shares its core: the
     # co-tenant also inflates its CPU time (caches, a busy sibling hyperthread), so more
     # CPU there is not heavier work.
+    contention_wait_per_cpu_ratio: float = 1.25
+    contention_min_share_of_lateness: float = 0.25
     # An episode with no rhythm and no span (now and then) warns only when each time it
     # holds the others up by this share of a step: smaller hiccups on one rank are a busy
     # process's jitter (rank 0 drawing a progress bar), told as info.
     intermittent_min_lateness_of_step_ratio: float = 0.3
-    contention_wait_per_cpu_ratio: float = 1.25
-    contention_min_share_of_lateness: float = 0.25
     min_lateness_s: float = 1e-4  # below this no lateness is told from timer noise
     throttled_share_ratio: float = 0.2  # of GPU samples; and this much above the peers' GPUs
     clock_uncertainty_factor: float = 3.0  # across hosts, lateness must exceed this x bound

@@ -228,8 +228,8 @@ def _host_contention(run: RunData, findings: list[Finding], settings: Settings) 
         if len(ranks) < 2 or any(v is None or v < settings.cpu_wait_excess_s_per_s for v in rates):
             continue
         # A rank of such a host that straggles because it waited for a CPU (or for no
-        # measured reason), and costs less than a tenth of the run, is that scheduling; one that costs more (stopped
-        # from outside, say) stays a finding of its own.
+        # measured reason), and costs less than a tenth of the run, is that scheduling;
+        # one that costs more (stopped from outside, say) stays a finding of its own.
         run_s = _steady_run_s(run, settings)
         folded = [
             f
@@ -309,22 +309,29 @@ def _severity(
     step_s: float,
     run_s: float,
     share_of_run: float = 1.0,
-    episodic: bool = False,
+    pattern: dict[str, object] | None = None,
 ) -> str:
     """critical: costs a fifth of the run; warning: costs 2% of it, or (a lasting one)
     late by 3% of a step through at least half of it (a rank 5% slower among a thousand
     costs the job little, the others' own jitter hides most of it, yet it is a rank to go
     and see). Never for a rank less than a millisecond behind: that is the scheduling of
     a shared host (a clean Lightning job on 2 cores had one rank 0.3 ms behind in every
-    2.8 ms step), not a rank to go and see. An episode that neither lasts nor costs
-    stays info."""
+    2.8 ms step), not a rank to go and see. An episode (`pattern`) that neither lasts
+    nor costs stays info, and so do hiccups now and then that are small against a step
+    (a busy process's jitter: rank 0 drawing a progress bar) unless they cost a fifth."""
     if late_s < settings.min_persistent_lateness_s:
         return "info"
     lost_share = lost_s / run_s if run_s > 0 else 0.0
     if lost_share >= settings.critical_lost_of_run_ratio:
         return "critical"
+    if (
+        pattern is not None
+        and pattern["pattern"] == "intermittent"
+        and late_s < settings.intermittent_min_lateness_of_step_ratio * step_s
+    ):
+        return "info"
     persistent = (
-        not episodic
+        pattern is None
         and late_s / step_s >= settings.warning_lateness_of_step_ratio
         and share_of_run >= settings.min_share_of_run_to_warn_ratio
     )
@@ -379,14 +386,7 @@ def _rank_finding(
     host = run.host_of(rank)
     share = len(steps) / len(cols)
     # an episode is judged by what it cost alone
-    severity = _severity(settings, late_s, lost_s, step_s, run_s, share, pattern is not None)
-    if (
-        severity == "warning"
-        and pattern is not None
-        and pattern["pattern"] == "intermittent"
-        and late_s < settings.intermittent_min_lateness_of_step_ratio * step_s
-    ):
-        severity = "info"  # a hiccup now and then, small against a step
+    severity = _severity(settings, late_s, lost_s, step_s, run_s, share, pattern)
     return Finding(
         kind="straggler",
         severity=severity,
@@ -467,7 +467,7 @@ def _cause(
         evidence.update(tt.evidence())
         named = tt.cause(late_s, settings)
     else:
-        named = _cause_from_rates(run, m, rank, steps, late_s, evidence, settings)
+        named = cause_from_rates(run, m, rank, steps, late_s, evidence, settings)
     if named == "host_contention" or (named and not throttle):
         return named, *_cause_text(named, evidence)
     if throttle:
@@ -497,7 +497,7 @@ def _cause(
     )
 
 
-def _cause_from_rates(
+def cause_from_rates(
     run: RunData,
     m: RankStepMatrix,
     rank: int,
