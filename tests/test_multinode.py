@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import demo_job, job_env, report_json
+from conftest import demo_job, job_env, report_json, warnings_of_a_clean_run
 from netns import Hosts, launch_on_hosts
 
 from mrcdiag.store.reader import read_run
@@ -36,7 +36,7 @@ def test_clean_run_on_three_hosts_merges_and_has_no_warning(tmp_path: Path) -> N
     )
     assert len(run.link_probe) == 3  # every pair of hosts
     report = report_json(*run_dirs)
-    assert _serious(report) == []
+    assert warnings_of_a_clean_run(report) == []
     assert set(run.node_samples) == {"host0", "host1", "host2"}
     for host, samples in run.node_samples.items():  # each host's own NIC, in the run data
         sent = samples["value"][

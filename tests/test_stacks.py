@@ -14,7 +14,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import job_env, launch, read_json_file, report_json, script
+from conftest import (
+    job_env,
+    launch,
+    read_json_file,
+    report_json,
+    script,
+    warnings_of_a_clean_run,
+)
 
 from mrcdiag.report.capture import verify_run
 from mrcdiag.store import layout, schema
@@ -52,8 +59,7 @@ def _steps_per_rank(run_dir: Path) -> dict[int, int]:
 
 def _no_warning(run_dir: Path) -> None:
     """A clean run of a real training loop: nothing to warn about (issue #13)."""
-    serious = [f for f in report_json(run_dir)["findings"] if f["severity"] != "info"]
-    assert serious == [], serious
+    assert warnings_of_a_clean_run(report_json(run_dir)) == []
 
 
 def _collectives_compared(said: list[str]) -> int:

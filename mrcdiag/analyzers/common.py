@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 MAD_TO_SIGMA = 1.4826
@@ -36,3 +38,8 @@ def job_step_time(duration: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         out = np.nanmax(np.where(np.isnan(duration), -np.inf, duration), axis=0)
     return np.where(np.isfinite(out), out, np.nan)
+
+
+def binomial_tail(n: int, k: int, p: float) -> float:
+    """How likely `k` or more of `n` independent trials succeed, each with chance `p`."""
+    return float(sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(max(k, 0), n + 1)))

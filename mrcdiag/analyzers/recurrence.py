@@ -5,9 +5,9 @@ Pure: step numbers and what each cost in, a description out."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from mrcdiag.analyzers.common import binomial_tail
 
 # A pattern is periodic when the on-phase steps hold this share of the cost, ...
 PERIODIC_COST_SHARE = 0.7
@@ -62,6 +62,4 @@ def step_pattern(hits: np.ndarray, costs: np.ndarray | None = None) -> dict[str,
 def _chance(n: int, k: int, period: int) -> float:
     """How likely `k` or more of `n` hits at random steps fall on one phase of `period`
     (a union bound over the phases)."""
-    q = 1.0 / period
-    tail = sum(math.comb(n, j) * q**j * (1 - q) ** (n - j) for j in range(k, n + 1))
-    return min(1.0, period * tail)
+    return min(1.0, period * binomial_tail(n, k, 1.0 / period))

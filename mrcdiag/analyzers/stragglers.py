@@ -18,7 +18,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns, windows
+from mrcdiag.analyzers.common import (
+    binomial_tail,
+    job_step_time,
+    robust_sigma,
+    steady_columns,
+    windows,
+)
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
@@ -122,15 +128,23 @@ def find_stragglers(
                 ):
                     found.add(index)
                     grown = True
-        rows[row] = np.concatenate([all_windows[i] for i in sorted(found)])
+        steps = np.concatenate([all_windows[i] for i in sorted(found)])
+        late = m.own_late_s[row, steps]
+        late = late[~np.isnan(late)]
+        if binomial_tail(len(late), int((late > 0).sum()), 0.5) > settings.lasting_chance:
+            continue  # too few steps to tell it from the others' jitter
+        rows[row] = steps
     findings = _slow_nodes(run, inst, m, rows, cols, step_s, run_s, settings) if rows else []
     in_node = {r for f in findings for r in f.ranks}
+    lasting = set(rows)
     for row, steps in rows.items():
-        rank = int(m.ranks[row])
-        if rank in in_node:
-            continue
-        findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s, settings))
-    findings += _episodic(run, m, set(rows), cols, floor, step_s, run_s, settings)
+        if _is_episode(m, row, steps, settings):
+            # judged as an episode over the whole run, not only over the windows in
+            # which its stalls happened to lift the median
+            lasting.discard(row)
+        elif int(m.ranks[row]) not in in_node:
+            findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s, settings))
+    findings += _episodic(run, m, lasting, cols, floor, step_s, run_s, settings)
     return [_where_waited(run, inst, f) for f in _host_contention(run, findings, settings)]
 
 
@@ -340,6 +354,22 @@ def _severity(
     return "info"
 
 
+def _is_episode(m: RankStepMatrix, row: int, steps: np.ndarray, settings: Settings) -> bool:
+    """A lasting lateness whose cost sits in a minority of its steps (a stall every N
+    steps on a rank that is also a little behind in the others) is an episode, but not a
+    rank late by as much in every step, whose cost only shows where the others' jitter
+    does not hide it (one slow rank among many)."""
+    cost = _step_cost(m, row, steps)
+    held = _holding_up(cost, settings.min_lateness_s)
+    hits = steps[held]
+    quiet = float(np.nanmedian(m.own_late_s[row, steps[~held]])) if (~held).any() else 0.0
+    loud = float(np.nanmedian(m.own_late_s[row, hits])) if len(hits) else 0.0
+    return (
+        0 < len(hits) < settings.episodic_share_of_span_ratio * len(steps)
+        and quiet < settings.episodic_quiet_ratio * loud
+    )
+
+
 def _rank_finding(
     run: RunData,
     m: RankStepMatrix,
@@ -353,21 +383,6 @@ def _rank_finding(
 ) -> Finding:
     rank = int(m.ranks[row])
     cost = _step_cost(m, row, steps)
-    if pattern is None:
-        # A lasting lateness whose cost sits in a minority of its steps (a stall every N
-        # steps on a rank that is also a little behind in the others) is an episode too.
-        held = _holding_up(cost, settings.min_lateness_s)
-        hits = steps[held]
-        # ... but not a rank late by as much in every step, whose cost only shows where
-        # the others' jitter does not hide it (one slow rank among many)
-        quiet = float(np.nanmedian(m.own_late_s[row, steps[~held]])) if (~held).any() else 0.0
-        loud = float(np.nanmedian(m.own_late_s[row, hits])) if len(hits) else 0.0
-        if (
-            0 < len(hits) < settings.episodic_share_of_span_ratio * len(steps)
-            and quiet < settings.episodic_quiet_ratio * loud
-        ):
-            steps, pattern = hits, step_pattern(hits, cost[held])
-            cost = _step_cost(m, row, steps)
     late_s = float(np.nanmedian(m.own_late_s[row, steps]))
     # persistent: a robust total (a neighbour's spike neither adds nor hides); episodic:
     # every step it held the others up counts, as they are the finding
