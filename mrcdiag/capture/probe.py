@@ -14,6 +14,8 @@ import os
 import time
 from typing import Any
 
+from mrcdiag.capture.thread_clock import ThreadClock
+
 DEFAULT_BYTES = 1 << 20
 ROUNDS = 5
 ALL_PAIRS_UP_TO = 16
@@ -37,39 +39,63 @@ def probe_links(dist: Any, torch: Any, rank: int, rank_hosts: list[str], group: 
     nbytes = int(os.environ.get("MRCDIAG_PROBE_BYTES", DEFAULT_BYTES))
     buf = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32)
     token = torch.zeros(1, dtype=torch.float32)
-    best: dict[tuple[int, int], float] = {}
+    clock = ThreadClock()
+    # per pair and round: the round trip (on a), and each end's wait for a CPU in it
+    trips: dict[tuple[int, int], list[float]] = {}
+    waits: dict[tuple[int, int], list[float]] = {}
     # Rounds go over every pair in turn rather than one pair at a time, so that a burst of
     # load on a host (another process, the job's own start-up) spoils one round of several
     # pairs, not every round of one pair; the fastest round of each pair is kept.
     for _ in range(ROUNDS):
         for i, j in pairs_for(hosts):
             a, b = representatives[hosts[i]], representatives[hosts[j]]
+            if rank not in (a, b):
+                continue
             # An untimed one-element round trip first: b may still be busy with another
             # pair, and waiting for it is not the link's time.
             if rank == a:
                 dist.send(token, dst=b, group=group)
                 dist.recv(token, src=b, group=group)
+                waited = _run_queue_wait_ns(clock)
                 t0 = time.perf_counter()
                 dist.send(buf, dst=b, group=group)
                 dist.recv(buf, src=b, group=group)
-                rtt = time.perf_counter() - t0
-                best[(i, j)] = min(rtt, best.get((i, j), rtt))
-            elif rank == b:
+                trips.setdefault((i, j), []).append(time.perf_counter() - t0)
+            else:
                 dist.recv(token, src=a, group=group)
                 dist.send(token, dst=a, group=group)
+                waited = _run_queue_wait_ns(clock)
                 dist.recv(buf, src=a, group=group)
                 dist.send(buf, dst=a, group=group)
-    mine = [
-        {
-            "a": hosts[i],
-            "b": hosts[j],
-            "ranks": [representatives[hosts[i]], representatives[hosts[j]]],
-            "bytes": buf.numel() * 4,
-            "rtt_s": rtt,
-            "gbps": 2 * buf.numel() * 4 / rtt / 1e9,
-        }
-        for (i, j), rtt in best.items()
-    ]
+            waits.setdefault((i, j), []).append((_run_queue_wait_ns(clock) - waited) / 1e9)
     gathered: list[Any] = [None] * len(rank_hosts)
-    dist.all_gather_object(gathered, mine, group=group)
-    return [pair for part in gathered for pair in part]
+    dist.all_gather_object(gathered, {"trips": trips, "waits": waits}, group=group)
+    pairs = []
+    for (i, j), rtts in sorted(t for part in gathered for t in part["trips"].items()):
+        b_waits = gathered[representatives[hosts[j]]]["waits"].get((i, j), [])
+        a_waits = gathered[representatives[hosts[i]]]["waits"].get((i, j), [])
+        rtt = min(_link_time(t, k, a_waits, b_waits) for k, t in enumerate(rtts))
+        pairs.append(
+            {
+                "a": hosts[i],
+                "b": hosts[j],
+                "ranks": [representatives[hosts[i]], representatives[hosts[j]]],
+                "bytes": buf.numel() * 4,
+                "rtt_s": rtt,
+                "gbps": 2 * buf.numel() * 4 / rtt / 1e9,
+            }
+        )
+    return pairs
+
+
+def _run_queue_wait_ns(clock: ThreadClock) -> int:
+    return max(clock.read()[1], 0)  # UNKNOWN (no schedstat) reads as no wait
+
+
+def _link_time(rtt_s: float, k: int, a_waits: list[float], b_waits: list[float]) -> float:
+    """A round trip less the time either end sat in a run queue during it: on a host
+    whose CPUs another process keeps busy, the probe waited for a CPU, not for the link
+    (a clean run on three hosts sharing two busy cores read one host's links at a
+    fraction of the others'). Never below a tenth of what was measured."""
+    waited = (a_waits[k] if k < len(a_waits) else 0.0) + (b_waits[k] if k < len(b_waits) else 0.0)
+    return max(rtt_s - waited, 0.1 * rtt_s)
