@@ -18,9 +18,8 @@ class Settings:
 
     # Stragglers (analyzers/stragglers.py)
     persistence_ratio: float = 0.75  # share of a window's steps the rank is behind its peers
-    # Behind its peers in that many of its steps must be this unlikely by chance (each
-    # rank is behind the others' median in half the steps of a clean job): a clean
-    # 12-step Trainer run had one rank behind in 8 of 9 steady steps, 2% likely.
+    # A lasting straggler, or one slow for a span, is behind its peers in so many of its
+    # steps that chance gives it at most this often (stragglers._beyond_chance)
     lasting_chance: float = 0.001
     span_edge_ratio: float = 0.6  # a window next to a straggling one joins its span from here
     span_edge_lateness_ratio: float = 0.3  # ... late by this share of its lateness in the span
