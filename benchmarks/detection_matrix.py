@@ -63,6 +63,8 @@ def demo(*args: str) -> list[str]:
 
 
 WORK = ["--steps", "60", "--work-ms", "30"]  # 30 ms of work: 10% is 3 ms
+# a fault must cost 0.25 s to warn (Settings.min_warning_lost_s): 5% of 30 ms, 200 steps
+LONG = ["--steps", "200", "--work-ms", "30"]
 SCENARIOS = [
     Scenario("clean, 2 ranks", 2, demo(*WORK), Expected("")),
     Scenario("clean, 3 ranks on 2 cores", 3, demo(*WORK), Expected("")),
@@ -76,7 +78,7 @@ SCENARIOS = [
              {"STACK_STEPS": "12", "STACK_SCHEDULE": "1f1b", "STACK_PROFILE": "0"}),
     Scenario("clean, 3 hosts", 1, demo("--steps", "60", "--work-ms", "8"), Expected(""),
              hosts=3),
-    Scenario("one rank 5% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "1.5"),
+    Scenario("one rank 5% slower", 2, demo(*LONG, "--slow-rank", "1", "--slow-ms", "1.5"),
              Expected("straggler", (1,), ("slow_compute", "unknown"))),
     Scenario("one rank 10% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "3"),
              Expected("straggler", (1,), ("slow_compute", "unknown"))),
@@ -92,8 +94,8 @@ SCENARIOS = [
              demo(*WORK, "--slow-rank", "1", "--slow-ms", "150", "--stall-every", "10"),
              Expected("straggler", (1,), ("slow_compute", "unknown"))),
     Scenario("slow from mid-run (50%)", 2,
-             demo("--steps", "100", "--work-ms", "20", "--slow-rank", "1", "--slow-ms", "6",
-                  "--slow-from-step", "50"),
+             demo("--steps", "160", "--work-ms", "20", "--slow-rank", "1", "--slow-ms", "6",
+                  "--slow-from-step", "80"),
              Expected("straggler", (1,), ("slow_compute", "unknown"))),
     Scenario("SIGSTOP 30 ms of every 100 ms", 3, demo("--steps", "150", "--work-ms", "10"),
              Expected("straggler", (2,), ("unknown", "host_contention")), outside="sigstop:2:30:100"),

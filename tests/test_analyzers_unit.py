@@ -450,13 +450,13 @@ def test_a_lasting_straggler_needs_more_steps_behind_than_chance_gives(
 
 
 def test_a_rank_slow_for_part_of_the_run_is_found_over_that_span() -> None:
-    run = lockstep(4, 100, extra_ms=lambda r, k: 3.0 if r == 1 and k >= 50 else 0.0)
+    run = lockstep(4, 200, extra_ms=lambda r, k: 3.0 if r == 1 and k >= 100 else 0.0)
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
     assert finding.ranks == (1,) and finding.severity == "warning"
     first, last = map(int, finding.evidence["straggling_steps"].split("-"))
-    assert 45 <= first <= 55 and last == 99
-    # the what-if over the 50 steps where it happened, not a fraction of them
-    assert abs(finding.time_lost_s - 0.003 * 50) <= 0.2 * 0.003 * 50
+    assert 90 <= first <= 110 and last == 199
+    # the what-if over the 100 steps where it happened, not a fraction of them
+    assert abs(finding.time_lost_s - 0.003 * 100) <= 0.2 * 0.003 * 100
 
 
 def test_hiccups_that_fall_on_every_rank_alike_are_no_straggler() -> None:

@@ -328,10 +328,11 @@ def _severity(
     costs the job little, the others' own jitter hides most of it, yet it is a rank to go
     and see). Never for a rank less than a millisecond behind: that is the scheduling of
     a shared host (a clean Lightning job on 2 cores had one rank 0.3 ms behind in every
-    2.8 ms step), not a rank to go and see. An episode (`pattern`) that neither lasts
+    2.8 ms step), not a rank to go and see, nor for one that cost the job less than
+    `min_warning_lost_s` in all, whatever its share of a short run. An episode (`pattern`) that neither lasts
     nor costs stays info, and so do hiccups now and then that are small against a step
     (a busy process's jitter: rank 0 drawing a progress bar) unless they cost a fifth."""
-    if late_s < settings.min_persistent_lateness_s:
+    if late_s < settings.min_persistent_lateness_s or lost_s < settings.min_warning_lost_s:
         return "info"
     lost_share = lost_s / run_s if run_s > 0 else 0.0
     if lost_share >= settings.critical_lost_of_run_ratio:
