@@ -95,8 +95,9 @@ def test_rank_sharing_its_core_with_a_cpu_hog_is_host_contention(run_dir: Path) 
             hog.kill()
             hog.wait()
     assert result.returncode == 0, result.stderr
-    stragglers = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "straggler"]
-    assert len(stragglers) == 1, stragglers
+    report = report_json(run_dir)
+    stragglers = [f for f in _warnings(report) if f["kind"] == "straggler"]
+    assert len(stragglers) == 1, report["findings"]
     (finding,) = stragglers
     assert finding["ranks"] == [1] and finding["cause"] == "host_contention", finding
     evidence = finding["evidence"]  # from its thread's own clocks over the late steps
