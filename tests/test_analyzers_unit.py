@@ -449,6 +449,24 @@ def test_a_lasting_straggler_needs_more_steps_behind_than_chance_gives(
     assert [f.ranks for f in stragglers] == ([(1,)] if found else [])
 
 
+@pytest.mark.parametrize("behind_ms", [2.0, 5.0])
+def test_a_stall_on_a_rank_that_is_also_behind_in_every_step_costs_both(behind_ms: float) -> None:
+    """Told as the stall with the lateness in between (2 ms), or as the lateness with the
+    stalls (5 ms, a fifth of the cost): either way both are named and both cost."""
+    stalls = [k for k in range(3, 80) if k % 10 == 5]
+    run = lockstep(
+        3, 80, extra_ms=lambda r, k: ((150.0 if k in stalls else 0.0) + behind_ms) * (r == 2)
+    )
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (2,), finding
+    every = finding.evidence.get("every_steps") or finding.evidence.get("stalls_every_steps")
+    assert every == 10, finding
+    assert "every 10 steps" in finding.summary and f"{behind_ms:.1f} ms" in finding.summary
+    # the stalls (a trimmed mean cut them out) and the lateness in between
+    injected = 0.150 * len(stalls) + behind_ms / 1e3 * 77
+    assert abs(finding.time_lost_s - injected) <= 0.05 * injected, finding
+
+
 def test_a_rank_slow_for_part_of_the_run_is_found_over_that_span() -> None:
     run = lockstep(4, 200, extra_ms=lambda r, k: 3.0 if r == 1 and k >= 100 else 0.0)
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]

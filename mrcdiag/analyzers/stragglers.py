@@ -42,18 +42,6 @@ from mrcdiag.store.reader import RunData, series
 from mrcdiag.store.samples import parse_labels
 
 
-def robust_total(per_step: np.ndarray, trim: float = 0.1) -> float:
-    """Trimmed mean per step (10% cut at each end) times the steps: a neighbour's spike in
-    one step neither adds to nor hides the straggler's cost, and a rank that is last in
-    only some steps still gets the cost of those steps."""
-    values = np.sort(per_step[~np.isnan(per_step)])
-    if len(values) == 0:
-        return 0.0
-    cut = int(len(values) * trim)
-    kept = values[cut : len(values) - cut] if len(values) > 2 * cut else values
-    return float(np.mean(kept) * len(values))
-
-
 def find_stragglers(
     run: RunData, inst: Instances, m: RankStepMatrix, settings: Settings
 ) -> list[Finding]:
@@ -383,9 +371,10 @@ def _rank_finding(
     rank = int(m.ranks[row])
     cost = _step_cost(m, row, steps)
     late_s = float(np.nanmedian(m.own_late_s[row, steps]))
-    # persistent: a robust total (a neighbour's spike neither adds nor hides); episodic:
-    # every step it held the others up counts, as they are the finding
-    lost_s = robust_total(cost) if pattern is None else float(cost.sum())
+    # every step it held the others up counts: a stall on a rank that is also behind in
+    # every step is its cost too (a trimmed mean cut it out), and in a step where a peer
+    # was later still it cost nothing
+    lost_s = float(cost.sum())
     others = np.arange(len(m.ranks)) != row
     evidence: dict[str, object] = {
         "median_own_work_lateness_ms": round(late_s * 1e3, 3),
@@ -394,8 +383,31 @@ def _rank_finding(
         "job_step_time_ms": round(step_s * 1e3, 3),
         "straggling_steps": f"{int(steps.min())}-{int(steps.max())}",
     }
-    if pattern is not None:
+    between = ""
+    if pattern is None:
+        # a rank behind in every step that also stalls every N steps: say so
+        spikes = steps[cost >= max(settings.min_persistent_lateness_s, 5 * float(np.median(cost)))]
+        rhythm = step_pattern(spikes, _step_cost(m, row, spikes))
+        if len(spikes) >= settings.episodic_min_events and rhythm["pattern"] == "periodic":
+            each_s = float(np.median(_step_cost(m, row, spikes)))
+            evidence["stalls_every_steps"] = rhythm["every_steps"]
+            evidence["stall_ms"] = round(each_s * 1e3, 3)
+            between = (
+                f", and stalls every {rhythm['every_steps']} steps ({len(spikes)} times, "
+                f"{each_s * 1e3:.1f} ms each time)"
+            )
+    else:
         evidence.update(pattern)
+        # a rank that stalls every N steps and is also behind in every other step: that
+        # lateness is its cost too, where it is beyond the others' jitter
+        rest = np.setdiff1d(cols, steps)
+        behind_s = float(np.nanmedian(m.own_late_s[row, rest])) if len(rest) else 0.0
+        if behind_s >= settings.min_persistent_lateness_s and _beyond_chance(
+            m, row, rest, settings
+        ):
+            lost_s += float(_step_cost(m, row, rest).sum())
+            evidence["behind_in_other_steps_ms"] = round(behind_s * 1e3, 3)
+            between = f", and {behind_s * 1e3:.1f} ms behind in the other steps"
     cause, detail, advice = _cause(run, m, row, others, steps, late_s, step_s, evidence, settings)
     host = run.host_of(rank)
     share = len(steps) / len(cols)
@@ -408,7 +420,7 @@ def _rank_finding(
         time_lost_s=lost_s,
         ranks=(rank,),
         nodes=(host,),
-        summary=_summary(rank, host, late_s, step_s, steps, cols, pattern) + detail,
+        summary=_summary(rank, host, late_s, step_s, steps, cols, pattern) + between + detail,
         evidence=evidence,
         recommendation=advice,
     )
@@ -693,7 +705,7 @@ def _slow_nodes(
             continue
         member_rows = [m.row(r) for r in ranks]
         late_s = float(np.nanmedian(m.own_late_s[np.ix_(member_rows, cols)]))
-        lost_s = robust_total(_set_excess(inst, set(ranks), m, cols))
+        lost_s = float(np.nansum(_set_excess(inst, set(ranks), m, cols)))
         out.append(
             Finding(
                 kind="straggler",
