@@ -62,9 +62,9 @@ def demo(*args: str) -> list[str]:
     return ["-m", "mrcdiag.demo_job", *args]
 
 
-WORK = ["--steps", "60", "--work-ms", "30"]  # 30 ms of work: 10% is 3 ms
-# a fault must cost 0.25 s to warn (Settings.min_warning_lost_s): 5% of 30 ms, 200 steps
-LONG = ["--steps", "200", "--work-ms", "30"]
+# 30 ms of work: 10% is 3 ms. 200 steps, 6 s: a fault must cost 0.25 s to warn
+# (Settings.min_warning_lost_s), and 5% of 30 ms over 197 steady steps is 0.3 s.
+WORK = ["--steps", "200", "--work-ms", "30"]
 SCENARIOS = [
     Scenario("clean, 2 ranks", 2, demo(*WORK), Expected("")),
     Scenario("clean, 3 ranks on 2 cores", 3, demo(*WORK), Expected("")),
@@ -78,7 +78,7 @@ SCENARIOS = [
              {"STACK_STEPS": "12", "STACK_SCHEDULE": "1f1b", "STACK_PROFILE": "0"}),
     Scenario("clean, 3 hosts", 1, demo("--steps", "60", "--work-ms", "8"), Expected(""),
              hosts=3),
-    Scenario("one rank 5% slower", 2, demo(*LONG, "--slow-rank", "1", "--slow-ms", "1.5"),
+    Scenario("one rank 5% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "1.5"),
              Expected("straggler", (1,), ("slow_compute", "unknown"))),
     Scenario("one rank 10% slower", 2, demo(*WORK, "--slow-rank", "1", "--slow-ms", "3"),
              Expected("straggler", (1,), ("slow_compute", "unknown"))),

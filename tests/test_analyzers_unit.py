@@ -8,6 +8,7 @@ from handmade import MS, lockstep, make_run, node_samples
 
 from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.slowdown import change_point
+from mrcdiag.capture.probe import _fastest_clean_round
 
 
 def kinds(analysis) -> list[tuple[str, str, tuple]]:
@@ -209,6 +210,22 @@ def test_probe_locates_the_host_whose_links_are_slow() -> None:
     ]
     links = [f for f in analyze(run).findings if f.cause == "slow_link"]
     assert [(f.nodes, f.ranks) for f in links] == [(("b",), (1,))]
+
+
+def test_probe_rounds_spoiled_by_a_busy_cpu_accuse_no_link() -> None:
+    # the probe keeps the fastest round whose ends did not wait for a CPU ...
+    assert _fastest_clean_round([1e-3, 2e-3, 0.5e-3], [0, 0, 0.4e-3], [0, 1e-6, 0]) == (1e-3, 0)
+    # ... or, where none is clean, the fastest with what its ends waited
+    assert _fastest_clean_round([3e-3, 2e-3], [1e-3, 1e-3], []) == (2e-3, 1e-3)
+    run = lockstep(3, 30)
+    for r, host in enumerate(("a", "b", "c")):
+        run.ranks[r].host = host
+    run.link_probe = [  # host b's process sat in a run queue through every round
+        {"a": "a", "b": "b", "gbps": 0.01, "rtt_s": 0.2, "cpu_wait_s": 0.15},
+        {"a": "a", "b": "c", "gbps": 1.0, "rtt_s": 0.002, "cpu_wait_s": 0.0},
+        {"a": "b", "b": "c", "gbps": 0.012, "rtt_s": 0.17, "cpu_wait_s": 0.12},
+    ]
+    assert not [f for f in analyze(run).findings if f.cause == "slow_link"]
 
 
 def test_run_without_marked_steps_gets_steps_from_its_collectives() -> None:

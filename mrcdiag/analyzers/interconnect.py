@@ -41,8 +41,15 @@ def find_interconnect(
 def slow_host_links(
     run: RunData, inst: Instances, busbw: np.ndarray, settings: Settings
 ) -> list[Finding]:
-    """Hosts whose every probed link is far slower than the links between other hosts."""
-    pairs = [p for p in run.link_probe if p.get("gbps")]
+    """Hosts whose every probed link is far slower than the links between other hosts.
+    A link whose every probe round waited for a CPU at one end (a host another process
+    keeps busy) says nothing about the link and accuses no one."""
+    pairs = [
+        p
+        for p in run.link_probe
+        if p.get("gbps")
+        and p.get("cpu_wait_s", 0.0) <= settings.probe_cpu_wait_ratio * p.get("rtt_s", 0.0)
+    ]
     hosts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
     if len(hosts) < 2:
         return []

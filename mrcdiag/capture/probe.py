@@ -19,6 +19,8 @@ from mrcdiag.capture.thread_clock import ThreadClock
 DEFAULT_BYTES = 1 << 20
 ROUNDS = 5
 ALL_PAIRS_UP_TO = 16
+# a round in which its ends waited for a CPU longer than this share of it is spoiled
+CLEAN_ROUND_WAIT_RATIO = 0.1
 
 
 def pairs_for(hosts: list[str]) -> list[tuple[int, int]]:
@@ -72,9 +74,9 @@ def probe_links(dist: Any, torch: Any, rank: int, rank_hosts: list[str], group: 
     dist.all_gather_object(gathered, {"trips": trips, "waits": waits}, group=group)
     pairs = []
     for (i, j), rtts in sorted(t for part in gathered for t in part["trips"].items()):
-        b_waits = gathered[representatives[hosts[j]]]["waits"].get((i, j), [])
         a_waits = gathered[representatives[hosts[i]]]["waits"].get((i, j), [])
-        rtt = min(_link_time(t, k, a_waits, b_waits) for k, t in enumerate(rtts))
+        b_waits = gathered[representatives[hosts[j]]]["waits"].get((i, j), [])
+        rtt, waited = _fastest_clean_round(rtts, a_waits, b_waits)
         pairs.append(
             {
                 "a": hosts[i],
@@ -82,6 +84,7 @@ def probe_links(dist: Any, torch: Any, rank: int, rank_hosts: list[str], group: 
                 "ranks": [representatives[hosts[i]], representatives[hosts[j]]],
                 "bytes": buf.numel() * 4,
                 "rtt_s": rtt,
+                "cpu_wait_s": waited,
                 "gbps": 2 * buf.numel() * 4 / rtt / 1e9,
             }
         )
@@ -92,10 +95,17 @@ def _run_queue_wait_ns(clock: ThreadClock) -> int:
     return max(clock.read()[1], 0)  # UNKNOWN (no schedstat) reads as no wait
 
 
-def _link_time(rtt_s: float, k: int, a_waits: list[float], b_waits: list[float]) -> float:
-    """A round trip less the time either end sat in a run queue during it: on a host
-    whose CPUs another process keeps busy, the probe waited for a CPU, not for the link
-    (a clean run on three hosts sharing two busy cores read one host's links at a
-    fraction of the others'). Never below a tenth of what was measured."""
-    waited = (a_waits[k] if k < len(a_waits) else 0.0) + (b_waits[k] if k < len(b_waits) else 0.0)
-    return max(rtt_s - waited, 0.1 * rtt_s)
+def _fastest_clean_round(
+    rtts: list[float], a_waits: list[float], b_waits: list[float]
+) -> tuple[float, float]:
+    """The fastest round in which neither end waited for a CPU for more than a tenth of
+    it (on a host whose CPUs another process keeps busy, the probe waits for a CPU, not
+    for the link), or the fastest of all with what its ends waited, where none was
+    clean: the analysis does not accuse a link from a round spoiled that way."""
+
+    def waited(k: int) -> float:
+        return (a_waits[k] if k < len(a_waits) else 0.0) + (b_waits[k] if k < len(b_waits) else 0.0)
+
+    rounds = [(rtt, waited(k)) for k, rtt in enumerate(rtts)]
+    clean = [r for r in rounds if r[1] <= CLEAN_ROUND_WAIT_RATIO * r[0]]
+    return min(clean or rounds)
