@@ -212,7 +212,7 @@ def test_probe_locates_the_host_whose_links_are_slow() -> None:
     assert [(f.nodes, f.ranks) for f in links] == [(("b",), (1,))]
 
 
-def test_probe_rounds_spoiled_by_a_busy_cpu_accuse_no_link() -> None:
+def test_probe_time_spent_waiting_for_a_cpu_is_not_the_links() -> None:
     # the probe keeps the fastest round whose ends did not wait for a CPU ...
     assert _fastest_clean_round([1e-3, 2e-3, 0.5e-3], [0, 0, 0.4e-3], [0, 1e-6, 0]) == (1e-3, 0)
     # ... or, where none is clean, the fastest with what its ends waited
@@ -220,12 +220,18 @@ def test_probe_rounds_spoiled_by_a_busy_cpu_accuse_no_link() -> None:
     run = lockstep(3, 30)
     for r, host in enumerate(("a", "b", "c")):
         run.ranks[r].host = host
-    run.link_probe = [  # host b's process sat in a run queue through every round
-        {"a": "a", "b": "b", "gbps": 0.01, "rtt_s": 0.2, "cpu_wait_s": 0.15},
-        {"a": "a", "b": "c", "gbps": 1.0, "rtt_s": 0.002, "cpu_wait_s": 0.0},
-        {"a": "b", "b": "c", "gbps": 0.012, "rtt_s": 0.17, "cpu_wait_s": 0.12},
+    mb = 1_000_000  # host b's process sat in a run queue through every round ...
+    run.link_probe = [
+        {"a": "a", "b": "b", "bytes": mb, "gbps": 0.01, "rtt_s": 0.2, "cpu_wait_s": 0.198},
+        {"a": "a", "b": "c", "bytes": mb, "gbps": 1.0, "rtt_s": 0.002, "cpu_wait_s": 0.0},
+        {"a": "b", "b": "c", "bytes": mb, "gbps": 0.012, "rtt_s": 0.17, "cpu_wait_s": 0.168},
     ]
     assert not [f for f in analyze(run).findings if f.cause == "slow_link"]
+    # ... but a link still slow once that wait is taken off is slow
+    for pair in run.link_probe:
+        pair["cpu_wait_s"] = min(pair["cpu_wait_s"], 0.05)
+    links = [f for f in analyze(run).findings if f.cause == "slow_link"]
+    assert [f.nodes for f in links] == [("b",)]
 
 
 def test_run_without_marked_steps_gets_steps_from_its_collectives() -> None:

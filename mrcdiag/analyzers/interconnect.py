@@ -42,20 +42,16 @@ def slow_host_links(
     run: RunData, inst: Instances, busbw: np.ndarray, settings: Settings
 ) -> list[Finding]:
     """Hosts whose every probed link is far slower than the links between other hosts.
-    A link whose every probe round waited for a CPU at one end (a host another process
-    keeps busy) says nothing about the link and accuses no one."""
-    pairs = [
-        p
-        for p in run.link_probe
-        if p.get("gbps")
-        and p.get("cpu_wait_s", 0.0) <= settings.probe_cpu_wait_ratio * p.get("rtt_s", 0.0)
-    ]
+    A host's own links are judged at the most they could carry: their round trip less
+    the time its ends waited for a CPU in it (a host another process keeps busy waits
+    for a CPU, not for the link), against the others' as measured."""
+    pairs = [p for p in run.link_probe if p.get("gbps")]
     hosts = sorted({p["a"] for p in pairs} | {p["b"] for p in pairs})
     if len(hosts) < 2:
         return []
     out = []
     for host in hosts:
-        mine = [p["gbps"] for p in pairs if host in (p["a"], p["b"])]
+        mine = [_at_most_gbps(p) for p in pairs if host in (p["a"], p["b"])]
         others = [p["gbps"] for p in pairs if host not in (p["a"], p["b"])]
         if len(hosts) == 2:
             others = []  # one link: it is slow or not, but not one host's more than the other's
@@ -92,6 +88,16 @@ def slow_host_links(
             )
         )
     return out
+
+
+def _at_most_gbps(pair: dict) -> float:
+    """What a probed link could carry at most: its round trip less the time its ends
+    waited for a CPU during it."""
+    waited = float(pair.get("cpu_wait_s") or 0.0)
+    left = float(pair.get("rtt_s") or 0.0) - waited
+    if waited <= 0 or "bytes" not in pair:
+        return float(pair["gbps"])
+    return 2 * pair["bytes"] / left / 1e9 if left > 0 else float("inf")
 
 
 def _job_busbw(inst: Instances, bw: np.ndarray, min_bytes: int) -> dict[str, float]:

@@ -87,8 +87,6 @@ class Settings:
     # Interconnect (analyzers/interconnect.py)
     slow_group_ratio: float = 0.5  # below half the best comparable group's bandwidth
     slow_host_critical_ratio: float = 0.2
-    # a probed link whose ends waited for a CPU this share of its round trip accuses no one
-    probe_cpu_wait_ratio: float = 0.1
     low_of_expected_ratio: float = 0.5
     exposed_info_ratio: float = 0.30  # of step time in transfers nothing overlaps
     min_instances: int = 5
