@@ -30,6 +30,9 @@ class Settings:
     # a lasting straggler whose cost sits in fewer than this share of its steps is episodic
     episodic_share_of_span_ratio: float = 0.3
     episodic_quiet_ratio: float = 0.2  # ... and is late by less than this share elsewhere
+    stall_of_typical_ratio: float = (
+        5.0  # a lasting straggler's step costing this x its median is a stall
+    )
     min_lateness_of_step_ratio: float = 0.01
     outlier_sigmas: float = 6.0  # with 5 ranks or more: beyond the ranks' own spread
     warning_lateness_of_step_ratio: float = 0.03

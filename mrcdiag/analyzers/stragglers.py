@@ -317,9 +317,10 @@ def _severity(
     and see). Never for a rank less than a millisecond behind: that is the scheduling of
     a shared host (a clean Lightning job on 2 cores had one rank 0.3 ms behind in every
     2.8 ms step), not a rank to go and see, nor for one that cost the job less than
-    `min_warning_lost_s` in all, whatever its share of a short run. An episode (`pattern`) that neither lasts
-    nor costs stays info, and so do hiccups now and then that are small against a step
-    (a busy process's jitter: rank 0 drawing a progress bar) unless they cost a fifth."""
+    `min_warning_lost_s` in all, whatever its share of a short run. An episode
+    (`pattern`) that neither lasts nor costs stays info, and so do hiccups now and then
+    that are small against a step (a busy process's jitter: rank 0 drawing a progress
+    bar) unless they cost a fifth."""
     if late_s < settings.min_persistent_lateness_s or lost_s < settings.min_warning_lost_s:
         return "info"
     lost_share = lost_s / run_s if run_s > 0 else 0.0
@@ -386,10 +387,14 @@ def _rank_finding(
     between = ""
     if pattern is None:
         # a rank behind in every step that also stalls every N steps: say so
-        spikes = steps[cost >= max(settings.min_persistent_lateness_s, 5 * float(np.median(cost)))]
-        rhythm = step_pattern(spikes, _step_cost(m, row, spikes))
+        spike = cost >= max(
+            settings.min_persistent_lateness_s,
+            settings.stall_of_typical_ratio * float(np.median(cost)),
+        )
+        spikes = steps[spike]
+        rhythm = step_pattern(spikes, cost[spike])
         if len(spikes) >= settings.episodic_min_events and rhythm["pattern"] == "periodic":
-            each_s = float(np.median(_step_cost(m, row, spikes)))
+            each_s = float(np.median(cost[spike]))
             evidence["stalls_every_steps"] = rhythm["every_steps"]
             evidence["stall_ms"] = round(each_s * 1e3, 3)
             between = (

@@ -101,7 +101,7 @@ def _fastest_clean_round(
     """The fastest round in which neither end waited for a CPU for more than a tenth of
     it (on a host whose CPUs another process keeps busy, the probe waits for a CPU, not
     for the link), or the fastest of all with what its ends waited, where none was
-    clean: the analysis does not accuse a link from a round spoiled that way."""
+    clean, for the analysis to judge the link less that wait."""
 
     def waited(k: int) -> float:
         return (a_waits[k] if k < len(a_waits) else 0.0) + (b_waits[k] if k < len(b_waits) else 0.0)
