@@ -64,6 +64,22 @@ def main() -> None:
     "collectives with mrcdiag's, per rank, group and op; exit 3 if they differ and the job "
     "succeeded. For new torch versions and new training stacks.",
 )
+@click.option(
+    "--hang-after",
+    type=click.FloatRange(1, 86400),
+    default=60.0,
+    show_default=True,
+    help="Seconds ranks may wait in a collective for others that never arrive (or the job "
+    "may go without a step) before the live analysis calls it a hang; well under NCCL's "
+    "10-minute watchdog.",
+)
+@click.option(
+    "--live/--no-live",
+    default=True,
+    show_default=True,
+    help="Analyse the job while it trains: findings on stderr, on /metrics "
+    "(mrcdiag_finding_active) and in RUN_DIR/findings.jsonl.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def launch(
     run_dir: Path | None,
@@ -72,6 +88,8 @@ def launch(
     job: str | None,
     interval: float,
     verify_capture: bool,
+    hang_after: float,
+    live: bool,
     command: tuple[str, ...],
 ) -> None:
     """Run a training command with mrcdiag attached to every worker.
@@ -79,6 +97,10 @@ def launch(
     \b
     The command runs unchanged; put it after `--`:
       mrcdiag launch --job llama -- torchrun --nproc-per-node 8 train.py --lr 3e-4
+    While it trains, what the analysis finds is printed here as it starts and ends
+    (at most one line per finding every 30 s), served on /metrics and appended to
+    RUN_DIR/findings.jsonl; `mrcdiag watch RUN_DIR` shows it live. On several nodes, run
+    it on each: the node of global rank 0 analyses the whole job.
     The exit code is the job's (3 with --verify-capture when the check failed).
     """
     from mrcdiag.agent.launch import Launcher
@@ -101,6 +123,8 @@ def launch(
         metrics_addr=metrics_addr,
         say=_say,
         verify_capture=verify_capture,
+        hang_after_s=hang_after,
+        live=live,
     )
     code = launcher.run_job()
     if verify_capture:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 import time
 
 
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slowdown-ms", type=float, default=0.0)
     p.add_argument("--die-rank", type=int, default=-1, help="this rank SIGKILLs itself")
     p.add_argument("--die-at-step", type=int, default=-1)
+    p.add_argument("--hang-rank", type=int, default=-1, help="this rank blocks forever")
+    p.add_argument("--hang-at-step", type=int, default=-1)
     p.add_argument(
         "--fixed-work",
         type=int,
@@ -130,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     for step, batch in enumerate(loader):
         if step == args.die_at_step and rank == args.die_rank:
             os.kill(os.getpid(), 9)
+        if step == args.hang_at_step and rank == args.hang_rank:
+            threading.Event().wait()  # stuck in its own code: a deadlock, a dead mount
         burn_cpu(args.work_ms)
         fixed_work(args.fixed_work)
         if slow and step >= args.slow_from_step:

@@ -35,6 +35,12 @@ COLLECTIVE_BLOCKED = "mrcdiag_collective_blocked_seconds_total"
 COLLECTIVE_DURATION = "mrcdiag_collective_duration_seconds"  # histogram per op and size
 COLLECTIVE_BYTES = "mrcdiag_collective_bytes_total"
 AGENT_UP = "mrcdiag_agent_up"
+# The live analysis (agent/live.py): one series per active finding and blamed rank
+KIND, CAUSE, SEVERITY = "kind", "cause", "severity"
+FINDING_ACTIVE = "mrcdiag_finding_active"  # 1 while active, 0 for a while after it ended
+FINDING_TIME_LOST = "mrcdiag_finding_time_lost_seconds_total"
+LIVE_ANALYSIS_SECONDS = "mrcdiag_live_analysis_seconds_total"  # the analysis's own cost
+LIVE_NEWEST_STEP = "mrcdiag_live_newest_step"  # the newest step every rank has ended
 AGENT_SCRAPE_TIMESTAMP = "mrcdiag_agent_scrape_timestamp_seconds"
 
 # GPUs (collectors/nvml.py, collectors/amd.py)

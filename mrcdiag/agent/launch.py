@@ -14,13 +14,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import mrcdiag
+from mrcdiag.analyzers.settings import DEFAULTS
 from mrcdiag.capture.attach import run_metadata
 from mrcdiag.capture.autoimport import BOOT_DIR
+from mrcdiag.capture.clock import AGENT_ADDR_ENV, AGENT_PORT_ENV
 from mrcdiag.capture.lifecycle import VERIFY_ENV
 from mrcdiag.store import layout
 from mrcdiag.store.records import WorldMeta
@@ -47,6 +49,8 @@ class Launcher:
     extra_env: dict[str, str] = field(default_factory=dict)
     say: Callable[[str], None] = _to_stderr
     verify_capture: bool = False  # run PyTorch's flight recorder beside us and compare
+    hang_after_s: float = DEFAULTS.hang_after_s
+    live: bool = True  # the live analysis, on the node of global rank 0
     _agent: Any = None
 
     def run_job(self) -> int:
@@ -54,6 +58,9 @@ class Launcher:
         env = self.prepare()
         self.say(f"mrcdiag: recording into {self.run_dir}")
         self._start_agent_or_say_why()
+        if self._agent is not None and self._agent.bound_port is not None:
+            env[AGENT_PORT_ENV] = str(self._agent.bound_port)
+            env[AGENT_ADDR_ENV] = self.metrics_addr
         try:
             code = self.run(env)
         finally:
@@ -145,6 +152,9 @@ class Launcher:
             interval_s=self.agent_interval_s,
             job=self.job,
             addr=self.metrics_addr,
+            live=self.live,
+            settings=replace(DEFAULTS, hang_after_s=self.hang_after_s),
+            say=self.say,
         )
         return self._agent.start()
 

@@ -10,11 +10,16 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
+from mrcdiag.agent import http
+from mrcdiag.agent.live import FINDINGS_FILE, LiveAnalysis, LiveFindingsCollector, live_state
+from mrcdiag.agent.sources import JobRecords, node_records_route
+from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.collectors.base import SampleCollector
 from mrcdiag.collectors.host import HostCollector
 from mrcdiag.collectors.ranks import RankCollector
@@ -74,6 +79,10 @@ class NodeAgent:
         collectors: list[Any] | None = None,
         node: str | None = None,
         block_s: float = DEFAULT_BLOCK_S,
+        live: bool = True,
+        live_interval_s: float = 2.0,
+        settings: Settings = DEFAULTS,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.port = port
@@ -96,23 +105,72 @@ class NodeAgent:
         self._thread: threading.Thread | None = None
         self._samples: SampleWriter | None = None
         self.bound_port: int | None = None
+        self.job = job
+        # The job-level live analysis runs here when this node holds global rank 0
+        # (world.json appears in its part of the run directory) or every rank's records
+        self.live: LiveAnalysis | None = None
+        self.live_interval_s = live_interval_s
+        self._live_wanted = live and run_dir is not None
+        self._live_thread: threading.Thread | None = None
+        self._settings = settings
+        self._say = say
 
     def start(self) -> str | None:
         """Serve /metrics (if a port was given) and start sampling; returns the URL."""
         url = None
         if self.port is not None:
-            server, _thread = start_http_server(self.port, addr=self.addr, registry=self.registry)
+            routes: dict[str, http.Route] = {http.LIVE_PATH: self._live_state}
+            if self.run_dir is not None:
+                routes[http.RECORDS_PATH] = node_records_route(self.run_dir, self.node)
+            server, _thread = http.serve(self.addr, self.port, self.registry, routes)
             self._server = server
             self.bound_port = server.server_address[1]
-            host = self.addr if self.addr not in ("0.0.0.0", "") else self.node
-            url = f"http://{host}:{self.bound_port}/metrics"
+            url = f"{self.base_url}/metrics"
         if self.run_dir is not None:
             node_dir = layout.node_dir(self.run_dir, self.node)
             node_dir.mkdir(parents=True, exist_ok=True)
             self._samples = SampleWriter(node_dir, self.block_s)
         self._thread = threading.Thread(target=self._loop, name="mrcdiag-agent", daemon=True)
         self._thread.start()
+        if self._live_wanted:
+            self._live_thread = threading.Thread(
+                target=self._live_loop, name="mrcdiag-live", daemon=True
+            )
+            self._live_thread.start()
         return url
+
+    @property
+    def base_url(self) -> str | None:
+        """Where other nodes reach this agent (its records, its live state)."""
+        if self.bound_port is None:
+            return None
+        host = self.addr if self.addr not in ("0.0.0.0", "") else self.node
+        return f"http://{host}:{self.bound_port}"
+
+    def _live_loop(self) -> None:
+        """Wait until this node is the one to analyse the job, then tick until stopped."""
+        assert self.run_dir is not None
+        records = JobRecords(self.run_dir, self.node)
+        while not self._stop.wait(self.live_interval_s):
+            if self.live is None:
+                if not records.analysed_here():
+                    continue
+                self.live = LiveAnalysis(
+                    records.read_new,
+                    job=self.job,
+                    settings=self._settings,
+                    say=self._say,
+                    findings_file=self.run_dir / FINDINGS_FILE,
+                    world=records.world,
+                )
+                self.registry.register(LiveFindingsCollector(self.live, self.job))
+            try:
+                self.live.tick()
+            except Exception as exc:  # the job goes on; the post-run report still works
+                warn_once("live-tick", f"live analysis failed ({exc!r}); retrying")
+
+    def _live_state(self, _query: dict[str, list[str]]) -> tuple[str, str, bytes, list]:
+        return http.json_body(live_state(self.live))
 
     def sample_once(self) -> int:
         """Read every collector once and append the samples to the run directory."""
@@ -146,6 +204,13 @@ class NodeAgent:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._live_thread is not None:
+            self._live_thread.join(timeout=10)
+            if self.live is not None:
+                try:
+                    self.live.tick()  # what the last seconds said, and the ends
+                except Exception as exc:
+                    warn_once("live-tick", f"live analysis failed ({exc!r})")
         try:
             self.sample_once()  # the last seconds of the job
         except Exception:

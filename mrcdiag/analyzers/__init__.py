@@ -15,7 +15,7 @@ import numpy as np
 from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.fabric import find_fabric_causes
 from mrcdiag.analyzers.findings import Finding, sort_findings
-from mrcdiag.analyzers.hangs import find_hangs
+from mrcdiag.analyzers.hangs import find_hangs, find_live_hangs
 from mrcdiag.analyzers.idle import find_idle
 from mrcdiag.analyzers.instances import Instances, collective_instances
 from mrcdiag.analyzers.interconnect import find_interconnect
@@ -45,8 +45,16 @@ class Analysis:
 
 
 def analyze(
-    run: RunData, expected_busbw_gbps: float | None = None, settings: Settings = DEFAULTS
+    run: RunData,
+    expected_busbw_gbps: float | None = None,
+    settings: Settings = DEFAULTS,
+    live_now_ns: int | None = None,
 ) -> Analysis:
+    """Everything the renderers show. With `live_now_ns` (the present on the run's aligned
+    clock) `run` is the recent window of a job that still runs: hangs are judged by how
+    long ranks have waited until now, and slowdowns are left to the online detector
+    (slowdown.online_onset), which compares the pace with the job's own past rather
+    than within one window."""
     run = with_pseudo_steps(run)
     instances = collective_instances(run)
     matrix = rank_step_matrix(run, instances)
@@ -54,11 +62,15 @@ def analyze(
     busbw = busbw_gbps(instances, group_sizes(run, instances.group))
     summary = summarize(run, instances, matrix, steady, busbw)
     findings: list[Finding] = []
-    findings += find_hangs(run)
+    if live_now_ns is None:
+        findings += find_hangs(run)
+    else:
+        findings += find_live_hangs(run, live_now_ns, settings.hang_after_s)
     stragglers = find_stragglers(run, instances, matrix, settings)
     findings += stragglers
     findings += find_stage_imbalance(run, matrix, settings)
-    findings += find_slowdowns(matrix, settings)
+    if live_now_ns is None:
+        findings += find_slowdowns(matrix, settings)
     explained = tuple(sorted({r for f in stragglers if f.severity != "info" for r in f.ranks}))
     findings += find_idle(run, matrix, explained, settings)
     findings += find_interconnect(

@@ -139,3 +139,98 @@ def _last_op(run: RunData, ranks: list[int]) -> dict[str, str]:
             i = mine[np.argmax(coll["t_arrive_ns"][mine])]
             out[str(r)] = f"{OPS[int(coll['op'][i])]} #{int(coll['seq'][i])}"
     return out
+
+
+def find_live_hangs(run: RunData, now_ns: int, hang_after_s: float) -> list[Finding]:
+    """A hang while the job still runs: ranks have waited in a collective for more than
+    `hang_after_s` while members of its group never arrived at it, or no rank has made a
+    step or a collective for that long. `now_ns` is on the run's aligned clock."""
+    if not run.ranks:
+        return []
+    hang_after_ns = int(hang_after_s * 1e9)
+    coll = run.collectives
+    group_of = {g.name: i for i, g in enumerate(run.groups)}
+    waiting: dict[int, dict] = {}
+    for rank, info in run.ranks.items():
+        s = info.stuck_in
+        if not s or info.closed_cleanly or info.terminated:
+            continue
+        g = group_of.get(str(s.get("group_name")))
+        seq = int(s.get("seq", -1))
+        if g is None or now_ns - int(s.get("t_arrive_ns", now_ns)) < hang_after_ns:
+            continue
+        done = (coll["rank"] == rank) & (coll["group"] == g) & (coll["seq"] == seq)
+        # Still in it: neither its record nor any later one (a collective the rank once
+        # waited in and left, whose record has gone out of the window, is not a hang)
+        if not done.any() and info.last_record_ns <= int(s.get("t_arrive_ns", 0)):
+            waiting[rank] = {**s, "group_id": g}
+    if waiting:
+        return [_waiting_for_missing(run, waiting, now_ns)]
+    last = max((info.last_record_ns for info in run.ranks.values()), default=0)
+    if last and now_ns - last >= hang_after_ns:
+        ranks = sorted(r for r, i in run.ranks.items() if not i.closed_cleanly)
+        if not ranks:
+            return []
+        return [
+            Finding(
+                kind="hang",
+                severity="critical",
+                cause="no_progress",
+                time_lost_s=(now_ns - last) / 1e9,
+                ranks=tuple(ranks),
+                nodes=tuple(sorted({run.host_of(r) for r in ranks})),
+                summary=f"no rank has ended a step or a collective for "
+                f"{(now_ns - last) / 1e9:.0f} s, and none is waiting in one",
+                evidence={"last_op": _last_op(run, ranks)},
+                recommendation="the job is stuck outside collectives (data loading, I/O, a "
+                "lock, a checkpoint); look at the ranks' stacks (py-spy dump --pid)",
+            )
+        ]
+    return []
+
+
+def _waiting_for_missing(run: RunData, waiting: dict[int, dict], now_ns: int) -> Finding:
+    """The collective the most ranks wait in, and the members that never arrived."""
+    keys = [(w["group_id"], int(w["seq"])) for w in waiting.values()]
+    group, seq = max(set(keys), key=keys.count)
+    info = run.groups[group]
+    coll = run.collectives
+    reached = {}
+    for r in info.ranks:
+        mine = (coll["rank"] == r) & (coll["group"] == group)
+        reached[r] = int(coll["seq"][mine].max()) if mine.any() else -1
+    in_it = {r for r, w in waiting.items() if (w["group_id"], int(w["seq"])) == (group, seq)}
+    missing = sorted(r for r in info.ranks if r not in in_it and reached.get(r, -1) < seq)
+    first = next(w for r, w in sorted(waiting.items()) if r in in_it)
+    waited_s = (now_ns - min(int(waiting[r]["t_arrive_ns"]) for r in in_it)) / 1e9
+    where = f"{first.get('op')} #{seq} of group {info.label}"
+    if missing:
+        summary = (
+            f"rank {', '.join(map(str, missing))} never arrived at {where}; "
+            f"{len(in_it)} rank(s) have waited there for {waited_s:.0f} s"
+        )
+    else:
+        summary = f"{len(in_it)} rank(s) have waited in {where} for {waited_s:.0f} s"
+    blamed = missing or sorted(in_it)
+    return Finding(
+        kind="hang",
+        severity="critical",
+        cause="missing_rank" if missing else "stuck_collective",
+        time_lost_s=waited_s * len(in_it) / max(1, len(info.ranks)),
+        ranks=tuple(blamed),
+        nodes=tuple(sorted({run.host_of(r) for r in blamed if r in run.ranks})),
+        summary=summary,
+        evidence={
+            "collective": {"group": info.label, "seq": seq, "op": first.get("op")},
+            "waiting_ranks": sorted(in_it),
+            "waited_s": round(waited_s, 1),
+            "missing": {
+                str(r): {"last_seq": reached.get(r, -1), "recorded": r in run.ranks}
+                for r in missing
+            },
+            "last_op_of_missing": _last_op(run, missing),
+        },
+        recommendation="the missing rank is stuck in its own code or lost: look at its "
+        "stack (py-spy dump --pid) and its node; the others hang until the collective "
+        "times out",
+    )

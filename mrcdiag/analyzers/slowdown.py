@@ -47,9 +47,15 @@ def find_slowdowns(m: RankStepMatrix, settings: Settings) -> list[Finding]:
     ok = np.isfinite(job)
     cols, job = cols[ok], job[ok]
     k = change_point(job, settings.slowdown_min_side_steps)
-    if k is None:
+    if k is None or not is_slower(job[:k], job[k:], settings):
         return []
-    before, after = job[:k], job[k:]
+    finding = describe_slowdown(m, cols[:k], cols[k:], settings)
+    return [finding] if finding is not None else []
+
+
+def is_slower(before: np.ndarray, after: np.ndarray, settings: Settings) -> bool:
+    """Whether the job's step times `after` are a slower pace than `before`: by 15% or
+    more, and far outside the noise of single steps and of the two medians."""
     b, a = float(np.median(before)), float(np.median(after))
     # The shift must stand out from the noise of single steps (2 sigma) and, as a shift of
     # medians, from their standard error (4 SE); the 15% floor keeps small drifts out.
@@ -58,8 +64,48 @@ def find_slowdowns(m: RankStepMatrix, settings: Settings) -> list[Finding]:
     shift_needed = max(
         settings.slowdown_step_sigmas * sigma, settings.slowdown_sigmas * standard_error
     )
-    if b <= 0 or a / b < settings.slowdown_min_ratio or (a - b) < shift_needed:
-        return []
+    return b > 0 and a / b >= settings.slowdown_min_ratio and (a - b) >= shift_needed
+
+
+def online_onset(
+    job_step_s: np.ndarray, reference_s: float, settings: Settings
+) -> tuple[int, int | None]:
+    """Page's CUSUM over a stream of job step times against the pace `reference_s`.
+
+    Returns (onset, alarm): the index after the last step at which the cumulative excess
+    was back to zero (where a slowdown would have begun; everything before it can be
+    forgotten), and the index at which the evidence for a lasting slowdown first held,
+    or None. One pass with constant state per step, so a live analysis feeds it the
+    steps since the last onset as they end. Spikes (a single slow step, a checkpoint) are
+    taken out by a running median of 5 first, which costs 2 steps of delay.
+    """
+    x = _running_median(job_step_s)
+    shift = (settings.slowdown_min_ratio - 1) * reference_s  # the smallest shift worth it
+    allowance = shift / 2
+    threshold = settings.slowdown_cusum_shifts * shift
+    total = 0.0
+    onset = 0
+    for i, value in enumerate(x):
+        if not np.isfinite(value):
+            continue
+        total = max(0.0, total + float(value) - reference_s - allowance)
+        if total == 0.0:
+            onset = i + 1
+        elif total > threshold:
+            return onset, i
+    return onset, None
+
+
+def describe_slowdown(
+    m: RankStepMatrix, before: np.ndarray, after: np.ndarray, settings: Settings
+) -> Finding | None:
+    """The slowdown between the step columns `before` and `after` (the job is known to be
+    slower in them): what grew, on whom. None when only one rank's own work grew (a
+    straggler that started late, which the straggler analyzer reports)."""
+    cols = np.concatenate([before, after])
+    k = len(before)
+    job = job_step_time(m.duration_s[:, cols])
+    b, a = float(np.nanmedian(job[:k])), float(np.nanmedian(job[k:]))
     # Whose own work grew? busy = step - waiting for peers - data wait
     busy = m.duration_s[:, cols] - m.wait_s[:, cols] - m.data_wait_s[:, cols]
     grew = np.nanmedian(busy[:, k:], axis=1) - np.nanmedian(busy[:, :k], axis=1)
@@ -72,7 +118,7 @@ def find_slowdowns(m: RankStepMatrix, settings: Settings) -> list[Finding]:
         >= settings.slowdown_broad_ratio
     )
     if not broad and data_growth < 0.5 * job_growth:
-        return []  # one rank's problem: the straggler analyzer reports it
+        return None  # one rank's problem: the straggler analyzer reports it
     comm_growth = float(
         np.nanmedian(m.blocked_s[:, cols][:, k:] - m.wait_s[:, cols][:, k:])
         - np.nanmedian(m.blocked_s[:, cols][:, :k] - m.wait_s[:, cols][:, :k])
@@ -85,31 +131,29 @@ def find_slowdowns(m: RankStepMatrix, settings: Settings) -> list[Finding]:
     }
     grown = max(parts, key=lambda p: parts[p])
     start_step = int(cols[k])
-    lost = float(np.sum(np.maximum(after - b, 0)))
+    lost = float(np.nansum(np.maximum(job[k:] - b, 0)))
     cause = {
         "compute": "slow_compute",
         "communication": "slow_link",
         "data_wait": "data_loading",
     }[grown]
-    return [
-        Finding(
-            kind="slowdown",
-            severity="critical" if a / b >= settings.slowdown_critical_ratio else "warning",
-            cause=cause,
-            time_lost_s=lost,
-            ranks=tuple(int(r) for r in m.ranks),
-            summary=f"from step {start_step} every rank got slower: step time "
-            f"{b * 1e3:.1f} ms -> {a * 1e3:.1f} ms (+{100 * (a / b - 1):.0f}%), "
-            f"mostly in {grown.replace('_', ' ')}",
-            evidence={
-                "start_step": start_step,
-                "step_time_before_ms": round(b * 1e3, 3),
-                "step_time_after_ms": round(a * 1e3, 3),
-                "growth_ms": {p: round(v * 1e3, 3) for p, v in parts.items()},
-                "ranks_slower": int(np.sum(grew >= 0.5 * job_growth)),
-            },
-            recommendation="look at what changed on every node at that step: a "
-            "thermal or power event, a network degradation, a change in the data "
-            "(longer sequences), or a phase of the training code",
-        )
-    ]
+    return Finding(
+        kind="slowdown",
+        severity="critical" if a / b >= settings.slowdown_critical_ratio else "warning",
+        cause=cause,
+        time_lost_s=lost,
+        ranks=tuple(int(r) for r in m.ranks),
+        summary=f"from step {start_step} every rank got slower: step time "
+        f"{b * 1e3:.1f} ms -> {a * 1e3:.1f} ms (+{100 * (a / b - 1):.0f}%), "
+        f"mostly in {grown.replace('_', ' ')}",
+        evidence={
+            "start_step": start_step,
+            "step_time_before_ms": round(b * 1e3, 3),
+            "step_time_after_ms": round(a * 1e3, 3),
+            "growth_ms": {p: round(v * 1e3, 3) for p, v in parts.items()},
+            "ranks_slower": int(np.sum(grew >= 0.5 * job_growth)),
+        },
+        recommendation="look at what changed on every node at that step: a "
+        "thermal or power event, a network degradation, a change in the data "
+        "(longer sequences), or a phase of the training code",
+    )

@@ -88,14 +88,14 @@ def _attach(torch: Any, run_dir_arg: Any, job_arg: str | None) -> bool:
         group = _cpu_group(dist)
         run_dir = _agree_on_run_dir(dist, rank, run_dir_arg, job, group)
         t0 = time.monotonic_ns()
-        estimate, hosts = clock.estimate_offsets(dist, torch, rank, world_size, group)
+        estimate, hosts, agents = clock.estimate_offsets(dist, torch, rank, world_size, group)
         clock_sync_s = (time.monotonic_ns() - t0) / 1e9
         links = probe.probe_links(dist, torch, rank, hosts, group)
     rank_dir = layout.rank_dir(run_dir, rank)
     rank_dir.mkdir(parents=True, exist_ok=True)
     backend = str(dist.get_backend())
     if rank == 0:
-        world = WorldMeta.of_hosts(hosts, backend, torch.__version__)
+        world = WorldMeta.of_hosts(hosts, backend, torch.__version__, agents)
         _write_run_files(run_dir, job, world)
         if links:
             write_json_atomic(run_dir / layout.PROBE_FILE, {"pairs": links})

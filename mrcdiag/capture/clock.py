@@ -12,6 +12,7 @@ against a true offset of 0).
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -29,12 +30,35 @@ def boot_id() -> str:
         return socket.gethostname()
 
 
-def host_identity() -> tuple[str, str]:
-    return socket.gethostname(), boot_id()
+AGENT_PORT_ENV = "MRCDIAG_AGENT_PORT"  # the node agent's port, set by launch
+AGENT_ADDR_ENV = "MRCDIAG_AGENT_ADDR"  # the address it listens on (0.0.0.0: every one)
+
+
+def host_identity() -> tuple[str, str, str]:
+    """(host, boot id, its node agent's URL): the same for every rank of one machine."""
+    return socket.gethostname(), boot_id(), agent_url()
+
+
+def agent_url() -> str:
+    """This node's agent as other nodes reach it: on the address this node uses to reach
+    the job's rendezvous (MASTER_ADDR), which every node can reach back; "" without one."""
+    port = os.environ.get(AGENT_PORT_ENV)
+    if not port:
+        return ""
+    addr = os.environ.get(AGENT_ADDR_ENV, "")
+    if addr in ("", "0.0.0.0", "::"):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((os.environ.get("MASTER_ADDR") or "127.0.0.1", 9))
+                addr = s.getsockname()[0]
+        except OSError:
+            addr = "127.0.0.1"
+    return f"http://{addr}:{port}"
 
 
 def estimate_offsets(dist: Any, torch: Any, rank: int, world_size: int, group: Any) -> tuple:
-    """Run the exchange on all ranks; returns (this rank's ClockEstimate, all hosts).
+    """Run the exchange on all ranks; returns (this rank's ClockEstimate, each rank's host,
+    the node agents' URLs by host where launch gave them).
 
     `group` must be a CPU-capable (gloo) group holding every rank.
     """
@@ -88,4 +112,5 @@ def estimate_offsets(dist: Any, torch: Any, rank: int, world_size: int, group: A
     else:
         estimate = ClockEstimate(measured[0], measured[0], measured[1] // 2, "ping_pong")
     hosts = [identity[0] for identity in identities]
-    return estimate, hosts
+    agents = {identity[0]: identity[2] for identity in identities if identity[2]}
+    return estimate, hosts, agents

@@ -187,6 +187,49 @@ def read_run(
     return data
 
 
+@dataclass
+class RankPart:
+    """What one rank wrote, read into memory: from its directory (`read_rank_part`), or
+    the recent window of it that the live analysis keeps (store/window.py)."""
+
+    meta: RankMeta
+    groups: list[GroupMeta]
+    collectives: pa.Table
+    steps: pa.Table
+    events: list[Event]
+    where: str  # its directory, for messages
+
+
+def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
+    """One rank's records from its directory; None (and a problem) when it has none."""
+    meta_path = rank_dir / layout.RANK_META_FILE
+    if not meta_path.exists():
+        failed = rank_dir / layout.ATTACH_FAILED_FILE
+        if failed.exists():
+            reason = _read_json(failed).get("reason", "?")
+            problems.append(f"{rank_dir.name} never attached: {reason}")
+        else:
+            problems.append(f"{rank_dir} has no rank.json; skipped")
+        return None
+    try:
+        meta = RankMeta.from_json(_read_json(meta_path))
+    except (RunDirError, KeyError, ValueError, TypeError) as exc:
+        problems.append(f"{meta_path} is damaged ({exc}); skipped that rank")
+        return None
+    return RankPart(
+        meta=meta,
+        groups=_read_groups(rank_dir / layout.GROUPS_FILE, problems),
+        collectives=read_stream(
+            rank_dir / layout.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems
+        ),
+        steps=read_stream(rank_dir / layout.STEPS_FILE, schema.STEP_SCHEMA, problems),
+        events=[
+            Event.from_json(e) for e in _read_json_lines(rank_dir / layout.EVENTS_FILE, problems)
+        ],
+        where=str(rank_dir),
+    )
+
+
 def _assemble(
     dirs: list[Path],
     run: RunMeta | None,
@@ -195,6 +238,27 @@ def _assemble(
     problems: list[str],
     progress: Callable[[int, int], None] | None = None,
 ) -> RunData:
+    def parts() -> Iterable[RankPart]:
+        for done, rank_dir in enumerate(rank_dirs):
+            if progress is not None and done % 16 == 0:
+                progress(done, len(rank_dirs))
+            part = read_rank_part(rank_dir, problems)
+            if part is not None:
+                yield part
+
+    data = assemble(parts(), run, world, problems)
+    data.run_dirs = dirs
+    data.node_samples = _read_node_samples(dirs, data.ranks, problems)
+    return data
+
+
+def assemble(
+    parts: Iterable[RankPart],
+    run: RunMeta | None,
+    world: WorldMeta | None,
+    problems: list[str],
+) -> RunData:
+    """One run's data from its ranks' parts: groups given global ids, clocks aligned."""
     group_ids: dict[str, int] = {}
     groups: list[GroupInfo] = []
     ranks: dict[int, RankInfo] = {}
@@ -204,28 +268,12 @@ def _assemble(
     step_tables: list[pa.Table] = []
     step_rank: list[np.ndarray] = []
     offsets: list[tuple[int, int, int]] = []  # (rank, n_coll, n_step) per part for offsets
-    for done, rank_dir in enumerate(rank_dirs):
-        if progress is not None and done % 16 == 0:
-            progress(done, len(rank_dirs))
-        meta_path = rank_dir / layout.RANK_META_FILE
-        if not meta_path.exists():
-            failed = rank_dir / layout.ATTACH_FAILED_FILE
-            if failed.exists():
-                reason = _read_json(failed).get("reason", "?")
-                problems.append(f"{rank_dir.name} never attached: {reason}")
-            else:
-                problems.append(f"{rank_dir} has no rank.json; skipped")
-            continue
-        try:
-            meta = RankMeta.from_json(_read_json(meta_path))
-            rank = meta.rank
-        except (RunDirError, KeyError, ValueError, TypeError) as exc:
-            problems.append(f"{meta_path} is damaged ({exc}); skipped that rank")
-            continue
+    for part in parts:
+        meta, local_groups, coll, steps = part.meta, part.groups, part.collectives, part.steps
+        rank = meta.rank
         if rank in ranks:
-            problems.append(f"rank {rank} appears twice; kept the first ({rank_dir} skipped)")
+            problems.append(f"rank {rank} appears twice; kept the first ({part.where} skipped)")
             continue
-        local_groups = _read_groups(rank_dir / layout.GROUPS_FILE, problems)
         local_to_global = np.full(
             max([g.index + 1 for g in local_groups] + [1]), -1, dtype=np.int32
         )
@@ -234,8 +282,6 @@ def _assemble(
                 group_ids[g.name] = len(groups)
                 groups.append(GroupInfo(g.name, g.ranks, g.backend, g.desc))
             local_to_global[g.index] = group_ids[g.name]
-        coll = read_stream(rank_dir / layout.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems)
-        steps = read_stream(rank_dir / layout.STEPS_FILE, schema.STEP_SCHEMA, problems)
         local_index = coll.column("group").to_numpy()
         known = local_index < len(local_to_global)
         if not known.all():
@@ -247,25 +293,21 @@ def _assemble(
         coll_group.append(local_to_global[local_index])
         step_tables.append(steps)
         step_rank.append(np.full(steps.num_rows, rank, dtype=np.int32))
-        events = [
-            Event.from_json(e) for e in _read_json_lines(rank_dir / layout.EVENTS_FILE, problems)
-        ]
         offset = meta.clock.offset_ns
         offsets.append((offset, coll.num_rows, steps.num_rows))
-        ranks[rank] = _rank_info(meta, rank, events, coll, steps, offset, local_groups)
+        ranks[rank] = _rank_info(meta, rank, part.events, coll, steps, offset, local_groups)
     collectives = _concat(coll_tables, schema.COLLECTIVE_SCHEMA)
     collectives.data["rank"] = _cat(coll_rank, np.int32)
     collectives.data["group"] = _cat(coll_group, np.int32)
     steps_cols = _concat(step_tables, schema.STEP_SCHEMA)
     steps_cols.data["rank"] = _cat(step_rank, np.int32)
     _apply_offsets(collectives, steps_cols, offsets)
-    node_samples = _read_node_samples(dirs, ranks, problems)
     world_size = (world.world_size if world else 0) or max(ranks, default=-1) + 1
     missing = sorted(set(range(world_size)) - set(ranks))
     if missing:
         problems.append(f"no data from rank(s) {_ranges(missing)} of {world_size}")
     return RunData(
-        run_dirs=dirs,
+        run_dirs=[],
         run=run,
         world_size=world_size,
         ranks=dict(sorted(ranks.items())),
@@ -273,7 +315,6 @@ def _assemble(
         collectives=collectives,
         steps=steps_cols,
         problems=problems,
-        node_samples=node_samples,
     )
 
 

@@ -50,18 +50,33 @@ class WorldMeta:
     ranks_per_host: dict[str, tuple[int, ...]]
     backend: str = ""
     torch_version: str = ""
+    # host -> its node agent's base URL (where launch ran one): the live analysis pulls
+    # each node's records from there when the run directory is on the nodes' own disks
+    agents: dict[str, str] = field(default_factory=dict)
 
     @property
     def hosts(self) -> list[str]:
         return sorted(self.ranks_per_host)
 
     @classmethod
-    def of_hosts(cls, hosts: list[str], backend: str, torch_version: str) -> WorldMeta:
+    def of_hosts(
+        cls,
+        hosts: list[str],
+        backend: str,
+        torch_version: str,
+        agents: dict[str, str] | None = None,
+    ) -> WorldMeta:
         """From the host of each rank, in rank order."""
         per_host: dict[str, list[int]] = {}
         for rank, host in enumerate(hosts):
             per_host.setdefault(host, []).append(rank)
-        return cls(len(hosts), {h: tuple(r) for h, r in per_host.items()}, backend, torch_version)
+        return cls(
+            len(hosts),
+            {h: tuple(r) for h, r in per_host.items()},
+            backend,
+            torch_version,
+            dict(agents or {}),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +86,7 @@ class WorldMeta:
             "ranks_per_host": {h: list(r) for h, r in self.ranks_per_host.items()},
             "backend": self.backend,
             "torch_version": self.torch_version,
+            "agents": dict(self.agents),
         }
 
     @classmethod
@@ -83,6 +99,7 @@ class WorldMeta:
             },
             backend=str(data.get("backend") or ""),
             torch_version=str(data.get("torch_version") or ""),
+            agents={str(h): str(u) for h, u in (data.get("agents") or {}).items()},
         )
 
 

@@ -73,6 +73,11 @@ class StreamTail:
             return []
         out: list[pa.RecordBatch] = []
         with pa.OSFile(str(self.path), "rb") as f:
+            if self.schema is None and self.offset > 0:  # resumed from a cursor
+                try:
+                    self.schema = ipc.read_schema(ipc.read_message(f))
+                except (pa.ArrowInvalid, OSError, EOFError):
+                    return []
             f.seek(self.offset)
             while True:
                 start = f.tell()

@@ -1,0 +1,67 @@
+"""The node agent's HTTP endpoint: /metrics for Prometheus, and the agent's own routes.
+
+/metrics              Prometheus exposition of the agent's registry
+/mrcdiag/records      this node's ranks' records since a cursor (store/window.py), for
+                      the job-level live analysis on another node
+/mrcdiag/live         the live analysis's state as JSON (for `mrcdiag watch --url`)
+"""
+
+from __future__ import annotations
+
+import json
+import socketserver
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+# A route answers (status, content type, body, extra headers) for a query string
+Route = Callable[[dict[str, list[str]]], tuple[str, str, bytes, list[tuple[str, str]]]]
+
+RECORDS_PATH = "/mrcdiag/records"
+LIVE_PATH = "/mrcdiag/live"
+CURSOR_HEADER = "X-Mrcdiag-Cursor"
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, fmt: str, *args: Any) -> None:
+        pass
+
+
+def serve(
+    addr: str, port: int, registry: CollectorRegistry, routes: dict[str, Route]
+) -> tuple[WSGIServer, threading.Thread]:
+    """Start serving in a daemon thread; OSError when the port is taken."""
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable) -> list[bytes]:
+        route = routes.get(environ.get("PATH_INFO", ""))
+        if route is None:
+            return metrics_app(environ, start_response)
+        try:
+            status, content_type, body, headers = route(parse_qs(environ.get("QUERY_STRING", "")))
+        except ValueError as exc:
+            status, content_type, body, headers = (
+                "400 Bad Request",
+                "text/plain",
+                str(exc).encode(),
+                [],
+            )
+        start_response(status, [("Content-Type", content_type), *headers])
+        return [body]
+
+    server = make_server(addr, port, app, _Server, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="mrcdiag-http", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def json_body(value: Any) -> tuple[str, str, bytes, list[tuple[str, str]]]:
+    return "200 OK", "application/json", json.dumps(value).encode(), []

@@ -1,0 +1,374 @@
+"""The live analysis: the post-run analyzers, run every few seconds over the recent steps.
+
+One process runs it for the whole job (the node agent beside global rank 0, see
+README "Live diagnosis"). Each tick it folds in what the ranks wrote since the last one
+(from this node's disk, or from the other nodes' agents), analyses the window of the
+last `Settings.live_window_steps` steps that every rank has ended, and follows the
+findings that warn (agent/tracker.py): each goes to /metrics (`LiveFindingsCollector`),
+to one line on the launcher's stderr, and to `findings.jsonl` in the run directory.
+A job-wide slowdown is judged against the job's own earlier pace by Page's CUSUM over
+the stream of step times (analyzers/slowdown.online_onset), not within one window.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from mrcdiag import metrics
+from mrcdiag.agent.tracker import (
+    ENDED,
+    STARTED,
+    FindingTracker,
+    LiveFinding,
+    Transition,
+    finding_key,
+    shift_steps,
+    worth_a_line,
+)
+from mrcdiag.analyzers import analyze
+from mrcdiag.analyzers.common import job_step_time
+from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.settings import DEFAULTS, Settings
+from mrcdiag.analyzers.slowdown import describe_slowdown, is_slower, online_onset
+from mrcdiag.log import warn_once
+from mrcdiag.store.records import RunMeta, WorldMeta
+from mrcdiag.store.window import RankDelta, RunWindow, Window
+
+FINDINGS_FILE = "findings.jsonl"
+# Ended findings stay on /metrics at 0 this long, so that a scrape sees them end
+KEEP_ENDED_S = 300.0
+# The steps at the end of a window whose pace says whether a slowdown is still on
+RECENT_PACE_STEPS = 10
+
+
+class LiveAnalysis:
+    """One job's live analysis. `read_new` returns what the ranks wrote since the last
+    call; `tick()` runs one analysis and returns the transitions it caused."""
+
+    def __init__(
+        self,
+        read_new: Callable[[], list[RankDelta]],
+        job: str = "",
+        settings: Settings = DEFAULTS,
+        say: Callable[[str], None] | None = None,
+        findings_file: Path | None = None,
+        world: Callable[[], WorldMeta | None] | None = None,
+        run: RunMeta | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.read_new = read_new
+        self.job = job
+        self.settings = settings
+        self.say = say
+        self.findings_file = findings_file
+        self.world = world
+        self.clock = clock
+        self.window = RunWindow(settings.live_window_steps)
+        self.window.run = run
+        self.tracker = FindingTracker(settings.live_end_after_s, settings.live_line_every_s)
+        self.complete_steps = 0  # the job's steps that every rank has ended
+        self.analysis_cpu_s = 0.0
+        self.share_of_step: dict[str, float] = {}  # key -> time lost per step of the job
+        self.latest: Window | None = None
+        self.step_time_s: float = float("nan")  # the job's step time in the window
+        self.recent_step_s: list[float] = []  # the job's last step times, oldest first
+        self.rank_rows: list[RankNow] = []  # per rank in the window, most late first
+        # the job's pace, one entry per step (NaN unknown), and the online slowdown state
+        self._job_step_s: list[float] = []
+        self._reference_s: float | None = None
+        self._scan_from = 0
+        self._slowdown: Finding | None = None
+        self._slowdown_onset: int | None = None
+        self._lock = threading.Lock()
+
+    # --- one tick ----------------------------------------------------------------------
+    def tick(self) -> list[Transition]:
+        started = time.thread_time()
+        try:
+            # an all-NaN column of a short window is expected here, not worth a warning
+            with self._lock, warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return self._tick()
+        finally:
+            self.analysis_cpu_s += time.thread_time() - started
+
+    def _tick(self) -> list[Transition]:
+        self.window.add(self.read_new())
+        if self.world is not None and self.window.world is None:
+            self.window.world = self.world()
+        now = self.clock()
+        w = self.window.window()
+        self.latest = w
+        complete = w.first_step + w.complete_steps
+        share = (complete - self.complete_steps) / max(1, w.complete_steps)
+        self.complete_steps = max(self.complete_steps, complete)
+        found: list[Finding] = []
+        if w.run.ranks:
+            settings = replace(
+                self.settings, warmup_steps=max(0, self.settings.warmup_steps - w.first_step)
+            )
+            analysis = analyze(w.run, settings=settings, live_now_ns=self._aligned_now_ns(now))
+            job = job_step_time(analysis.matrix.duration_s[:, : w.complete_steps])
+            steady = job[settings.warmup_steps :]
+            job_time_s = float(np.nansum(steady)) if np.isfinite(steady).any() else 0.0
+            self.step_time_s = float(np.nanmedian(steady)) if np.isfinite(steady).any() else 0.0
+            for f in analysis.findings:
+                if worth_a_line(f):
+                    f = shift_steps(f, w.first_step)
+                    found.append(f)
+                    self._note_share(f, job_time_s)
+            found += self._slowdowns(analysis.matrix, w, job)
+            self.rank_rows = _rank_rows(analysis.matrix, w, settings.warmup_steps)
+            self.recent_step_s = [round(float(v), 6) for v in job[-RECENT_PACE_STEPS * 3 :]]
+        transitions = self.tracker.update(found, now, max(0, complete - 1), min(1.0, share))
+        for t in transitions:
+            self._append(t)
+        for t in self.tracker.lines_due(now):
+            if self.say is not None:
+                self.say(self.line(t))
+        self.tracker.drop_ended(now - KEEP_ENDED_S)
+        return transitions
+
+    def _aligned_now_ns(self, now_unix_s: float) -> int:
+        """The present on the run's aligned clock (rank 0's CLOCK_MONOTONIC), via the
+        lowest rank's own clock and its offset to rank 0."""
+        rank = min(self.window.ranks)
+        meta = self.window.ranks[rank].meta
+        return int(now_unix_s * 1e9) - meta.monotonic_to_unix_ns + meta.clock.offset_ns
+
+    def _note_share(self, f: Finding, job_time_s: float) -> None:
+        if job_time_s > 0 and f.kind != "hang":
+            self.share_of_step[finding_key(f)] = f.time_lost_s / job_time_s
+
+    # --- slowdowns: the pace against its own past, online ----------------------------
+    def _slowdowns(self, m: Any, w: Window, job_in_window: np.ndarray) -> list[Finding]:
+        s = self.settings
+        series = self._job_step_s
+        for col, value in enumerate(job_in_window):
+            step = w.first_step + col
+            if step >= len(series):
+                series.extend([np.nan] * (step + 1 - len(series)))
+            series[step] = float(value)
+        reference_end = s.warmup_steps + s.live_reference_steps
+        if self._reference_s is None:
+            if len(series) < reference_end:
+                return []
+            reference = np.array(series[s.warmup_steps : reference_end])
+            if not np.isfinite(reference).any():
+                return []
+            self._reference_s = float(np.nanmedian(reference))
+            self._scan_from = reference_end
+        x = np.array(series)
+        if self._slowdown is not None:
+            recent = x[-RECENT_PACE_STEPS:]
+            back = self._reference_s * (1 + (s.slowdown_min_ratio - 1) / 2)
+            if np.nanmedian(recent) < back:  # the pace came back: it ended
+                self._slowdown = self._slowdown_onset = None
+                self._scan_from = len(x)
+                return []
+            return [self._slowdown_now(x)]
+        onset, alarm = online_onset(x[self._scan_from :], self._reference_s, s)
+        if alarm is None:
+            self._scan_from += max(0, onset - 2)  # the running median's context
+            return []
+        onset_step = self._scan_from + onset
+        first_col = onset_step - w.first_step
+        if first_col < s.slowdown_min_side_steps:
+            # The window no longer holds the steps before the change, so it cannot say
+            # who changed: take the present pace as the reference from here on
+            return self._rebaseline(x, onset_step)
+        before = x[max(s.warmup_steps, onset_step - s.live_window_steps) : onset_step]
+        after = x[onset_step:]
+        before, after = before[np.isfinite(before)], after[np.isfinite(after)]
+        if len(before) < s.slowdown_min_side_steps or not is_slower(before, after, s):
+            return []  # not yet: the next steps will tell
+        cols = np.arange(len(job_in_window))
+        f = describe_slowdown(m, cols[:first_col], cols[first_col:], s)
+        if f is None:
+            # One rank's own work grew: the straggler analysis tells it, and the pace it
+            # sets is the one a later job-wide slowdown is judged against
+            return self._rebaseline(x, onset_step)
+        self._slowdown = shift_steps(f, w.first_step)
+        self._slowdown_onset = onset_step
+        return [self._slowdown_now(x)]
+
+    def _rebaseline(self, x: np.ndarray, onset_step: int) -> list[Finding]:
+        since = x[onset_step:]
+        if np.isfinite(since).any():
+            self._reference_s = float(np.nanmedian(since))
+        self._scan_from = len(x)
+        return []
+
+    def _slowdown_now(self, x: np.ndarray) -> Finding:
+        """The slowdown found, with its time lost grown to the present."""
+        assert self._slowdown is not None and self._reference_s is not None
+        onset = self._slowdown_onset or 0
+        before = self._slowdown.evidence.get("step_time_before_ms", 0) / 1e3
+        lost = float(np.nansum(np.maximum(x[onset:] - before, 0)))
+        now_ms = float(np.nanmedian(x[-RECENT_PACE_STEPS:])) * 1e3
+        evidence = {**self._slowdown.evidence, "step_time_now_ms": round(now_ms, 3)}
+        return replace(self._slowdown, time_lost_s=lost, evidence=evidence)
+
+    # --- what it says ------------------------------------------------------------------
+    def _append(self, t: Transition) -> None:
+        if self.findings_file is None:
+            return
+        try:
+            with open(self.findings_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"event": t.event, **t.live.as_json()}) + "\n")
+        except OSError as exc:
+            warn_once("findings-file", f"cannot append to {self.findings_file} ({exc})")
+
+    def line(self, t: Transition) -> str:
+        """One line for a person: what, where, why, and what it costs."""
+        live = t.live
+        f = live.finding
+        who = _who(f)
+        if t.event == ENDED:
+            took = (live.ended_unix_s or 0) - live.started_unix_s
+            return (
+                f"mrcdiag: ended {f.kind} {who}: {f.cause}, after {took:.0f} s "
+                f"(steps {live.started_step}-{live.ended_step}), "
+                f"{live.time_lost_total_s:.1f} s lost"
+            )
+        head = f"mrcdiag: {f.severity.upper()} {f.kind} {who}: {f.cause}"
+        share = self.share_of_step.get(live.key)
+        if f.kind in ("hang",):
+            return f"{head}: {f.summary}"
+        if f.kind == "slowdown":
+            before = f.evidence.get("step_time_before_ms")
+            now_ms = f.evidence.get("step_time_now_ms")
+            return (
+                f"{head}, step time {before:.0f} ms -> {now_ms:.0f} ms since step "
+                f"{live.started_step}"
+            )
+        if share is not None:
+            return f"{head}, {100 * share:.0f}% of each step lost since step {live.started_step}"
+        return f"{head} since step {live.started_step}"
+
+    def active(self) -> list[LiveFinding]:
+        return [live for live in self.tracker.findings.values() if live.active]
+
+
+@dataclass(frozen=True)
+class RankNow:
+    """One rank over the window: medians per step."""
+
+    rank: int
+    host: str
+    late_s: float  # behind the others' median arrival
+    data_wait_s: float
+    collectives_s: float  # blocked in collectives
+    step_s: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _rank_rows(m: Any, w: Window, warmup: int) -> list[RankNow]:
+    cols = slice(warmup, w.complete_steps)
+    rows = []
+    with np.errstate(all="ignore"):
+        for i, rank in enumerate(m.ranks):
+            values = [
+                np.nanmedian(a[i, cols]) if np.isfinite(a[i, cols]).any() else 0.0
+                for a in (m.late_s, m.data_wait_s, m.blocked_s, m.duration_s)
+            ]
+            rows.append(RankNow(int(rank), w.run.host_of(int(rank)), *map(float, values)))
+    return sorted(rows, key=lambda r: -r.late_s)
+
+
+def live_state(live: LiveAnalysis | None) -> dict[str, Any]:
+    """What `mrcdiag watch` shows, as JSON (the agent's /mrcdiag/live)."""
+    if live is None:
+        return {"analysing": False}
+    return {
+        "analysing": True,
+        "job": live.job,
+        "newest_step": max(0, live.complete_steps - 1),
+        "step_time_s": live.step_time_s,
+        "recent_step_s": live.recent_step_s,
+        "ranks": [r.as_json() for r in live.rank_rows],
+        "findings": [
+            {**x.as_json(), "line": live.line(Transition(STARTED, x))} for x in live.active()
+        ],
+        "analysis_cpu_s": round(live.analysis_cpu_s, 3),
+    }
+
+
+def _who(f: Finding) -> str:
+    if f.kind == "slowdown":
+        return "(every rank)"
+    if f.ranks and len(f.ranks) <= 8:
+        ranks = ", ".join(map(str, f.ranks))
+        where = f" (host {', '.join(f.nodes)})" if f.nodes else ""
+        return f"rank {ranks}{where}"
+    if f.nodes:
+        return f"node {', '.join(f.nodes)}"
+    return f"{len(f.ranks)} ranks"
+
+
+class LiveFindingsCollector:
+    """/metrics for the live findings: one series per active finding and blamed rank
+    (rank "" for node-, link- or job-level ones); ended ones at 0 until dropped."""
+
+    def __init__(self, live: LiveAnalysis, job: str) -> None:
+        self.live = live
+        self.job = job
+
+    def collect(self) -> Iterator[Metric]:
+        labels = [metrics.JOB, metrics.KIND, metrics.CAUSE, metrics.SEVERITY]
+        active = GaugeMetricFamily(
+            metrics.FINDING_ACTIVE,
+            "1 while a live finding is active (0 for a while after it ended)",
+            labels=labels + [metrics.RANK, metrics.NODE],
+        )
+        lost = CounterMetricFamily(
+            metrics.FINDING_TIME_LOST.removesuffix("_total"),
+            "What the job would have saved without the finding's cause, so far",
+            labels=[metrics.JOB, metrics.KIND, metrics.CAUSE, metrics.RANK, metrics.NODE],
+        )
+        for live in list(self.live.tracker.findings.values()):
+            f = live.finding
+            for rank, node in _series_of(f, self.live):
+                active.add_metric(
+                    [self.job, f.kind, f.cause, f.severity, rank, node], float(live.active)
+                )
+                lost.add_metric([self.job, f.kind, f.cause, rank, node], live.time_lost_total_s)
+        yield active
+        yield lost
+        yield CounterMetricFamily(
+            metrics.LIVE_ANALYSIS_SECONDS.removesuffix("_total"),
+            "CPU time the live analysis has used",
+            value=self.live.analysis_cpu_s,
+        )
+        yield GaugeMetricFamily(
+            metrics.LIVE_NEWEST_STEP,
+            "The newest step every rank has ended",
+            value=max(0, self.live.complete_steps - 1),
+        )
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+def _series_of(f: Finding, live: LiveAnalysis) -> list[tuple[str, str]]:
+    """(rank, node) label pairs of a finding: its blamed ranks, or its nodes."""
+    if f.kind == "slowdown" or not f.ranks:
+        return [("", node) for node in f.nodes] or [("", "")]
+    window = live.latest
+    out = []
+    for rank in f.ranks:
+        host = window.run.host_of(rank) if window is not None else "?"
+        out.append((str(rank), "" if host == "?" else host))
+    return out
