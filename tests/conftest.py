@@ -118,14 +118,27 @@ def warnings_of_a_clean_run(report: dict) -> list[dict]:
     process is rightly `host_contention`, where its own thread's clocks show it: it
     waited for a CPU, beyond its peers, for at least half of its lateness."""
 
-    def from_a_tenant(f: dict) -> bool:
-        e = f["evidence"]
-        extra_wait_ms = e.get("step_cpu_wait_ms", 0) - e.get("step_cpu_wait_ms_others", 0)
-        late_ms = e.get("median_own_work_lateness_ms", float("inf"))
-        return f["cause"] == "host_contention" and extra_wait_ms >= 0.5 * late_ms
-
     return [
         f
         for f in report["findings"]
-        if f["severity"] in ("warning", "critical") and not from_a_tenant(f)
+        if f["severity"] in ("warning", "critical") and not _from_a_tenant(f)
+    ]
+
+
+def _from_a_tenant(f: dict) -> bool:
+    e = f["evidence"]
+    extra_wait_ms = e.get("step_cpu_wait_ms", 0) - e.get("step_cpu_wait_ms_others", 0)
+    late_ms = e.get("median_own_work_lateness_ms", float("inf"))
+    return f["cause"] == "host_contention" and extra_wait_ms >= 0.5 * late_ms
+
+
+def live_warnings_of_a_clean_run(run_dir: Path) -> list[dict]:
+    """The warnings the live analysis gave a clean job (findings.jsonl), on the same
+    terms as warnings_of_a_clean_run."""
+    path = run_dir / "findings.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [
+        x["finding"]
+        for x in lines
+        if x["event"] in ("start", "change") and not _from_a_tenant(x["finding"])
     ]

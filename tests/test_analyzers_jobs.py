@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import demo_job, launch, report_json, warnings_of_a_clean_run
+from conftest import (
+    demo_job,
+    launch,
+    live_warnings_of_a_clean_run,
+    report_json,
+    warnings_of_a_clean_run,
+)
 
 from mrcdiag.analyzers.settings import Settings
 from mrcdiag.store.reader import read_run
@@ -153,6 +159,7 @@ def test_clean_run_of_hundreds_of_steps_has_no_warning(run_dir: Path, attempt: i
     result = launch(run_dir, 2, demo_job("--steps", "300", "--work-ms", "8"))
     assert result.returncode == 0, result.stderr
     assert warnings_of_a_clean_run(report_json(run_dir)) == []
+    assert live_warnings_of_a_clean_run(run_dir) == []
 
 
 def test_a_rank_that_stalls_every_tenth_step_is_found_with_its_period(run_dir: Path) -> None:

@@ -17,6 +17,7 @@ import pytest
 from conftest import (
     job_env,
     launch,
+    live_warnings_of_a_clean_run,
     read_json_file,
     report_json,
     script,
@@ -60,6 +61,7 @@ def _steps_per_rank(run_dir: Path) -> dict[int, int]:
 def _no_warning(run_dir: Path) -> None:
     """A clean run of a real training loop: nothing to warn about (issue #13)."""
     assert warnings_of_a_clean_run(report_json(run_dir)) == []
+    assert live_warnings_of_a_clean_run(run_dir) == []
 
 
 def _collectives_compared(said: list[str]) -> int:

@@ -44,7 +44,6 @@ from mrcdiag.log import warn_once
 from mrcdiag.store.records import RunMeta, WorldMeta
 from mrcdiag.store.window import RankDelta, RunWindow, Window
 
-FINDINGS_FILE = "findings.jsonl"
 # Ended findings stay on /metrics at 0 this long, so that a scrape sees them end
 KEEP_ENDED_S = 300.0
 # The steps at the end of a window whose pace says whether a slowdown is still on

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mrcdiag.agent import http
-from mrcdiag.agent.live import FINDINGS_FILE, LiveAnalysis, LiveFindingsCollector, live_state
+from mrcdiag.agent.live import LiveAnalysis, LiveFindingsCollector, live_state
 from mrcdiag.agent.sources import JobRecords, node_records_route
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.collectors.base import SampleCollector
@@ -160,7 +160,7 @@ class NodeAgent:
                     job=self.job,
                     settings=self._settings,
                     say=self._say,
-                    findings_file=self.run_dir / FINDINGS_FILE,
+                    findings_file=self.run_dir / layout.FINDINGS_FILE,
                     world=records.world,
                 )
                 self.registry.register(LiveFindingsCollector(self.live, self.job))

@@ -14,7 +14,7 @@ import numpy as np
 
 from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.fabric import find_fabric_causes
-from mrcdiag.analyzers.findings import Finding, sort_findings
+from mrcdiag.analyzers.findings import Finding, sort_findings, with_first_seen_live
 from mrcdiag.analyzers.hangs import find_hangs, find_live_hangs
 from mrcdiag.analyzers.idle import find_idle
 from mrcdiag.analyzers.instances import Instances, collective_instances
@@ -83,7 +83,7 @@ def analyze(
         instances=instances,
         summary=summary,
         matrix=matrix,
-        findings=sort_findings(findings),
+        findings=with_first_seen_live(sort_findings(findings), run.live_findings),
         steady_steps=steady,
         busbw_gbps=busbw,
         record_wait_ns=_record_wait_ns(run, instances),

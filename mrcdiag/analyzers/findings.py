@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 SEVERITIES = ("info", "warning", "critical")
@@ -75,3 +76,36 @@ def sort_findings(findings: list[Finding]) -> list[Finding]:
         findings,
         key=lambda f: (not f.is_anomaly, -f.time_lost_s, -severity_rank(f.severity)),
     )
+
+
+def with_first_seen_live(
+    findings: list[Finding], live_lines: list[dict[str, Any]]
+) -> list[Finding]:
+    """Each finding with when the live analysis first saw it (findings.jsonl): the
+    earliest start of a live finding of the same kind that blamed the same ranks (or
+    nodes), as its first piece of evidence: "step 812, 2026-11-26 04:26:06 UTC, warning"."""
+    starts = [x for x in live_lines if x.get("event") == "start" and isinstance(x, dict)]
+    out = []
+    for f in findings:
+        first = None
+        for line in starts:
+            live = line.get("finding") or {}
+            if live.get("kind") != f.kind:
+                continue
+            same = (
+                tuple(live.get("ranks") or ()) == f.ranks
+                if f.ranks
+                else tuple(live.get("nodes") or ()) == f.nodes
+            )
+            if not same:
+                continue
+            if first is None or line.get("started_unix_s", 0) < first.get("started_unix_s", 0):
+                first = line
+        if first is None:
+            out.append(f)
+            continue
+        when = datetime.fromtimestamp(float(first.get("started_unix_s") or 0), timezone.utc)
+        severity = (first.get("finding") or {}).get("severity")
+        seen = f"step {first.get('started_step')}, {when:%Y-%m-%d %H:%M:%S} UTC, {severity}"
+        out.append(replace(f, evidence={"first_seen_live": seen, **f.evidence}))
+    return out

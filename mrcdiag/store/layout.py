@@ -4,6 +4,7 @@
 RUN_DIR/run.json                       RunMeta, written first (launch, or rank 0)
 RUN_DIR/world.json                     WorldMeta, by global rank 0 at attach
 RUN_DIR/probe.json                     link probe between hosts, by rank 0 at attach
+RUN_DIR/findings.jsonl                 live findings as they start, change and end
 RUN_DIR/ranks/rank-00003/rank.json     RankMeta
 RUN_DIR/ranks/rank-00003/collectives.arrows, steps.arrows   rows (store/schema.py)
 RUN_DIR/ranks/rank-00003/groups.jsonl, events.jsonl         GroupMeta, Event
@@ -22,6 +23,7 @@ from pathlib import Path
 RUN_FILE = "run.json"
 WORLD_FILE = "world.json"
 PROBE_FILE = "probe.json"
+FINDINGS_FILE = "findings.jsonl"  # the live analysis: each finding's start, changes, end
 RANKS_DIR = "ranks"
 RANK_META_FILE = "rank.json"
 COLLECTIVES_FILE = "collectives.arrows"

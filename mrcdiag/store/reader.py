@@ -100,6 +100,7 @@ class RunData:
     problems: list[str] = field(default_factory=list)
     node_samples: dict[str, Columns] = field(default_factory=dict)  # host -> samples
     link_probe: list[dict[str, Any]] = field(default_factory=list)  # probe.json pairs
+    live_findings: list[dict[str, Any]] = field(default_factory=list)  # findings.jsonl lines
 
     @property
     def hosts(self) -> list[str]:
@@ -184,6 +185,8 @@ def read_run(
         )
     data = _assemble(dirs, run, world, rank_dirs, problems, progress)
     data.link_probe = list(probe.get("pairs") or [])
+    for d in dirs:
+        data.live_findings += _read_json_lines(d / layout.FINDINGS_FILE, problems)
     return data
 
 
