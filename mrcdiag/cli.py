@@ -286,6 +286,70 @@ def agent(port: int, addr: str, interval: float, run_dir: Path | None, job: str)
     node_agent.stop()
 
 
+@main.command()
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--url",
+    help="A node agent to ask (the one beside global rank 0 analyses the job), e.g. "
+    "http://node0:9464; instead of RUN_DIR.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option(
+    "--plain",
+    is_flag=True,
+    help="One line per refresh instead of a full-screen view (the default when stdout is "
+    "not a terminal).",
+)
+@click.option("--count", type=click.IntRange(1, None), help="Stop after this many refreshes.")
+def watch(
+    run_dir: Path | None, url: str | None, interval: float, plain: bool, count: int | None
+) -> None:
+    """Watch a running job: its pace, its ranks by lateness, what is wrong now.
+
+    \b
+      mrcdiag watch mrcdiag-runs/train-20260101-120000   # on a node of the job
+      mrcdiag watch --url http://node0:9464              # from anywhere, ask an agent
+    With RUN_DIR it analyses what it can read there (and the other nodes' agents named
+    in world.json) itself; with --url it shows the analysis that agent already runs.
+    Ctrl-C stops it.
+    """
+    import socket
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from mrcdiag.agent.watch import WatchError, agent_state, run_dir_state
+    from mrcdiag.agent.watch import watch as loop
+    from mrcdiag.report.live_view import render, render_line
+
+    if (run_dir is None) == (url is None):
+        raise click.UsageError("give a RUN_DIR or --url AGENT_URL (one of them)")
+    try:
+        read = agent_state(url) if url else run_dir_state(run_dir.resolve(), socket.gethostname())
+        source = url or str(run_dir)
+        console = Console()
+        if plain or not console.is_terminal:
+            loop(read, lambda state: click.echo(render_line(state, source)), interval, count)
+            return
+        with Live(console=console, auto_refresh=False, screen=False) as view:
+            loop(
+                read,
+                lambda state: view.update(render(state, source), refresh=True),
+                interval,
+                count,
+            )
+    except WatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
 @main.group()
 def dashboards() -> None:
     """Grafana dashboards: write them to files, or install them in a Grafana."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,66 @@ def test_clean_run_has_no_live_warning_from_start_to_end(run_dir: Path) -> None:
     assert not [s for s in job.lines if "WARNING" in s.text or "CRITICAL" in s.text]
     # and the analysis did judge the run as it went, not just its start
     assert job.newest_step >= steps // 2, job.newest_step
+
+
+def _in_a_pseudo_terminal(argv: list[str], timeout_s: float = 60) -> str:
+    """Run argv with a real pseudo-terminal as its stdout, and return what it drew."""
+    import os
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout is the terminal
+        os.environ.update({"COLUMNS": "160", "LINES": "40", "TERM": "xterm-256color"})
+        os.execvpe(argv[0], argv, os.environ)
+    out = b""
+    deadline = time.time() + timeout_s
+    try:
+        while time.time() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return out.decode(errors="replace")
+
+
+def test_watch_shows_the_ranks_and_findings_of_a_running_job_in_a_terminal_and_plain(
+    run_dir: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    job = LiveJob.start(
+        run_dir, 3,
+        demo_job("--steps", "3000", "--work-ms", "10", "--slow-rank", "2", "--slow-ms", "30"),
+    )  # fmt: skip
+    try:
+        assert job.wait_for_line(r"straggler rank 2\b", timeout_s=120), job.said()
+        assert job.url is not None
+        watch = [sys.executable, "-m", "mrcdiag.cli", "watch", "--count", "3"]
+        drawn = _in_a_pseudo_terminal([*watch, "--url", job.url])
+        assert "\x1b[" in drawn  # drawn for a terminal: escape sequences, not lines
+        for text in ("late ms", "data wait ms", "collectives ms", "straggler rank 2"):
+            assert text in drawn, drawn[-3000:]
+        rows = [line for line in drawn.splitlines() if line.strip().startswith("2 ")]
+        assert rows, drawn[-3000:]
+        plain = subprocess.run(
+            [*watch, "--interval", "0.5", str(run_dir)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        lines = plain.stdout.splitlines()
+        assert plain.returncode == 0 and len(lines) == 3, plain.stdout + plain.stderr
+        assert "\x1b[" not in plain.stdout
+        assert "most late: rank 2" in lines[-1] and "straggler rank 2" in lines[-1], lines
+    finally:
+        job.process.send_signal(signal.SIGTERM)
+        job.wait(60)
