@@ -24,7 +24,7 @@ def _running_median(x: np.ndarray, width: int = 5) -> np.ndarray:
     if len(x) < width:
         return x
     pad = width // 2
-    padded = np.pad(x, pad, mode="edge")
+    padded = np.pad(x, pad, mode="reflect")  # "edge" would weigh an end spike 3 times
     view = np.lib.stride_tricks.sliding_window_view(padded, width)
     return np.median(view, axis=1)
 

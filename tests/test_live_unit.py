@@ -1,0 +1,102 @@
+"""The pieces of the live analysis, each on its own: the findings' life and lines, the
+online change point, and the window of records (kept, shipped between nodes, resumed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mrcdiag.agent.tracker import CHANGED, ENDED, STARTED, FindingTracker, shift_steps
+from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.settings import DEFAULTS
+from mrcdiag.analyzers.slowdown import online_onset
+from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
+from mrcdiag.store.window import DirTail, RunWindow, decode_deltas, encode_deltas
+
+
+def _straggler(severity: str = "warning", rank: int = 1, lost_s: float = 1.0) -> Finding:
+    return Finding("straggler", severity, "slow_compute", lost_s, (rank,), ("vm",), "late")
+
+
+def test_a_finding_gets_a_line_when_it_starts_and_at_most_one_more_per_30_s() -> None:
+    tracker = FindingTracker(end_after_s=6, line_every_s=30)
+    events = [t.event for t in tracker.update([_straggler()], 100.0, 10, 0.1)]
+    assert events == [STARTED]
+    assert [t.event for t in tracker.lines_due(100.0)] == [STARTED]
+    # worse two seconds later: a change, but the line waits for its 30 s
+    assert [t.event for t in tracker.update([_straggler("critical")], 102.0, 12, 0.1)] == [CHANGED]
+    assert tracker.lines_due(102.0) == []
+    tracker.update([_straggler("critical")], 131.0, 40, 0.1)
+    due = tracker.lines_due(131.0)
+    assert [(t.event, t.live.finding.severity) for t in due] == [(CHANGED, "critical")]
+    # gone: it ends once it has been absent for end_after_s, and says so when due
+    assert tracker.update([], 135.0, 44, 0.1) == []
+    ended = tracker.update([], 138.0, 47, 0.1)
+    assert [t.event for t in ended] == [ENDED] and ended[0].live.ended_step == 47
+    assert tracker.lines_due(138.0) == []
+    assert [t.event for t in tracker.lines_due(161.0)] == [ENDED]
+    assert tracker.lines_due(200.0) == []
+
+
+def test_time_lost_adds_up_the_new_part_of_each_window() -> None:
+    tracker = FindingTracker(end_after_s=6, line_every_s=30)
+    tracker.update([_straggler(lost_s=2.0)], 0.0, 60, 1.0)
+    for t in range(1, 11):  # each tick the window (2 s lost in it) has a quarter new
+        tracker.update([_straggler(lost_s=2.0)], float(t), 60 + t, 0.25)
+    (live,) = tracker.findings.values()
+    assert abs(live.time_lost_total_s - (2.0 + 10 * 0.5)) < 1e-9
+
+
+def test_a_windows_steps_are_told_in_the_jobs_own_numbers() -> None:
+    f = Finding(
+        "straggler", "warning", "slow_compute", 1.0, (1,), ("vm",),
+        "rank 1 on vm holds its peers up in steps 12-40, 26.9 ms per step",
+        evidence={"straggling_steps": "12-40", "pattern": {"steps": "12-40"}, "start_step": 5},
+    )  # fmt: skip
+    g = shift_steps(f, 800)
+    assert "in steps 812-840," in g.summary
+    assert g.evidence["straggling_steps"] == "812-840"
+    assert g.evidence["pattern"]["steps"] == "812-840" and g.evidence["start_step"] == 805
+
+
+def test_online_change_point_finds_a_lasting_slowdown_near_its_onset_and_ignores_spikes() -> None:
+    rng = np.random.default_rng(0)
+    pace = 0.100 * (1 + 0.03 * rng.standard_normal(200))
+    spikes = pace.copy()
+    spikes[::10] *= 5  # a checkpoint every 10 steps: not a change of pace
+    assert online_onset(spikes, 0.100, DEFAULTS)[1] is None
+    slower = pace.copy()
+    slower[120:] *= 1.3
+    onset, alarm = online_onset(slower, 0.100, DEFAULTS)
+    assert alarm is not None and abs(onset - 120) <= 3 and alarm - 120 <= 10
+
+
+def _rows(deltas: list) -> tuple[int, int]:
+    return sum(d.collectives.num_rows for d in deltas), sum(d.steps.num_rows for d in deltas)
+
+
+def test_records_cross_to_another_node_once_each_from_a_cursor(tmp_path: Path) -> None:
+    run_dir = write_synthetic_run(tmp_path / "run", SyntheticSpec(ranks=4, steps=30))
+    tail = DirTail(run_dir)
+    first = decode_deltas(encode_deltas(tail.read_new()))
+    assert _rows(first) == (4 * 30, 4 * 30)
+    assert {d.meta.rank for d in first} == {0, 1, 2, 3} and all(d.groups for d in first)
+    cursor = tail.cursor()
+    resumed = DirTail(run_dir)  # as the agent answers a request: no state of its own
+    resumed.seek(cursor)
+    assert _rows(resumed.read_new()) == (0, 0)
+    fresh = DirTail(run_dir)
+    fresh.seek({})
+    assert _rows(fresh.read_new()) == (4 * 30, 4 * 30)
+
+
+def test_the_window_keeps_the_last_steps_numbered_from_zero(tmp_path: Path) -> None:
+    run_dir = write_synthetic_run(tmp_path / "run", SyntheticSpec(ranks=4, steps=100))
+    window = RunWindow(keep_steps=25)
+    window.add(DirTail(run_dir).read_new())
+    w = window.window()
+    assert w.first_step == 75 and w.complete_steps == 25
+    assert sorted(set(w.run.steps["step"].tolist())) == list(range(25))
+    assert set(w.run.collectives["step"].tolist()) <= set(range(25))
+    assert len(w.run.steps) == 4 * 25 and sorted(w.run.ranks) == [0, 1, 2, 3]
