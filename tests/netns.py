@@ -183,7 +183,8 @@ def launch_on_hosts(
                 str(master_port),
                 *target,
             ],
-            extra=["--job", "multi", *(extra_launch or [])],
+            # each agent on its host's address, where the live analysis on host0 reaches it
+            extra=["--job", "multi", "--metrics-addr", hosts.addresses[i], *(extra_launch or [])],
         )
         procs.append(
             hosts.start(

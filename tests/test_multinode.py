@@ -7,7 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import demo_job, job_env, report_json, warnings_of_a_clean_run
+from conftest import (
+    demo_job,
+    job_env,
+    live_warnings_of_a_clean_run,
+    report_json,
+    warnings_of_a_clean_run,
+)
 from netns import Hosts, launch_on_hosts
 
 from mrcdiag.store.reader import read_run
@@ -37,6 +43,7 @@ def test_clean_run_on_three_hosts_merges_and_has_no_warning(tmp_path: Path) -> N
     assert len(run.link_probe) == 3  # every pair of hosts
     report = report_json(*run_dirs)
     assert warnings_of_a_clean_run(report) == []
+    assert live_warnings_of_a_clean_run(run_dirs[0]) == []
     assert set(run.node_samples) == {"host0", "host1", "host2"}
     for host, samples in run.node_samples.items():  # each host's own NIC, in the run data
         sent = samples["value"][
@@ -44,6 +51,15 @@ def test_clean_run_on_three_hosts_merges_and_has_no_warning(tmp_path: Path) -> N
             & (samples["labels"] == "nic=eth0")
         ]
         assert len(sent) >= 2 and sent[-1] > sent[0], host
+
+
+def _live(run_dirs: list[Path]) -> list[dict]:
+    """What the live analysis found (it runs beside global rank 0, on host0, and reads
+    the other hosts' ranks from their agents: no host sees another's disk)."""
+    assert not (run_dirs[1] / "findings.jsonl").exists()
+    path = run_dirs[0] / "findings.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [x["finding"] for x in lines if x["event"] == "start"]
 
 
 def test_slow_link_of_one_host_is_found_and_is_not_a_compute_straggler(tmp_path: Path) -> None:
@@ -56,6 +72,8 @@ def test_slow_link_of_one_host_is_found_and_is_not_a_compute_straggler(tmp_path:
     serious = _serious(report)
     links = [f for f in serious if f["kind"] == "interconnect" and f["cause"] == "slow_link"]
     assert [f["nodes"] for f in links] == [["host1"]], serious
+    live = [(f["kind"], f["cause"], f["nodes"]) for f in _live(run_dirs)]
+    assert ("interconnect", "slow_link", ["host1"]) in live, live
     assert "pairwise probe" in links[0]["evidence"]["located_by"]
     assert not [
         f
@@ -65,19 +83,23 @@ def test_slow_link_of_one_host_is_found_and_is_not_a_compute_straggler(tmp_path:
 
 
 def test_every_rank_of_one_host_burning_cpu_is_one_slow_node(tmp_path: Path) -> None:
-    with Hosts(2, tmp_path) as hosts:
+    with Hosts(3, tmp_path) as hosts:
         run_dirs = launch_on_hosts(
             hosts,
             2,
-            demo_job("--steps", "60", "--work-ms", "5", "--slow-host-rank", "2", "--slow-ms", "20"),
+            demo_job(
+                "--steps", "120", "--work-ms", "5", "--slow-host-rank", "2", "--slow-ms", "20"
+            ),
             job_env(),
-            timeout=180,
+            timeout=240,
         )
     serious = _serious(report_json(*run_dirs))
     stragglers = [f for f in serious if f["kind"] == "straggler"]
     assert [(f["cause"], f["nodes"], f["ranks"]) for f in stragglers] == [
         ("slow_node", ["host1"], [2, 3])
     ], serious
+    live = [(f["kind"], f["cause"], f["nodes"]) for f in _live(run_dirs)]
+    assert ("straggler", "slow_node", ["host1"]) in live, live
     meta = json.loads((run_dirs[1] / "ranks" / "rank-00002" / "rank.json").read_text())
     assert meta["host"] == "host1"
 

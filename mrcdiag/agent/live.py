@@ -63,6 +63,7 @@ class LiveAnalysis:
         findings_file: Path | None = None,
         world: Callable[[], WorldMeta | None] | None = None,
         run: RunMeta | None = None,
+        link_probe: Callable[[], list[dict]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.read_new = read_new
@@ -71,6 +72,7 @@ class LiveAnalysis:
         self.say = say
         self.findings_file = findings_file
         self.world = world
+        self.link_probe = link_probe
         self.clock = clock
         self.window = RunWindow(settings.live_window_steps)
         self.window.run = run
@@ -105,6 +107,8 @@ class LiveAnalysis:
         self.window.add(self.read_new())
         if self.world is not None and self.window.world is None:
             self.window.world = self.world()
+        if self.link_probe is not None and not self.window.link_probe:
+            self.window.link_probe = self.link_probe()
         now = self.clock()
         w = self.window.window()
         self.latest = w

@@ -162,6 +162,7 @@ class NodeAgent:
                     say=self._say,
                     findings_file=self.run_dir / layout.FINDINGS_FILE,
                     world=records.world,
+                    link_probe=records.link_probe,
                 )
                 self.registry.register(LiveFindingsCollector(self.live, self.job))
             try:

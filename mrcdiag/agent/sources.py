@@ -90,6 +90,14 @@ class JobRecords:
                 return None
         return self._world
 
+    def link_probe(self) -> list[dict]:
+        """The pairwise link probe rank 0 wrote at attach ([] until it has)."""
+        try:
+            data = json.loads((self.run_dir / layout.PROBE_FILE).read_text())
+            return list(data.get("pairs") or [])
+        except (OSError, ValueError, TypeError, AttributeError):
+            return []
+
     def analysed_here(self) -> bool:
         """This node runs the job's analysis when it holds global rank 0."""
         world = self.world()

@@ -53,7 +53,12 @@ def run_dir_state(run_dir: Path, node: str) -> Callable[[], dict[str, Any]]:
         run = RunMeta.from_json(json.loads((run_dir / layout.RUN_FILE).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    live = LiveAnalysis(records.read_new, job=run.job if run else "", world=records.world)
+    live = LiveAnalysis(
+        records.read_new,
+        job=run.job if run else "",
+        world=records.world,
+        link_probe=records.link_probe,
+    )
     started = False
 
     def read() -> dict[str, Any]:

@@ -250,6 +250,7 @@ class RunWindow:
         self.ranks: dict[int, _RankWindow] = {}
         self.run: RunMeta | None = None
         self.world: WorldMeta | None = None
+        self.link_probe: list[dict[str, Any]] = []  # probe.json's pairs, once written
 
     def add(self, deltas: Iterable[RankDelta]) -> int:
         """Fold deltas in; returns the number of new step rows."""
@@ -332,6 +333,7 @@ class RunWindow:
             events += [Event(name, 0) for name in w.event_names - {e.name for e in events}]
             parts.append(RankPart(w.meta, w.groups, coll, steps, events, f"rank {rank}"))
         run = assemble(parts, self.run, self.world, problems)
+        run.link_probe = self.link_probe
         for rank, info in run.ranks.items():  # progress, as of the newest record
             newest = self.ranks[rank].last_record_ns
             if newest:
