@@ -93,7 +93,12 @@ def test_every_panel_query_returns_data_from_a_real_run(tmp_path: Path) -> None:
     job = subprocess.Popen(
         launch_command(
             tmp_path / "run",
-            torchrun(2, ["-m", "mrcdiag.demo_job", "--steps", "3000", "--work-ms", "5"]),
+            # a rank slower by half its work: the findings panels have a finding to show
+            torchrun(
+                2,
+                ["-m", "mrcdiag.demo_job", "--steps", "3000", "--work-ms", "5"]
+                + ["--slow-rank", "1", "--slow-ms", "10"],
+            ),
             port=job_port,
             extra=["--job", "promtest", "--interval", "0.5"],
         ),
@@ -113,7 +118,16 @@ def test_every_panel_query_returns_data_from_a_real_run(tmp_path: Path) -> None:
             30,
             "two scrapes of the GPU agent",
         )
+        prom.wait_until(
+            lambda: bool(prom.query("rate(mrcdiag_finding_time_lost_seconds_total[10s]) > 0")),
+            60,
+            "the live analysis's straggler, over two scrapes",
+        )
         empty = []
+        for name, dashboard in all_dashboards().items():
+            for annotation in dashboard["annotations"]["list"]:
+                if not prom.query(_concrete(annotation["expr"])):
+                    empty.append(f"{name}: annotation {annotation['name']}")
         for name, panels in panel_specs().items():
             for panel in panels:
                 for expr, _ in panel.exprs:

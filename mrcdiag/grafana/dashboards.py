@@ -108,8 +108,27 @@ def _panel_json(panel: Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     return out
 
 
+# Annotations of the job dashboard: each live finding, from its start to its end
+FINDING_ANNOTATION = {
+    "name": "Findings",
+    "datasource": DATASOURCE,
+    "enable": True,
+    "iconColor": "red",
+    "expr": f"max by (kind, cause, severity, rank, node) (mrcdiag_finding_active{{{SEL}}}) == 1",
+    "step": "15s",
+    "titleFormat": "{{severity}} {{kind}}: {{cause}}",
+    "textFormat": "rank {{rank}} node {{node}}",
+    "useValueForTime": False,
+}
+
+
 def _dashboard(
-    uid: str, title: str, panels: list[Panel], with_rank: bool, tags: list[str]
+    uid: str,
+    title: str,
+    panels: list[Panel],
+    with_rank: bool,
+    tags: list[str],
+    annotations: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     laid_out = []
     x = y = row_height = 0
@@ -130,7 +149,7 @@ def _dashboard(
         "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
         "templating": {"list": _variables(with_rank)},
-        "annotations": {"list": []},
+        "annotations": {"list": list(annotations or [])},
         "panels": laid_out,
     }
 
@@ -298,16 +317,33 @@ def job_panels() -> list[Panel]:
             "percentunit",
         ),
         Panel(
-            "Findings: ranks over the straggler threshold",
+            "Active findings (the live analysis)",
             [
                 (
-                    f"mrcdiag:rank_lateness:ratio{{{SEL}}} > 0.05 or "
-                    f"mrcdiag:rank_lateness:ratio{{{SEL}}} * 0",
-                    "{{rank}}",
+                    f"max by (kind, cause, severity, rank, node) "
+                    f"(mrcdiag_finding_active{{{SEL}}}) == 1",
+                    "",
+                )
+            ],
+            "short",
+            "table",
+            12,
+            description="What the analysis beside global rank 0 finds now, with the same "
+            "kinds, causes and severities as `mrcdiag report`; a row leaves when its "
+            "finding ends. The job's run directory has each one's start and end "
+            "(findings.jsonl).",
+        ),
+        Panel(
+            "Time lost to findings",
+            [
+                (
+                    f"sum by (kind, cause, rank, node) "
+                    f"(rate(mrcdiag_finding_time_lost_seconds_total{{{SEL}}}[{RI}]))",
+                    "{{kind}} {{cause}} {{rank}} {{node}}",
                 )
             ],
             "percentunit",
-            description="Non-zero rows are ranks the others wait for (alert threshold 5%).",
+            description="Seconds per second the job would have saved without each cause.",
         ),
         Panel(
             "Steps per second per rank",
@@ -472,11 +508,12 @@ DASHBOARDS = {
     "mrcdiag-job.json": ("mrcdiag-job", "mrcdiag / Job drill-down", job_panels, True, ["job"]),
     "mrcdiag-node.json": ("mrcdiag-node", "mrcdiag / Node", node_panels, False, ["node"]),
 }
+ANNOTATIONS = {"mrcdiag-job.json": [FINDING_ANNOTATION]}
 
 
 def all_dashboards() -> dict[str, dict[str, Any]]:
     return {
-        name: _dashboard(uid, title, panels(), with_rank, tags)
+        name: _dashboard(uid, title, panels(), with_rank, tags, ANNOTATIONS.get(name))
         for name, (uid, title, panels, with_rank, tags) in DASHBOARDS.items()
     }
 
