@@ -280,14 +280,16 @@ class RankNow:
 
 def _rank_rows(m: Any, w: Window, warmup: int) -> list[RankNow]:
     cols = slice(warmup, w.complete_steps)
-    rows = []
     with np.errstate(all="ignore"):
-        for i, rank in enumerate(m.ranks):
-            values = [
-                np.nanmedian(a[i, cols]) if np.isfinite(a[i, cols]).any() else 0.0
-                for a in (m.late_s, m.data_wait_s, m.blocked_s, m.duration_s)
-            ]
-            rows.append(RankNow(int(rank), w.run.host_of(int(rank)), *map(float, values)))
+        medians = [
+            np.nan_to_num(np.nanmedian(a[:, cols], axis=1)) if a[:, cols].size else
+            np.zeros(len(m.ranks))
+            for a in (m.late_s, m.data_wait_s, m.blocked_s, m.duration_s)
+        ]  # fmt: skip
+    rows = [
+        RankNow(int(rank), w.run.host_of(int(rank)), *(float(v[i]) for v in medians))
+        for i, rank in enumerate(m.ranks)
+    ]
     return sorted(rows, key=lambda r: -r.late_s)
 
 

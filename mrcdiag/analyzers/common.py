@@ -43,3 +43,18 @@ def job_step_time(duration: np.ndarray) -> np.ndarray:
 def binomial_tail(n: int, k: int, p: float) -> float:
     """How likely `k` or more of `n` independent trials succeed, each with chance `p`."""
     return float(sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(max(k, 0), n + 1)))
+
+
+def nan_percentile_rows(values: np.ndarray, q: float) -> np.ndarray:
+    """The q-th percentile of each row, NaNs left out (NaN for a row with none), as
+    numpy's linear method, without its loop over rows (np.nanpercentile with an axis
+    runs one Python call per row: seconds at thousands of ranks)."""
+    rows = np.sort(values, axis=1)  # NaNs last
+    n = np.sum(~np.isnan(values), axis=1)
+    position = q / 100 * np.maximum(n - 1, 0)
+    lo = np.floor(position).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    index = np.arange(len(rows))
+    below, above = rows[index, lo], rows[index, hi]
+    out = below + (above - below) * (position - lo)
+    return np.where(n > 0, out, np.nan)

@@ -91,10 +91,13 @@ def median_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
         return out
     valid = ~np.isnan(values)
     idx, vals = index[valid], values[valid]
-    order = np.lexsort((vals, idx))
+    # by value, then stably by group: two plain sorts beat one lexsort of both keys
+    order = np.argsort(vals, kind="quicksort")
+    order = order[np.argsort(idx[order], kind="stable")]
     idx, vals = idx[order], vals[order]
-    starts = np.searchsorted(idx, np.arange(n), side="left")
-    ends = np.searchsorted(idx, np.arange(n), side="right")
+    counts = np.bincount(idx, minlength=n)[:n]
+    ends = np.cumsum(counts)
+    starts = ends - counts
     has = ends > starts
     lo = (starts + (ends - starts - 1) // 2)[has]
     hi = (starts + (ends - starts) // 2)[has]

@@ -71,16 +71,24 @@ def _leave_one_out(arrivals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _ready_ns(rec: Columns) -> np.ndarray:
     """Per record: the rank's latest collective completion at or before its arrival
-    (NaN when it has none), i.e. when the rank was free to start the work that led here."""
-    ready = np.full(len(rec), np.nan)
-    ends_all = rec["t_end_ns"]
-    for rank in np.unique(rec["rank"]):
-        mine = np.flatnonzero(rec["rank"] == rank)
-        ends = np.sort(ends_all[mine][ends_all[mine] > 0]).astype(np.float64)
-        if len(ends) == 0:
-            continue
-        at = np.searchsorted(ends, rec["t_arrive_ns"][mine].astype(np.float64), "right") - 1
-        ready[mine[at >= 0]] = ends[at[at >= 0]]
+    (NaN when it has none), i.e. when the rank was free to start the work that led here.
+
+    One sort of every completion and arrival by (rank, time), completions first at a
+    tie; each arrival then takes the last completion before it, of its own rank."""
+    n = len(rec)
+    ended = np.flatnonzero(rec["t_end_ns"] > 0)
+    rank = np.concatenate([rec["rank"][ended], rec["rank"]]).astype(np.int64)
+    t = np.concatenate([rec["t_end_ns"][ended], rec["t_arrive_ns"]]).astype(np.int64)
+    is_arrival = np.concatenate([np.zeros(len(ended), bool), np.ones(n, bool)])
+    order = np.lexsort((is_arrival, t, rank))
+    position = np.where(~is_arrival[order], np.arange(len(order)), -1)
+    last_end = np.maximum.accumulate(position) if len(position) else position
+    arrivals = np.flatnonzero(is_arrival[order])
+    before = last_end[arrivals]
+    own = (before >= 0) & (rank[order][np.maximum(before, 0)] == rank[order][arrivals])
+    ready = np.full(n, np.nan)
+    record = order[arrivals] - len(ended)  # which record each arrival is
+    ready[record[own]] = t[order][before[own]]
     return ready
 
 

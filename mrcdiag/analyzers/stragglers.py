@@ -161,9 +161,9 @@ def _where_waited(run: RunData, inst: Instances, finding: Finding) -> Finding:
 def _step_cost(m: RankStepMatrix, row: int, steps: np.ndarray) -> np.ndarray:
     """Per step, how much sooner the step would have gone on had this rank arrived with
     the others (its excess over the last of them, as far as its own work explains it)."""
-    return np.nan_to_num(
-        np.minimum(m.excess_s[row, steps], np.maximum(m.own_late_s[row, steps], 0))
-    )
+    cost = np.minimum(m.excess_s[row, steps], np.maximum(m.own_late_s[row, steps], 0))
+    cost[np.isnan(cost)] = 0.0
+    return cost
 
 
 def _episodic(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrcdiag.analyzers.common import nan_percentile_rows
 from mrcdiag.analyzers.instances import P2P_CODES, Instances
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData
@@ -115,7 +116,7 @@ def summarize(
     with warnings.catch_warnings():  # ranks with no steady step have all-NaN rows
         warnings.simplefilter("ignore", RuntimeWarning)
         p50 = np.nanmedian(duration, axis=1)
-        p90 = np.nanpercentile(duration, 90, axis=1)
+        p90 = nan_percentile_rows(duration, 90) if duration.size else np.zeros(len(duration))
         total = np.nansum(duration, axis=1)
         counts = np.sum(~np.isnan(duration), axis=1)
         data_frac = np.nansum(data, axis=1) / np.where(total > 0, total, np.nan)
@@ -131,8 +132,8 @@ def summarize(
                 steps=int(counts[row]),
                 step_time_p50_s=float(p50[row]),
                 step_time_p90_s=float(p90[row]),
-                data_wait_fraction=float(np.nan_to_num(data_frac[row])),
-                comm_fraction=float(np.nan_to_num(comm_frac[row])),
+                data_wait_fraction=_or_zero(data_frac[row]),
+                comm_fraction=_or_zero(comm_frac[row]),
             )
         )
     job = job[np.isfinite(job)]
@@ -150,6 +151,10 @@ def summarize(
         per_peer=peer_stats(run),
         coverage=coverage(run),
     )
+
+
+def _or_zero(value: float) -> float:
+    return 0.0 if value != value else float(value)  # NaN is not equal to itself
 
 
 _SENDS = np.array([OP_CODE["send"], OP_CODE["isend"]], dtype=np.uint8)

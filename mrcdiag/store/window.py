@@ -229,6 +229,7 @@ class _RankWindow:
     collectives: list[pa.Table] = field(default_factory=list)
     steps: list[pa.Table] = field(default_factory=list)
     newest_step: int = -1
+    oldest_step: int = 0  # held from here
     last_record_ns: int = 0  # on the rank's own clock
 
 
@@ -277,13 +278,16 @@ class RunWindow:
         return new_steps
 
     def _trim(self) -> None:
+        """Drop what has left the window; a rank's tables are rewritten only once they
+        hold twice the window, so that a tick does not copy every rank's tables."""
         for w in self.ranks.values():
             oldest = w.newest_step - self.keep_steps + 1
-            if oldest <= 0:
+            if oldest <= 0 or w.oldest_step >= w.newest_step - 2 * self.keep_steps:
                 continue
             steps = _concat(w.steps, schema.STEP_SCHEMA)
             kept = steps.filter(pa.array(steps.column("step").to_numpy() >= oldest))
             w.steps = [kept] if kept.num_rows else []
+            w.oldest_step = oldest
             coll = _concat(w.collectives, schema.COLLECTIVE_SCHEMA)
             # Records outside any step (-1) stay as long as they are newer than the first
             # kept step's start
@@ -313,27 +317,17 @@ class RunWindow:
         problems: list[str] = []
         parts = []
         for rank, w in sorted(self.ranks.items()):
-            # Only the steps every rank has written: the newest ones have records of some
-            # ranks only, and a collective half seen would look like a late rank.
-            steps = _concat(w.steps, schema.STEP_SCHEMA)
-            step_col = steps.column("step").to_numpy()
-            steps = steps.filter(pa.array(step_col < complete))
-            cut_ns = int(np.max(steps.column("t_end_ns"))) if steps.num_rows else 0
-            coll = _concat(w.collectives, schema.COLLECTIVE_SCHEMA)
-            c_step = coll.column("step").to_numpy()
-            c_arrive = coll.column("t_arrive_ns").to_numpy()
-            coll = coll.filter(
-                pa.array((c_step < complete) & ((c_step >= 0) | (c_arrive <= cut_ns)))
-            )
-            if first:
-                steps = _shift_steps(steps, first)
-                coll = _shift_steps(coll, first)
+            w.steps = [_concat(w.steps, schema.STEP_SCHEMA)]
+            w.collectives = [_concat(w.collectives, schema.COLLECTIVE_SCHEMA)]
             events = list(w.events)
             # the names of events that dropped out of the window still count
             events += [Event(name, 0) for name in w.event_names - {e.name for e in events}]
-            parts.append(RankPart(w.meta, w.groups, coll, steps, events, f"rank {rank}"))
+            parts.append(
+                RankPart(w.meta, w.groups, w.collectives[0], w.steps[0], events, f"rank {rank}")
+            )
         run = assemble(parts, self.run, self.world, problems)
         run.link_probe = self.link_probe
+        _cut(run, first, complete)
         for rank, info in run.ranks.items():  # progress, as of the newest record
             newest = self.ranks[rank].last_record_ns
             if newest:
@@ -347,13 +341,24 @@ def _concat(tables: list[pa.Table], schema_: pa.Schema) -> pa.Table:
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
-def _shift_steps(table: pa.Table, first: int) -> pa.Table:
-    """Steps renumbered from `first`; records outside steps (-1) stay -1, and records of
-    steps before the window (an async collective that completed late) go out of it."""
-    step = table.column("step").to_numpy()
-    keep = (step < 0) | (step >= first)
-    table = table.filter(pa.array(keep))
-    step = table.column("step").to_numpy()
-    shifted = np.where(step >= 0, step - first, step).astype(step.dtype)
-    index = table.schema.get_field_index("step")
-    return table.set_column(index, table.schema.field(index), pa.array(shifted))
+def _cut(run: RunData, first: int, complete: int) -> None:
+    """Keep steps first..complete-1, renumbered from 0. Only the steps every rank has
+    written: the newest ones have records of some ranks only, and a collective half seen
+    would look like a late rank. Records outside steps (-1) stay up to the end of their
+    rank's last kept step; records of steps before the window (an async collective that
+    completed late) go."""
+    steps, coll = run.steps, run.collectives
+    keep = (steps["step"] >= first) & (steps["step"] < complete)
+    last = steps.where(keep & (steps["step"] == complete - 1))
+    cut_ns = np.zeros(max(run.ranks, default=-1) + 1, dtype=np.int64)
+    cut_ns[last["rank"]] = last["t_end_ns"]
+    run.steps = steps.where(keep)
+    run.steps.data["step"] = run.steps["step"] - first
+    c_step = coll["step"]
+    in_window = (c_step >= first) & (c_step < complete)
+    outside = (c_step < 0) & (coll["t_arrive_ns"] <= cut_ns[coll["rank"]])
+    run.collectives = coll.where(in_window | outside)
+    c_step = run.collectives["step"]
+    run.collectives.data["step"] = np.where(c_step >= 0, c_step - first, c_step).astype(
+        c_step.dtype
+    )
