@@ -142,6 +142,14 @@ class LiveAnalysis:
         self.tracker.drop_ended(now - KEEP_ENDED_S)
         return transitions
 
+    def finish(self) -> None:
+        """The job has ended: one last look, then every finding still active ends with it
+        (in findings.jsonl; a person was told what mattered while it ran)."""
+        self.tick()
+        with self._lock:
+            for t in self.tracker.end_all(self.clock(), max(0, self.complete_steps - 1)):
+                self._append(t)
+
     def _aligned_now_ns(self, now_unix_s: float) -> int:
         """The present on the run's aligned clock (rank 0's CLOCK_MONOTONIC), via the
         lowest rank's own clock and its offset to rank 0."""

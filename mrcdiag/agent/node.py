@@ -209,7 +209,7 @@ class NodeAgent:
             self._live_thread.join(timeout=10)
             if self.live is not None:
                 try:
-                    self.live.tick()  # what the last seconds said, and the ends
+                    self.live.finish()  # what the last seconds said, and the ends
                 except Exception as exc:
                     warn_once("live-tick", f"live analysis failed ({exc!r})")
         try:

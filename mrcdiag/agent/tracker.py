@@ -118,6 +118,16 @@ class FindingTracker:
                 out.append(Transition(ENDED, ended))
         return out
 
+    def end_all(self, now_unix_s: float, newest_step: int) -> list[Transition]:
+        """The job ended: so did every finding still active."""
+        out = []
+        for key, live in list(self.findings.items()):
+            if live.active:
+                ended = replace(live, ended_unix_s=now_unix_s, ended_step=newest_step)
+                self.findings[key] = ended
+                out.append(Transition(ENDED, ended))
+        return out
+
     def drop_ended(self, older_than_unix_s: float) -> None:
         """Forget findings that ended before this (their series leave /metrics)."""
         for key, live in list(self.findings.items()):
