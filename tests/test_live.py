@@ -83,18 +83,23 @@ def test_rank_blocked_in_its_own_code_is_a_live_hang_while_the_job_still_hangs(
 
 
 def test_job_wide_slowdown_is_found_live_with_its_onset_step(run_dir: Path) -> None:
+    # 40 ms more on a ~25 ms step: beyond the noise of a machine with a busy core, where
+    # the step time's spread reaches 10 ms (15 ms more was not, after the run either)
     at_step = 200
     job = LiveJob.start(
         run_dir, 2,
         demo_job("--steps", "320", "--work-ms", "10", "--slowdown-at-step", str(at_step),
-                 "--slowdown-ms", "15"),
+                 "--slowdown-ms", "40"),
     )  # fmt: skip
     assert job.wait(240) == 0, job.said()
     slowdowns = [
         x for x in job.live_lines() if x["event"] == "start" and x["finding"]["kind"] == "slowdown"
     ]
     assert len(slowdowns) == 1, job.said()
-    assert abs(slowdowns[0]["started_step"] - at_step) <= 5, slowdowns[0]
+    # where it began, as the live analysis last placed it (the start's first estimate
+    # moves while the slowdown is young: see LiveAnalysis._refine_onset)
+    last = [x for x in job.live_lines() if x["key"] == slowdowns[0]["key"]][-1]
+    assert abs(last["started_step"] - at_step) <= 5, last
     assert slowdowns[0]["finding"]["severity"] in ("warning", "critical")
     assert any("slowdown (every rank)" in s.text for s in job.lines), job.said()
     assert not [f for f in live_warnings_of_a_clean_run(run_dir) if f["kind"] == "straggler"]

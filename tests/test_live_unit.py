@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from mrcdiag.agent.tracker import CHANGED, ENDED, STARTED, FindingTracker, shift_steps
 from mrcdiag.analyzers.findings import Finding
-from mrcdiag.analyzers.settings import DEFAULTS
-from mrcdiag.analyzers.slowdown import online_onset
 from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
 from mrcdiag.store.window import DirTail, RunWindow, decode_deltas, encode_deltas
 
@@ -60,18 +56,6 @@ def test_a_windows_steps_are_told_in_the_jobs_own_numbers() -> None:
     assert g.evidence["pattern"]["steps"] == "812-840" and g.evidence["start_step"] == 805
 
 
-def test_online_change_point_finds_a_lasting_slowdown_near_its_onset_and_ignores_spikes() -> None:
-    rng = np.random.default_rng(0)
-    pace = 0.100 * (1 + 0.03 * rng.standard_normal(200))
-    spikes = pace.copy()
-    spikes[::10] *= 5  # a checkpoint every 10 steps: not a change of pace
-    assert online_onset(spikes, 0.100, DEFAULTS)[1] is None
-    slower = pace.copy()
-    slower[120:] *= 1.3
-    onset, alarm = online_onset(slower, 0.100, DEFAULTS)
-    assert alarm is not None and abs(onset - 120) <= 3 and alarm - 120 <= 10
-
-
 def _rows(deltas: list) -> tuple[int, int]:
     return sum(d.collectives.num_rows for d in deltas), sum(d.steps.num_rows for d in deltas)
 
@@ -100,3 +84,29 @@ def test_the_window_keeps_the_last_steps_numbered_from_zero(tmp_path: Path) -> N
     assert sorted(set(w.run.steps["step"].tolist())) == list(range(25))
     assert set(w.run.collectives["step"].tolist()) <= set(range(25))
     assert len(w.run.steps) == 4 * 25 and sorted(w.run.ranks) == [0, 1, 2, 3]
+
+
+def test_an_agent_serves_its_ranks_records_and_samples_to_another_node_once_each(
+    tmp_path: Path,
+) -> None:
+    from mrcdiag.agent.node import NodeAgent
+    from mrcdiag.agent.sources import AgentPull
+
+    run_dir = write_synthetic_run(tmp_path / "run", SyntheticSpec(ranks=4, steps=20))
+    agent = NodeAgent(
+        run_dir, 0, job="j", addr="127.0.0.1", collectors=[], node="node-0000", live=False
+    )
+    agent.start()
+    try:
+        agent.recent_samples.append(10, [("mrcdiag_host_load_average", "", 1.5)])
+        agent.recent_samples.append(20, [("mrcdiag_host_load_average", "", 2.5)])
+        pull = AgentPull(str(agent.base_url))
+        assert _rows(pull.read_new()) == (4 * 20, 4 * 20)
+        assert _rows(pull.read_new()) == (0, 0)
+        samples = pull.read_samples()
+        assert samples is not None and samples.column("value").to_pylist() == [1.5, 2.5]
+        agent.recent_samples.append(30, [("mrcdiag_host_load_average", "", 3.5)])
+        again = pull.read_samples()
+        assert again is not None and again.column("value").to_pylist() == [3.5]
+    finally:
+        agent.stop()

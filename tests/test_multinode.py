@@ -195,3 +195,6 @@ def test_port_that_trained_down_on_one_host_is_a_degraded_link(tmp_path: Path) -
     assert [(f["nodes"], f["ranks"]) for f in degraded] == [(["host1"], [1])], serious
     assert degraded[0]["evidence"]["rate_gbit_s"] == 200.0
     assert degraded[0]["evidence"]["usual_gbit_s"] == 400.0
+    # live too: host1's samples reach the analysis on host0 through host1's agent
+    live = [(f["cause"], f["nodes"]) for f in _live(sorted(tmp_path.glob("host*/run")))]
+    assert ("link_degraded", ["host1"]) in live, live

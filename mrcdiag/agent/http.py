@@ -23,6 +23,7 @@ Route = Callable[[dict[str, list[str]]], tuple[str, str, bytes, list[tuple[str, 
 
 RECORDS_PATH = "/mrcdiag/records"
 LIVE_PATH = "/mrcdiag/live"
+SAMPLES_PATH = "/mrcdiag/samples"
 CURSOR_HEADER = "X-Mrcdiag-Cursor"
 
 

@@ -6,8 +6,8 @@ README "Live diagnosis"). Each tick it folds in what the ranks wrote since the l
 last `Settings.live_window_steps` steps that every rank has ended, and follows the
 findings that warn (agent/tracker.py): each goes to /metrics (`LiveFindingsCollector`),
 to one line on the launcher's stderr, and to `findings.jsonl` in the run directory.
-A job-wide slowdown is judged against the job's own earlier pace by Page's CUSUM over
-the stream of step times (analyzers/slowdown.online_onset), not within one window.
+A job-wide slowdown is found in the window by the post-run test, then held until the
+job's pace comes back (`_slowdowns`): the window alone would forget it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mrcdiag import metrics
@@ -39,8 +40,9 @@ from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.common import job_step_time
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
-from mrcdiag.analyzers.slowdown import describe_slowdown, is_slower, online_onset
+from mrcdiag.analyzers.slowdown import find_slowdowns
 from mrcdiag.log import warn_once
+from mrcdiag.store.reader import samples_columns
 from mrcdiag.store.records import RunMeta, WorldMeta
 from mrcdiag.store.window import RankDelta, RunWindow, Window
 
@@ -64,6 +66,7 @@ class LiveAnalysis:
         world: Callable[[], WorldMeta | None] | None = None,
         run: RunMeta | None = None,
         link_probe: Callable[[], list[dict]] | None = None,
+        node_samples: Callable[[], dict[str, pa.Table]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.read_new = read_new
@@ -73,6 +76,7 @@ class LiveAnalysis:
         self.findings_file = findings_file
         self.world = world
         self.link_probe = link_probe
+        self.node_samples = node_samples
         self.clock = clock
         self.window = RunWindow(settings.live_window_steps)
         self.window.run = run
@@ -86,10 +90,9 @@ class LiveAnalysis:
         self.rank_rows: list[RankNow] = []  # per rank in the window, most late first
         # the job's pace, one entry per step (NaN unknown), and the online slowdown state
         self._job_step_s: list[float] = []
-        self._reference_s: float | None = None
-        self._scan_from = 0
         self._slowdown: Finding | None = None
         self._slowdown_onset: int | None = None
+        self._earliest = 0  # the onset when first found: a refined one is never earlier
         self._lock = threading.Lock()
 
     # --- one tick ----------------------------------------------------------------------
@@ -111,6 +114,12 @@ class LiveAnalysis:
             self.window.link_probe = self.link_probe()
         now = self.clock()
         w = self.window.window()
+        if self.node_samples is not None and w.run.ranks:
+            offset_of_host = {i.host: i.clock_offset_ns for i in w.run.ranks.values()}
+            w.run.node_samples = {
+                host: samples_columns(table, offset_of_host.get(host, 0))
+                for host, table in self.node_samples().items()
+            }
         self.latest = w
         complete = w.first_step + w.complete_steps
         share = (complete - self.complete_steps) / max(1, w.complete_steps)
@@ -161,8 +170,12 @@ class LiveAnalysis:
         if job_time_s > 0 and f.kind != "hang":
             self.share_of_step[finding_key(f)] = f.time_lost_s / job_time_s
 
-    # --- slowdowns: the pace against its own past, online ----------------------------
+    # --- slowdowns: found in the window, then held against the pace before ---------
     def _slowdowns(self, m: Any, w: Window, job_in_window: np.ndarray) -> list[Finding]:
+        """Each tick the post-run test runs over the window's steps (slowdown.find_slowdowns:
+        the best split of the job's step times, 15% and beyond the noise, on every rank);
+        a slowdown it finds then lasts, after the window has slid past its onset, until
+        the pace is back within half the smallest shift of the pace before it."""
         s = self.settings
         series = self._job_step_s
         for col, value in enumerate(job_in_window):
@@ -170,59 +183,34 @@ class LiveAnalysis:
             if step >= len(series):
                 series.extend([np.nan] * (step + 1 - len(series)))
             series[step] = float(value)
-        reference_end = s.warmup_steps + s.live_reference_steps
-        if self._reference_s is None:
-            if len(series) < reference_end:
-                return []
-            reference = np.array(series[s.warmup_steps : reference_end])
-            if not np.isfinite(reference).any():
-                return []
-            self._reference_s = float(np.nanmedian(reference))
-            self._scan_from = reference_end
         x = np.array(series)
+        settings = replace(s, warmup_steps=max(0, s.warmup_steps - w.first_step))
         if self._slowdown is not None:
-            recent = x[-RECENT_PACE_STEPS:]
-            back = self._reference_s * (1 + (s.slowdown_min_ratio - 1) / 2)
-            if np.nanmedian(recent) < back:  # the pace came back: it ended
+            before_s = self._slowdown.evidence.get("step_time_before_ms", 0) / 1e3
+            back = before_s * (1 + (s.slowdown_min_ratio - 1) / 2)
+            if np.nanmedian(x[-RECENT_PACE_STEPS:]) < back:  # the pace came back: it ended
                 self._slowdown = self._slowdown_onset = None
-                self._scan_from = len(x)
                 return []
+            young = len(x) - (self._slowdown_onset or 0) <= s.live_window_steps // 2
+            if young:  # more steps after it place its start better
+                found = find_slowdowns(m, settings)
+                if found and found[0].evidence["start_step"] + w.first_step >= self._earliest:
+                    self._hold(shift_steps(found[0], w.first_step))
             return [self._slowdown_now(x)]
-        onset, alarm = online_onset(x[self._scan_from :], self._reference_s, s)
-        if alarm is None:
-            self._scan_from += max(0, onset - 2)  # the running median's context
+        found = find_slowdowns(m, settings)
+        if not found:
             return []
-        onset_step = self._scan_from + onset
-        first_col = onset_step - w.first_step
-        if first_col < s.slowdown_min_side_steps:
-            # The window no longer holds the steps before the change, so it cannot say
-            # who changed: take the present pace as the reference from here on
-            return self._rebaseline(x, onset_step)
-        before = x[max(s.warmup_steps, onset_step - s.live_window_steps) : onset_step]
-        after = x[onset_step:]
-        before, after = before[np.isfinite(before)], after[np.isfinite(after)]
-        if len(before) < s.slowdown_min_side_steps or not is_slower(before, after, s):
-            return []  # not yet: the next steps will tell
-        cols = np.arange(len(job_in_window))
-        f = describe_slowdown(m, cols[:first_col], cols[first_col:], s)
-        if f is None:
-            # One rank's own work grew: the straggler analysis tells it, and the pace it
-            # sets is the one a later job-wide slowdown is judged against
-            return self._rebaseline(x, onset_step)
-        self._slowdown = shift_steps(f, w.first_step)
-        self._slowdown_onset = onset_step
+        self._hold(shift_steps(found[0], w.first_step))
+        self._earliest = self._slowdown_onset or 0
         return [self._slowdown_now(x)]
 
-    def _rebaseline(self, x: np.ndarray, onset_step: int) -> list[Finding]:
-        since = x[onset_step:]
-        if np.isfinite(since).any():
-            self._reference_s = float(np.nanmedian(since))
-        self._scan_from = len(x)
-        return []
+    def _hold(self, f: Finding) -> None:
+        self._slowdown = f
+        self._slowdown_onset = int(f.evidence["start_step"])
 
     def _slowdown_now(self, x: np.ndarray) -> Finding:
         """The slowdown found, with its time lost grown to the present."""
-        assert self._slowdown is not None and self._reference_s is not None
+        assert self._slowdown is not None
         onset = self._slowdown_onset or 0
         before = self._slowdown.evidence.get("step_time_before_ms", 0) / 1e3
         lost = float(np.nansum(np.maximum(x[onset:] - before, 0)))

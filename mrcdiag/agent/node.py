@@ -18,14 +18,14 @@ from prometheus_client import CollectorRegistry
 
 from mrcdiag.agent import http
 from mrcdiag.agent.live import LiveAnalysis, LiveFindingsCollector, live_state
-from mrcdiag.agent.sources import JobRecords, node_records_route
+from mrcdiag.agent.sources import JobRecords, node_records_route, samples_route
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.collectors.base import SampleCollector
 from mrcdiag.collectors.host import HostCollector
 from mrcdiag.collectors.ranks import RankCollector
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout
-from mrcdiag.store.samples import DEFAULT_BLOCK_S, SampleWriter
+from mrcdiag.store.samples import DEFAULT_BLOCK_S, RecentSamples, SampleWriter
 
 
 def default_collectors(common: dict[str, str], ranks: RankCollector | None) -> list[Any]:
@@ -114,12 +114,18 @@ class NodeAgent:
         self._live_thread: threading.Thread | None = None
         self._settings = settings
         self._say = say
+        # the samples the live analysis joins to the ranks' records (this node's, or any
+        # node's through /mrcdiag/samples)
+        self.recent_samples = RecentSamples(settings.live_samples_s)
 
     def start(self) -> str | None:
         """Serve /metrics (if a port was given) and start sampling; returns the URL."""
         url = None
         if self.port is not None:
-            routes: dict[str, http.Route] = {http.LIVE_PATH: self._live_state}
+            routes: dict[str, http.Route] = {
+                http.LIVE_PATH: self._live_state,
+                http.SAMPLES_PATH: samples_route(self.recent_samples),
+            }
             if self.run_dir is not None:
                 routes[http.RECORDS_PATH] = node_records_route(self.run_dir, self.node)
             server, _thread = http.serve(self.addr, self.port, self.registry, routes)
@@ -150,7 +156,7 @@ class NodeAgent:
     def _live_loop(self) -> None:
         """Wait until this node is the one to analyse the job, then tick until stopped."""
         assert self.run_dir is not None
-        records = JobRecords(self.run_dir, self.node)
+        records = JobRecords(self.run_dir, self.node, self.recent_samples)
         while not self._stop.wait(self.live_interval_s):
             if self.live is None:
                 if not records.analysed_here():
@@ -163,6 +169,7 @@ class NodeAgent:
                     findings_file=self.run_dir / layout.FINDINGS_FILE,
                     world=records.world,
                     link_probe=records.link_probe,
+                    node_samples=records.node_samples,
                 )
                 self.registry.register(LiveFindingsCollector(self.live, self.job))
             try:
@@ -188,6 +195,8 @@ class NodeAgent:
             rows += [(s.name, s.key(), float(s.value)) for s in samples]
         if self._samples is not None and rows:
             self._samples.append(t_ns, rows)
+        if rows:
+            self.recent_samples.append(t_ns, rows)
         if self.ranks is not None:
             self.ranks.update()
         return len(rows)

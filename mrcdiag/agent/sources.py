@@ -16,13 +16,31 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
 from mrcdiag.agent import http
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout
 from mrcdiag.store.records import WorldMeta
-from mrcdiag.store.window import DirTail, RankDelta, decode_deltas, encode_deltas
+from mrcdiag.store.samples import RecentSamples
+from mrcdiag.store.window import DirTail, RankDelta, decode_deltas, encode_deltas, ipc_bytes
 
 PULL_TIMEOUT_S = 5.0
+
+
+def samples_route(recent: RecentSamples) -> http.Route:
+    """/mrcdiag/samples?since_ns=T: this node's samples taken after T (its own clock)."""
+
+    def route(query: dict[str, list[str]]) -> tuple[str, str, bytes, list[tuple[str, str]]]:
+        try:
+            since = int(query.get("since_ns", ["-1"])[0])
+        except ValueError:
+            raise ValueError("since_ns must be an integer (ns of the node's clock)") from None
+        return "200 OK", "application/octet-stream", ipc_bytes(recent.since(since)), []
+
+    return route
 
 
 def node_records_route(run_dir: Path, node: str) -> http.Route:
@@ -49,11 +67,26 @@ def node_records_route(run_dir: Path, node: str) -> http.Route:
 
 
 class AgentPull:
-    """Pulls one node agent's records, each once."""
+    """Pulls one node agent's records and samples, each once."""
 
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.cursor: dict[str, list[int]] = {}
+        self.samples_after_ns = -1
+
+    def read_samples(self) -> pa.Table | None:
+        try:
+            with urllib.request.urlopen(
+                f"{self.url}{http.SAMPLES_PATH}?since_ns={self.samples_after_ns}",
+                timeout=PULL_TIMEOUT_S,
+            ) as answer:
+                table = ipc.open_stream(answer.read()).read_all()
+        except (OSError, ValueError, pa.ArrowInvalid, urllib.error.URLError) as exc:
+            warn_once(f"samples-{self.url}", f"cannot read samples from {self.url} ({exc})")
+            return None
+        if table.num_rows:
+            self.samples_after_ns = int(pc.max(table.column("t_ns")).as_py())
+        return table
 
     def read_new(self) -> list[RankDelta]:
         query = urllib.parse.urlencode({"cursor": json.dumps(self.cursor)})
@@ -74,12 +107,30 @@ class AgentPull:
 class JobRecords:
     """The job's records as the live analysis on this node sees them."""
 
-    def __init__(self, run_dir: Path, node: str) -> None:
+    def __init__(self, run_dir: Path, node: str, samples: RecentSamples | None = None) -> None:
         self.run_dir = run_dir
         self.node = node
         self.local = DirTail(run_dir)
         self.remote: dict[str, AgentPull] = {}
         self._world: WorldMeta | None = None
+        self._samples = samples  # this node's, where an agent keeps them
+        self._samples_of: dict[str, list[pa.Table]] = {}  # host -> recent samples
+
+    def node_samples(self) -> dict[str, pa.Table]:
+        """Each node's recent samples: this node's from its agent, the others' pulled."""
+        keep_ns = int(self._samples.keep_ns) if self._samples is not None else 0
+        if self._samples is not None:
+            self._samples_of[self.node] = [self._samples.since(-1)]
+        for host, pull in self.remote.items():
+            table = pull.read_samples()
+            if table is not None and table.num_rows:
+                parts = self._samples_of.setdefault(host, [])
+                parts.append(table)
+                newest = int(pc.max(table.column("t_ns")).as_py())
+                kept = pa.concat_tables(parts)
+                kept = kept.filter(pc.greater(kept.column("t_ns"), newest - keep_ns))
+                self._samples_of[host] = [kept]
+        return {host: parts[0] for host, parts in self._samples_of.items() if parts}
 
     def world(self) -> WorldMeta | None:
         if self._world is None:

@@ -106,8 +106,12 @@ class FindingTracker:
                 else old.time_lost_total_s + lost
             )
             live = replace(old, finding=f, last_seen_unix_s=now_unix_s, time_lost_total_s=total)
+            onset = f.evidence.get("start_step")
+            moved = isinstance(onset, int) and onset != old.started_step
+            if moved:  # its evidence now places its start better
+                live = replace(live, started_step=int(onset))
             self.findings[key] = live
-            if f.severity != old.finding.severity or f.cause != old.finding.cause:
+            if f.severity != old.finding.severity or f.cause != old.finding.cause or moved:
                 out.append(Transition(CHANGED, live))
         for key, live in list(self.findings.items()):
             if key in seen or not live.active:

@@ -52,9 +52,8 @@ def analyze(
 ) -> Analysis:
     """Everything the renderers show. With `live_now_ns` (the present on the run's aligned
     clock) `run` is the recent window of a job that still runs: hangs are judged by how
-    long ranks have waited until now, and slowdowns are left to the online detector
-    (slowdown.online_onset), which compares the pace with the job's own past rather
-    than within one window."""
+    long ranks have waited until now, and slowdowns are left to the live analysis
+    (agent/live.py), which holds one it found after the window has slid past it."""
     run = with_pseudo_steps(run)
     instances = collective_instances(run)
     matrix = rank_step_matrix(run, instances)

@@ -80,17 +80,13 @@ class Settings:
     slowdown_sigmas: float = 4.0  # the shift of medians against its standard error
     slowdown_step_sigmas: float = 2.0  # the shift against the noise of single steps
     slowdown_broad_ratio: float = 0.75  # share of ranks whose own work grew: job-wide
-    # Live (slowdown.online_onset): Page's CUSUM raises the alarm when the smoothed step
-    # times have run this many times the smallest shift (slowdown_min_ratio) above the
-    # reference pace, after an allowance of half that shift per step
-    slowdown_cusum_shifts: float = 4.0
 
     # Live analysis (agent/live.py)
     live_window_steps: int = 60  # the recent steps each live analysis looks at
-    live_reference_steps: int = 20  # steady steps that set the pace a slowdown is judged by
     live_end_after_s: float = 6.0  # a finding absent this long has ended
     live_line_every_s: float = 30.0  # at most one line per finding on stderr in this time
     hang_after_s: float = 60.0  # ranks waiting this long for others that never came
+    live_samples_s: float = 120.0  # node samples (GPU, host, fabric) the analysis keeps
 
     # Idle compute (analyzers/idle.py)
     idle_wait_info_ratio: float = 0.10  # of step time waiting for peers: worth a line

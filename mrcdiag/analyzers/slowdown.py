@@ -67,35 +67,6 @@ def is_slower(before: np.ndarray, after: np.ndarray, settings: Settings) -> bool
     return b > 0 and a / b >= settings.slowdown_min_ratio and (a - b) >= shift_needed
 
 
-def online_onset(
-    job_step_s: np.ndarray, reference_s: float, settings: Settings
-) -> tuple[int, int | None]:
-    """Page's CUSUM over a stream of job step times against the pace `reference_s`.
-
-    Returns (onset, alarm): the index after the last step at which the cumulative excess
-    was back to zero (where a slowdown would have begun; everything before it can be
-    forgotten), and the index at which the evidence for a lasting slowdown first held,
-    or None. One pass with constant state per step, so a live analysis feeds it the
-    steps since the last onset as they end. Spikes (a single slow step, a checkpoint) are
-    taken out by a running median of 5 first, which costs 2 steps of delay.
-    """
-    x = _running_median(job_step_s)
-    shift = (settings.slowdown_min_ratio - 1) * reference_s  # the smallest shift worth it
-    allowance = shift / 2
-    threshold = settings.slowdown_cusum_shifts * shift
-    total = 0.0
-    onset = 0
-    for i, value in enumerate(x):
-        if not np.isfinite(value):
-            continue
-        total = max(0.0, total + float(value) - reference_s - allowance)
-        if total == 0.0:
-            onset = i + 1
-        elif total > threshold:
-            return onset, i
-    return onset, None
-
-
 def describe_slowdown(
     m: RankStepMatrix, before: np.ndarray, after: np.ndarray, settings: Settings
 ) -> Finding | None:

@@ -333,21 +333,28 @@ def _read_node_samples(
         table = read_samples(node_dir, problems)
         if table is None:
             continue
-        offset = offset_of_host.get(node_dir.name, 0)
-        out[node_dir.name] = Columns(
-            {
-                "t_ns": table.column("t_ns").to_numpy() + offset,
-                "name": _strings(table.column("name")),
-                "labels": _strings(table.column("labels")),
-                "value": table.column("value").to_numpy(),
-            }
-        )
+        out[node_dir.name] = samples_columns(table, offset_of_host.get(node_dir.name, 0))
     return out
 
 
+def samples_columns(table: pa.Table, offset_ns: int) -> Columns:
+    """A node's samples as columns, times moved to rank 0's clock by `offset_ns` (that of
+    a rank on the same host)."""
+    return Columns(
+        {
+            "t_ns": table.column("t_ns").to_numpy() + offset_ns,
+            "name": _strings(table.column("name")),
+            "labels": _strings(table.column("labels")),
+            "value": table.column("value").to_numpy(),
+        }
+    )
+
+
 def _strings(column: pa.ChunkedArray) -> np.ndarray:
-    """An object array of a dictionary-encoded column (its dictionaries unified by
-    read_samples), each word built once."""
+    """An object array of a string column; a dictionary-encoded one (its dictionaries
+    unified by read_samples) builds each word once."""
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
     encoded = column.combine_chunks()
     words = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
     return words[encoded.indices.to_numpy(zero_copy_only=False)] if len(words) else words

@@ -147,3 +147,34 @@ def read_samples(node_dir: Path, problems: list[str]) -> pa.Table | None:
             recent = recent.filter(pc.greater(recent.column("t_ns"), last_ns))
         parts.append(recent)
     return pa.concat_tables(parts).unify_dictionaries().combine_chunks()
+
+
+class RecentSamples:
+    """A node agent's samples of the last `keep_s` seconds, in memory, for the live
+    analysis (its own, or another node's through /mrcdiag/samples): one batch a tick,
+    built once."""
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_ns = int(keep_s * 1e9)
+        self._ticks: list[tuple[int, pa.RecordBatch]] = []
+
+    def append(self, t_ns: int, rows: Sequence[tuple[str, str, float]]) -> None:
+        names, labels, values = zip(*rows, strict=True) if rows else ((), (), ())
+        batch = pa.RecordBatch.from_arrays(
+            [
+                pa.array([t_ns] * len(rows), pa.int64()),
+                pa.array(names, pa.string()),
+                pa.array(labels, pa.string()),
+                pa.array(values, pa.float64()),
+            ],
+            schema=_PLAIN_SCHEMA,
+        )
+        self._ticks.append((t_ns, batch))
+        while self._ticks and self._ticks[0][0] < t_ns - self.keep_ns:
+            self._ticks.pop(0)
+
+    def since(self, t_ns: int) -> pa.Table:
+        """The samples taken after t_ns (the node's CLOCK_MONOTONIC), plain strings."""
+        return pa.Table.from_batches(
+            [batch for t, batch in list(self._ticks) if t > t_ns], schema=_PLAIN_SCHEMA
+        )

@@ -169,7 +169,7 @@ def encode_deltas(deltas: list[RankDelta]) -> bytes:
                 "events": [e.to_json() for e in d.events],
             }
         ).encode()
-        parts = [header, _ipc_bytes(d.collectives), _ipc_bytes(d.steps)]
+        parts = [header, ipc_bytes(d.collectives), ipc_bytes(d.steps)]
         for part in parts:
             out.write(struct.pack("<Q", len(part)))
             out.write(part)
@@ -213,7 +213,8 @@ def decode_deltas(payload: bytes) -> list[RankDelta]:
     return out
 
 
-def _ipc_bytes(table: pa.Table) -> bytes:
+def ipc_bytes(table: pa.Table) -> bytes:
+    """A table as one Arrow IPC stream."""
     sink = pa.BufferOutputStream()
     with ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
