@@ -257,20 +257,55 @@ def report(
     help="Record node samples here and serve the metrics of the ranks that write into it.",
 )
 @click.option("--job", default="", help="Value of the job label.")
-def agent(port: int, addr: str, interval: float, run_dir: Path | None, job: str) -> None:
+@click.option(
+    "--hang-after",
+    type=click.FloatRange(1, 86400),
+    default=60.0,
+    show_default=True,
+    help="With --run-dir: seconds ranks may wait for others that never arrive before the "
+    "live analysis calls it a hang.",
+)
+@click.option(
+    "--live/--no-live",
+    default=True,
+    show_default=True,
+    help="With --run-dir: analyse the job live when this node holds global rank 0.",
+)
+def agent(
+    port: int,
+    addr: str,
+    interval: float,
+    run_dir: Path | None,
+    job: str,
+    hang_after: float,
+    live: bool,
+) -> None:
     """Run the node agent alone (Kubernetes DaemonSet, Slurm prolog, systemd).
 
     \b
     Serves GPU (NVML, amdsmi), host and InfiniBand/RoCE metrics on /metrics:
       mrcdiag agent --port 9464 --interval 1
-    Stops on SIGTERM or Ctrl-C.
+    With --run-dir it also serves the metrics of the ranks that write there, their
+    records to the live analysis of the job, and runs that analysis when this node holds
+    global rank 0 (its findings on stderr and /metrics). Stops on SIGTERM or Ctrl-C.
     """
     import signal
     import threading
+    from dataclasses import replace
 
     from mrcdiag.agent.node import NodeAgent
+    from mrcdiag.analyzers.settings import DEFAULTS
 
-    node_agent = NodeAgent(run_dir.resolve() if run_dir else None, port, interval, job, addr)
+    node_agent = NodeAgent(
+        run_dir.resolve() if run_dir else None,
+        port,
+        interval,
+        job,
+        addr,
+        live=live,
+        settings=replace(DEFAULTS, hang_after_s=hang_after),
+        say=_say,
+    )
     try:
         url = node_agent.start()
     except OSError as exc:
