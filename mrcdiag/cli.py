@@ -14,6 +14,25 @@ from mrcdiag.report import FORMATS
 EXIT_FINDINGS = 3  # `report --fail-on` found something at that severity
 
 
+# Options launch and agent share, declared once
+_hang_after_option = click.option(
+    "--hang-after",
+    type=click.FloatRange(1, 86400),
+    default=60.0,
+    show_default=True,
+    help="Seconds ranks may wait in a collective for others that never arrive (or the job "
+    "may go without a step) before the live analysis calls it a hang; well under NCCL's "
+    "10-minute watchdog.",
+)
+_live_option = click.option(
+    "--live/--no-live",
+    default=True,
+    show_default=True,
+    help="Analyse the job while it trains (the agent beside global rank 0 does): findings "
+    "on stderr, on /metrics (mrcdiag_finding_active) and in RUN_DIR/findings.jsonl.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(mrcdiag.__version__, prog_name="mrcdiag")
 def main() -> None:
@@ -64,22 +83,8 @@ def main() -> None:
     "collectives with mrcdiag's, per rank, group and op; exit 3 if they differ and the job "
     "succeeded. For new torch versions and new training stacks.",
 )
-@click.option(
-    "--hang-after",
-    type=click.FloatRange(1, 86400),
-    default=60.0,
-    show_default=True,
-    help="Seconds ranks may wait in a collective for others that never arrive (or the job "
-    "may go without a step) before the live analysis calls it a hang; well under NCCL's "
-    "10-minute watchdog.",
-)
-@click.option(
-    "--live/--no-live",
-    default=True,
-    show_default=True,
-    help="Analyse the job while it trains: findings on stderr, on /metrics "
-    "(mrcdiag_finding_active) and in RUN_DIR/findings.jsonl.",
-)
+@_hang_after_option
+@_live_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def launch(
     run_dir: Path | None,
@@ -257,20 +262,8 @@ def report(
     help="Record node samples here and serve the metrics of the ranks that write into it.",
 )
 @click.option("--job", default="", help="Value of the job label.")
-@click.option(
-    "--hang-after",
-    type=click.FloatRange(1, 86400),
-    default=60.0,
-    show_default=True,
-    help="With --run-dir: seconds ranks may wait for others that never arrive before the "
-    "live analysis calls it a hang.",
-)
-@click.option(
-    "--live/--no-live",
-    default=True,
-    show_default=True,
-    help="With --run-dir: analyse the job live when this node holds global rank 0.",
-)
+@_hang_after_option
+@_live_option
 def agent(
     port: int,
     addr: str,

@@ -63,6 +63,20 @@ def parse_labels(text: str) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in text.split(",") if "=" in kv)
 
 
+def plain_batch(t_ns: int, rows: Sequence[tuple[str, str, float]]) -> pa.RecordBatch:
+    """One tick's (name, labels, value) rows, names and labels as plain strings."""
+    names, labels, values = zip(*rows, strict=True) if rows else ((), (), ())
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([t_ns] * len(rows), pa.int64()),
+            pa.array(names, pa.string()),
+            pa.array(labels, pa.string()),
+            pa.array(values, pa.float64()),
+        ],
+        schema=_PLAIN_SCHEMA,
+    )
+
+
 class SampleWriter:
     """Appends ticks of samples to one node's directory; see the module docstring."""
 
@@ -78,16 +92,7 @@ class SampleWriter:
         """One tick: (name, labels, value) rows sampled at t_ns."""
         if not rows:
             return
-        names, labels, values = zip(*rows, strict=True)
-        plain = pa.RecordBatch.from_arrays(
-            [
-                pa.array([t_ns] * len(rows), pa.int64()),
-                pa.array(names, pa.string()),
-                pa.array(labels, pa.string()),
-                pa.array(values, pa.float64()),
-            ],
-            schema=_PLAIN_SCHEMA,
-        )
+        plain = plain_batch(t_ns, rows)
         self._recent.append_batch(_encoded(plain))
         self._pending.append(plain)
         if self._block_start_ns is None:
@@ -159,17 +164,7 @@ class RecentSamples:
         self._ticks: list[tuple[int, pa.RecordBatch]] = []
 
     def append(self, t_ns: int, rows: Sequence[tuple[str, str, float]]) -> None:
-        names, labels, values = zip(*rows, strict=True) if rows else ((), (), ())
-        batch = pa.RecordBatch.from_arrays(
-            [
-                pa.array([t_ns] * len(rows), pa.int64()),
-                pa.array(names, pa.string()),
-                pa.array(labels, pa.string()),
-                pa.array(values, pa.float64()),
-            ],
-            schema=_PLAIN_SCHEMA,
-        )
-        self._ticks.append((t_ns, batch))
+        self._ticks.append((t_ns, plain_batch(t_ns, rows)))
         while self._ticks and self._ticks[0][0] < t_ns - self.keep_ns:
             self._ticks.pop(0)
 
