@@ -85,6 +85,16 @@ def main() -> None:
 )
 @_hang_after_option
 @_live_option
+@click.option(
+    "--on-hang",
+    type=click.Choice(["warn", "dump", "abort"]),
+    default="dump",
+    show_default=True,
+    help="When the live analysis finds a hang: warn only; dump: also have every rank "
+    "write its threads' stacks (RUN_DIR/ranks/*/stacks.json, shown by the report); "
+    "abort: dump, then end the job and exit 75, so that torchrun's restarts or the "
+    "scheduler's retry start without waiting out the collective's timeout.",
+)
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def launch(
     run_dir: Path | None,
@@ -95,6 +105,7 @@ def launch(
     verify_capture: bool,
     hang_after: float,
     live: bool,
+    on_hang: str,
     command: tuple[str, ...],
 ) -> None:
     """Run a training command with mrcdiag attached to every worker.
@@ -106,7 +117,8 @@ def launch(
     (at most one line per finding every 30 s), served on /metrics and appended to
     RUN_DIR/findings.jsonl; `mrcdiag watch RUN_DIR` shows it live. On several nodes, run
     it on each: the node of global rank 0 analyses the whole job.
-    The exit code is the job's (3 with --verify-capture when the check failed).
+    The exit code is the job's: 128+N when it died of signal N, 3 with --verify-capture
+    when the check failed, 75 when --on-hang abort ended it for a hang.
     """
     from mrcdiag.agent.launch import Launcher
     from mrcdiag.store.layout import job_name_of, new_run_dir
@@ -130,6 +142,7 @@ def launch(
         verify_capture=verify_capture,
         hang_after_s=hang_after,
         live=live,
+        on_hang=on_hang,
     )
     code = launcher.run_job()
     if verify_capture:

@@ -24,6 +24,7 @@ Route = Callable[[dict[str, list[str]]], tuple[str, str, bytes, list[tuple[str, 
 RECORDS_PATH = "/mrcdiag/records"
 LIVE_PATH = "/mrcdiag/live"
 SAMPLES_PATH = "/mrcdiag/samples"
+DUMP_PATH = "/mrcdiag/dump"
 CURSOR_HEADER = "X-Mrcdiag-Cursor"
 
 

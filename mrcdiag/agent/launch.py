@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,14 @@ PACKAGE_PARENT = Path(mrcdiag.__file__).resolve().parent.parent
 # Entries of the flight recorder's ring per rank under --verify-capture (older ones drop
 # off; the check then compares the sequence numbers still held).
 FLIGHT_RECORDER_ENTRIES = 1 << 16
+# What launch does when the live analysis finds a hang: say it; also have every rank
+# write its stacks; also end the job, so that torchrun's restarts or the scheduler's
+# retry start without waiting out the collective's timeout.
+ON_HANG = ("warn", "dump", "abort")
+# launch's exit code when it ended the job for a hang (sysexits' EX_TEMPFAIL: try again)
+EXIT_HANG_ABORTED = 75
+# How long the ranks get to write their stacks before the job is ended
+STACKS_WAIT_S = 3.0
 
 
 def _to_stderr(message: str) -> None:
@@ -51,7 +60,10 @@ class Launcher:
     verify_capture: bool = False  # run PyTorch's flight recorder beside us and compare
     hang_after_s: float = DEFAULTS.hang_after_s
     live: bool = True  # the live analysis, on the node of global rank 0
+    on_hang: str = "dump"  # one of ON_HANG
     _agent: Any = None
+    _process: Any = None
+    _aborted_for_hang: bool = False
 
     def run_job(self) -> int:
         """The whole life cycle; returns the job's exit code (128+N for signal N)."""
@@ -155,6 +167,7 @@ class Launcher:
             live=self.live,
             settings=replace(DEFAULTS, hang_after_s=self.hang_after_s),
             say=self.say,
+            on_hang=self._hang_found if self.on_hang != "warn" else None,
         )
         return self._agent.start()
 
@@ -163,11 +176,39 @@ class Launcher:
             self._agent.stop()
             self._agent = None
 
+    def _hang_found(self, _live: Any) -> None:
+        """From the live analysis: a hang. Every rank writes its stacks; with abort, the
+        job then ends (in a thread of its own: the analysis goes on meanwhile)."""
+        if self.on_hang == "abort":
+            threading.Thread(target=self._abort_for_hang, daemon=True).start()
+        elif self._agent is not None:
+            self._agent.dump_stacks()
+
+    def _abort_for_hang(self) -> None:
+        if self._agent is not None:
+            self._agent.dump_stacks(wait_s=STACKS_WAIT_S)
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        self._aborted_for_hang = True
+        self.say(
+            f"mrcdiag: ending the job for the hang (--on-hang abort); launch exits with "
+            f"{EXIT_HANG_ABORTED}"
+        )
+        process.send_signal(signal.SIGTERM)
+
     def run(self, env: dict[str, str]) -> int:
-        """Run the job to its end and return its exit code (128+N for signal N)."""
+        """Run the job to its end and return its exit code (128+N for signal N;
+        EXIT_HANG_ABORTED when launch ended it for a hang)."""
         process = subprocess.Popen(self.command, env=env)
+        self._process = process
 
         def forward(signum: int, _frame: Any) -> None:
+            if self._agent is not None:  # where every rank was when it was stopped
+                try:
+                    self._agent.dump_stacks(wait_s=STACKS_WAIT_S / 2)
+                except Exception as exc:
+                    self.say(f"mrcdiag: could not ask the ranks for their stacks ({exc!r})")
             process.send_signal(signum)
 
         previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -176,4 +217,6 @@ class Launcher:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        if self._aborted_for_hang:
+            return EXIT_HANG_ABORTED
         return 128 - code if code < 0 else code

@@ -68,6 +68,7 @@ class LiveAnalysis:
         link_probe: Callable[[], list[dict]] | None = None,
         node_samples: Callable[[], dict[str, pa.Table]] | None = None,
         clock: Callable[[], float] = time.time,
+        on_hang: Callable[[LiveFinding], None] | None = None,
     ) -> None:
         self.read_new = read_new
         self.job = job
@@ -78,6 +79,7 @@ class LiveAnalysis:
         self.link_probe = link_probe
         self.node_samples = node_samples
         self.clock = clock
+        self.on_hang = on_hang  # called once when a hang is found (launch --on-hang)
         self.window = RunWindow(settings.live_window_steps)
         self.window.run = run
         self.tracker = FindingTracker(settings.live_end_after_s, settings.live_line_every_s)
@@ -145,6 +147,9 @@ class LiveAnalysis:
         transitions = self.tracker.update(found, now, max(0, complete - 1), min(1.0, share))
         for t in transitions:
             self._append(t)
+        for t in transitions:
+            if t.event == STARTED and t.live.finding.kind == "hang" and self.on_hang:
+                self.on_hang(t.live)
         for t in self.tracker.lines_due(now):
             if self.say is not None:
                 self.say(self.line(t))

@@ -17,8 +17,15 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from mrcdiag.agent import http
-from mrcdiag.agent.live import LiveAnalysis, LiveFindingsCollector, live_state
-from mrcdiag.agent.sources import JobRecords, node_records_route, samples_route
+from mrcdiag.agent.live import LiveAnalysis, LiveFinding, LiveFindingsCollector, live_state
+from mrcdiag.agent.sources import (
+    JobRecords,
+    dump_all,
+    dump_route,
+    local_rank_dirs,
+    node_records_route,
+    samples_route,
+)
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.collectors.base import SampleCollector
 from mrcdiag.collectors.host import HostCollector
@@ -26,6 +33,13 @@ from mrcdiag.collectors.ranks import RankCollector
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout
 from mrcdiag.store.samples import DEFAULT_BLOCK_S, RecentSamples, SampleWriter
+
+
+def _answered(rank_dir: Path, since_unix_s: float) -> bool:
+    try:
+        return (rank_dir / layout.STACKS_FILE).stat().st_mtime >= since_unix_s
+    except OSError:
+        return False
 
 
 def default_collectors(common: dict[str, str], ranks: RankCollector | None) -> list[Any]:
@@ -83,6 +97,7 @@ class NodeAgent:
         live_interval_s: float = 2.0,
         settings: Settings = DEFAULTS,
         say: Callable[[str], None] | None = None,
+        on_hang: Callable[[LiveFinding], None] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.port = port
@@ -114,6 +129,7 @@ class NodeAgent:
         self._live_thread: threading.Thread | None = None
         self._settings = settings
         self._say = say
+        self._on_hang = on_hang
         # the samples the live analysis joins to the ranks' records (this node's, or any
         # node's through /mrcdiag/samples)
         self.recent_samples = RecentSamples(settings.live_samples_s)
@@ -128,6 +144,7 @@ class NodeAgent:
             }
             if self.run_dir is not None:
                 routes[http.RECORDS_PATH] = node_records_route(self.run_dir, self.node)
+                routes[http.DUMP_PATH] = dump_route(self.run_dir, self.node)
             server, _thread = http.serve(self.addr, self.port, self.registry, routes)
             self._server = server
             self.bound_port = server.server_address[1]
@@ -170,12 +187,26 @@ class NodeAgent:
                     world=records.world,
                     link_probe=records.link_probe,
                     node_samples=records.node_samples,
+                    on_hang=self._on_hang,
                 )
                 self.registry.register(LiveFindingsCollector(self.live, self.job))
             try:
                 self.live.tick()
             except Exception as exc:  # the job goes on; the post-run report still works
                 warn_once("live-tick", f"live analysis failed ({exc!r}); retrying")
+
+    def dump_stacks(self, wait_s: float = 0.0) -> None:
+        """Ask every rank of the job for its stacks (this node's, and through the other
+        agents theirs); wait up to wait_s for this node's ranks to answer."""
+        if self.run_dir is None:
+            return
+        asked = time.time()
+        world = self.live.window.world if self.live is not None else None
+        dump_all(self.run_dir, self.node, world)
+        deadline = asked + wait_s
+        dirs = local_rank_dirs(self.run_dir, self.node)
+        while time.time() < deadline and not all(_answered(d, asked) for d in dirs):
+            self._stop.wait(0.1)  # the ranks' writer threads answer twice a second
 
     def _live_state(self, _query: dict[str, list[str]]) -> tuple[str, str, bytes, list]:
         return http.json_body(live_state(self.live))

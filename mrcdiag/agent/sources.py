@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from mrcdiag.agent import http
+from mrcdiag.capture.stacks import request_stacks
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout
 from mrcdiag.store.records import WorldMeta
@@ -41,6 +42,44 @@ def samples_route(recent: RecentSamples) -> http.Route:
         return "200 OK", "application/octet-stream", ipc_bytes(recent.since(since)), []
 
     return route
+
+
+def dump_route(run_dir: Path, node: str) -> http.Route:
+    """/mrcdiag/dump: ask this node's ranks for their stacks (stacks.json, within a
+    second, in their own directories)."""
+
+    def route(_query: dict[str, list[str]]) -> tuple[str, str, bytes, list[tuple[str, str]]]:
+        dirs = local_rank_dirs(run_dir, node)
+        request_stacks(dirs)
+        return http.json_body({"ranks": [layout.rank_of_dir(d) for d in dirs]})
+
+    return route
+
+
+def local_rank_dirs(run_dir: Path, node: str) -> list[Path]:
+    """The rank directories under run_dir of the ranks that run on `node`."""
+    out = []
+    for rank_dir in layout.rank_dirs(run_dir):
+        try:
+            host = json.loads((rank_dir / layout.RANK_META_FILE).read_text()).get("host")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if host == node:
+            out.append(rank_dir)
+    return out
+
+
+def dump_all(run_dir: Path, node: str, world: WorldMeta | None) -> None:
+    """Ask every rank of the job for its stacks: this node's directly, the others'
+    through their agents."""
+    request_stacks(local_rank_dirs(run_dir, node))
+    for host, url in (world.agents if world else {}).items():
+        if host == node:
+            continue
+        try:
+            urllib.request.urlopen(f"{url.rstrip('/')}{http.DUMP_PATH}", timeout=PULL_TIMEOUT_S)
+        except (OSError, urllib.error.URLError) as exc:
+            warn_once(f"dump-{url}", f"cannot ask {url} for its ranks' stacks ({exc})")
 
 
 def node_records_route(run_dir: Path, node: str) -> http.Route:

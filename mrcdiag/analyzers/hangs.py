@@ -7,9 +7,12 @@ say which rank never arrived at the collective the others wait in.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.stacks import stack_groups, where_each_rank_is
 from mrcdiag.store.reader import RunData
 from mrcdiag.store.schema import OP_CODE, OPS, POINT_TO_POINT_OPS
 
@@ -48,7 +51,11 @@ def find_hangs(run: RunData) -> list[Finding]:
     # close nor that flush died on its own (kill -9, OOM, segfault): it is the lost one.
     if any(run.ranks[r].terminated for r in ended_badly):
         vanished = [r for r in ended_badly if not run.ranks[r].terminated]
-        lagging = {r: v for r, v in lagging.items() if r in vanished}
+        # A rank stopped with the others is still the lost one when they were waiting in
+        # a collective it never reached (it was stuck in its own code)
+        waited_at = {(s.get("group_name"), int(s.get("seq", -1))) for s in stuck.values()}
+        behind = [r for r, v in lagging.items() if (v["group"], v["others_at"]) in waited_at]
+        lagging = {r: v for r, v in lagging.items() if r in vanished or r in behind}
         for r in vanished:
             lagging.setdefault(
                 r,
@@ -93,9 +100,10 @@ def find_hangs(run: RunData) -> list[Finding]:
     where = ""
     if waiting:
         first = next(iter(sorted(waiting.items())))[1]
+        label = {g.name: g.label for g in run.groups}.get(str(first.get("group_name")))
         where = (
             f"; the other ranks wait in {first.get('op')} #{first.get('seq')} of group "
-            f"{first.get('group_name')} ({first.get('nbytes')} bytes)"
+            f"{label or first.get('group_name')} ({first.get('nbytes')} bytes)"
         )
     lost_desc = {
         str(r): (
@@ -122,12 +130,22 @@ def find_hangs(run: RunData) -> list[Finding]:
                 "stopped": lost_desc,
                 "waiting": waiting_desc,
                 "last_op_of_stopped": _last_op(run, lost),
+                **_stacks_evidence(run, lost),
             },
             recommendation="look at the stopped rank's own log and its node (OOM killer, "
             "segfault, preemption, lost host); the others hang until the collective times out",
         )
     )
     return findings
+
+
+def _stacks_evidence(run: RunData, ranks: list[int]) -> dict[str, Any]:
+    """Where the lost ranks stood and every rank's group by stack, where the ranks wrote
+    their stacks (launch --on-hang dump, or when launch stopped the job)."""
+    where = where_each_rank_is(run, ranks)
+    if not where:
+        return {}
+    return {"stuck_at": where, "stack_groups": stack_groups(run)}
 
 
 def _last_op(run: RunData, ranks: list[int]) -> dict[str, str]:

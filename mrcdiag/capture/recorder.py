@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mrcdiag.capture.device_timer import DeviceTimer
+from mrcdiag.capture.stacks import StackRequests
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout, records, schema
 from mrcdiag.store.schema import CollectiveRow as Row
@@ -59,6 +60,7 @@ class Recorder:
         self.closing = False  # set first thing in close(), so a signal never re-enters it
         # CUDA collectives wait here for their device times (None off the GPU).
         self.device_timer: DeviceTimer | None = None
+        self._stacks = StackRequests(rank_dir)
 
     # --- hot path ------------------------------------------------------------------
     def add_collective(self, row: tuple) -> None:
@@ -89,6 +91,10 @@ class Recorder:
             self.flush()
             if self.failed:
                 return
+            try:
+                self._stacks.serve()
+            except Exception as exc:  # a diagnosis aid: never the job's problem
+                warn_once("stacks", f"cannot write this rank's stacks ({exc!r})")
 
     def flush(self) -> None:
         """Move everything buffered so far to disk. Never raises."""

@@ -50,7 +50,7 @@ class GroupInfo:
             kind = desc.removeprefix("mesh_")
         else:
             kind = desc or f"group {self.name}"
-        return f"{kind} {_ranges(list(self.ranks))}"
+        return f"{kind} {rank_ranges(list(self.ranks))}"
 
 
 @dataclass
@@ -70,6 +70,8 @@ class RankInfo:
     disabled_reason: str | None
     terminated: bool = False  # flushed on SIGTERM: stopped by the launcher, not lost
     incomplete_records: int = 0  # async collectives that never completed before detach
+    # its threads' stacks when asked (stacks.json: on a hang, or when launch stopped it)
+    stacks: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -201,6 +203,7 @@ class RankPart:
     steps: pa.Table
     events: list[Event]
     where: str  # its directory, for messages
+    stacks: list[dict[str, Any]] | None = None  # stacks.json's threads, where written
 
 
 def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
@@ -230,7 +233,22 @@ def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
             Event.from_json(e) for e in _read_json_lines(rank_dir / layout.EVENTS_FILE, problems)
         ],
         where=str(rank_dir),
+        stacks=_read_stacks(rank_dir / layout.STACKS_FILE, problems),
     )
+
+
+def _read_stacks(path: Path, problems: list[str]) -> list[dict[str, Any]] | None:
+    if not path.exists():
+        return None
+    try:
+        threads = _read_json(path).get("threads")
+    except RunDirError as exc:
+        problems.append(str(exc))
+        return None
+    if not isinstance(threads, list):
+        problems.append(f"{path} has no list of threads; its stacks are not shown")
+        return None
+    return [t for t in threads if isinstance(t, dict) and isinstance(t.get("frames"), list)]
 
 
 def _assemble(
@@ -299,6 +317,7 @@ def assemble(
         offset = meta.clock.offset_ns
         offsets.append((offset, coll.num_rows, steps.num_rows))
         ranks[rank] = _rank_info(meta, rank, part.events, coll, steps, offset, local_groups)
+        ranks[rank].stacks = part.stacks
     collectives = _concat(coll_tables, schema.COLLECTIVE_SCHEMA)
     collectives.data["rank"] = _cat(coll_rank, np.int32)
     collectives.data["group"] = _cat(coll_group, np.int32)
@@ -308,7 +327,7 @@ def assemble(
     world_size = (world.world_size if world else 0) or max(ranks, default=-1) + 1
     missing = sorted(set(range(world_size)) - set(ranks))
     if missing:
-        problems.append(f"no data from rank(s) {_ranges(missing)} of {world_size}")
+        problems.append(f"no data from rank(s) {rank_ranges(missing)} of {world_size}")
     return RunData(
         run_dirs=[],
         run=run,
@@ -454,7 +473,7 @@ def _apply_offsets(
     steps.data["t_end_ns"] = steps["t_end_ns"] + step_off
 
 
-def _ranges(values: list[int]) -> str:
+def rank_ranges(values: list[int]) -> str:
     """[0,1,2,5] -> '0-2, 5': short lists of ranks for one-line messages."""
     parts: list[str] = []
     start = prev = None

@@ -1,0 +1,94 @@
+"""When a job hangs: every rank's stacks, the odd one out, and ending the job for it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import demo_job, report_json
+from livejob import LiveJob, step_unix_s
+
+from mrcdiag.analyzers.stacks import stack_groups
+from mrcdiag.store.reader import read_run
+from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
+
+
+def _waiting_in_a_collective(run_dir: Path, rank: int) -> bool:
+    events = run_dir / "ranks" / f"rank-{rank:05d}" / "events.jsonl"
+    return events.exists() and '"in_collective"' in events.read_text()
+
+
+@pytest.mark.slow
+def test_rank_blocked_in_its_code_is_named_with_its_frame_after_launch_is_stopped(
+    run_dir: Path,
+) -> None:
+    job = LiveJob.start(
+        run_dir, 3,
+        demo_job("--steps", "400", "--work-ms", "10", "--hang-rank", "1", "--hang-at-step", "30"),
+        extra=["--hang-after", "600"],  # the live analysis stays out of it: launch is stopped
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (_waiting_in_a_collective(run_dir, 0) and _waiting_in_a_collective(run_dir, 2)):
+            assert time.time() < deadline and job.process.poll() is None, job.said()
+            time.sleep(0.2)  # polling files the ranks write
+    finally:
+        job.process.send_signal(signal.SIGTERM)
+        job.wait(60)
+    (hang,) = [f for f in report_json(run_dir)["findings"] if f["kind"] == "hang"]
+    assert hang["ranks"] == [1] and hang["cause"] == "missing_rank", hang
+    stuck = hang["evidence"]["stuck_at"]["1"]
+    assert stuck["user_frame"].startswith("demo_job.py:") and "main" in stuck["user_frame"]
+    assert any("threading.py" in frame for frame in stuck["innermost"]), stuck
+    groups = {g["ranks"]: g for g in hang["evidence"]["stack_groups"]}
+    assert set(groups) == {"0, 2", "1"}, groups
+    assert groups["0, 2"]["user_frame"] != stuck["user_frame"]  # they wait elsewhere
+
+
+@pytest.mark.slow
+def test_on_hang_abort_ends_the_job_with_its_exit_code_and_the_run_still_reports(
+    run_dir: Path,
+) -> None:
+    hang_after_s = 5.0
+    job = LiveJob.start(
+        run_dir, 3,
+        demo_job("--steps", "400", "--work-ms", "10", "--hang-rank", "2", "--hang-at-step", "40"),
+        extra=["--hang-after", str(hang_after_s), "--on-hang", "abort"],
+    )  # fmt: skip
+    code = job.wait(180)
+    ended = time.time()
+    assert code == 75, job.said()
+    stuck_since = step_unix_s(run_dir, 2, 39, end=True)
+    assert ended - stuck_since <= hang_after_s + 15, (ended, stuck_since)
+    (hang,) = [f for f in report_json(run_dir)["findings"] if f["kind"] == "hang"]
+    assert hang["ranks"] == [2] and hang["evidence"]["stuck_at"]["2"]["user_frame"]
+
+
+def test_sixty_four_ranks_two_of_them_elsewhere_are_one_group_and_the_odd_ones(
+    tmp_path: Path,
+) -> None:
+    run_dir = write_synthetic_run(tmp_path / "run", SyntheticSpec(ranks=64, steps=10))
+
+    def frames(*where: tuple[str, int, str]) -> list[dict]:
+        return [{"file": f, "line": n, "function": name} for f, n, name in where]
+
+    waiting = frames(("/job/train.py", 80, "main"), ("/venv/site-packages/torch/x.py", 5, "wait"))
+    odd = {
+        17: frames(("/job/train.py", 61, "main"), ("/job/data.py", 12, "load_shard")),
+        42: frames(("/job/train.py", 95, "main"), ("/job/ckpt.py", 30, "save")),
+    }
+    for rank in range(64):
+        threads = [{"thread": "MainThread", "main": True, "frames": odd.get(rank, waiting)}]
+        path = run_dir / "ranks" / f"rank-{rank:05d}" / "stacks.json"
+        path.write_text(json.dumps({"t_unix_s": 0, "reason": "requested", "threads": threads}))
+    groups = stack_groups(read_run(run_dir))
+    assert [(g["ranks"], g["count"]) for g in groups] == [
+        ("0-16, 18-41, 43-63", 62),
+        ("17", 1),
+        ("42", 1),
+    ]
+    assert groups[0]["user_frame"] == "train.py:80 main"
+    assert groups[1]["user_frame"] == "data.py:12 load_shard"
