@@ -197,6 +197,13 @@ def _say(message: str) -> None:
     help="Exit with 3 when an anomaly (a straggler, slowdown, hang, slow link, throttled "
     "GPU...) reaches this severity, for CI and schedulers. Efficiency findings never do.",
 )
+@click.option(
+    "--emit",
+    type=click.Choice(["exclude"]),
+    help="Instead of the report, print the nodes to take out of the next run (from "
+    "critical anomalies and hangs only): a Slurm --exclude hostlist, kubectl cordon and "
+    "taint lines, and a plain list. Nothing when no node should go.",
+)
 def report(
     run_dirs: tuple[Path, ...],
     fmt: str,
@@ -204,6 +211,7 @@ def report(
     compare_to: Path | None,
     expected_busbw: float | None,
     fail_on: str | None,
+    emit: str | None,
 ) -> None:
     """Explain a run: what made it slow, where, and what it cost.
 
@@ -237,7 +245,12 @@ def report(
         diff = compare(analysis, baseline)
     from mrcdiag.report import render
 
-    text = render(analysis, fmt, diff, color=False if output else None)
+    if emit == "exclude":
+        from mrcdiag.report.exclude import render_exclude
+
+        text = render_exclude(analysis.findings)
+    else:
+        text = render(analysis, fmt, diff, color=False if output else None)
     if output:
         try:
             output.write_text(text, encoding="utf-8")

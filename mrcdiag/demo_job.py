@@ -15,12 +15,15 @@ import time
 
 
 def burn_cpu(milliseconds: float) -> None:
-    """Keep this core busy with real arithmetic for about `milliseconds`."""
+    """Real arithmetic for about `milliseconds` of this thread's CPU time: work, which
+    takes longer on a shared core, as a real step's compute does (a deadline on the wall
+    clock made a slow rank that shared its core with another process look like one that
+    only waited for a CPU)."""
     import torch
 
-    deadline = time.perf_counter() + milliseconds / 1000.0
+    deadline = time.thread_time() + milliseconds / 1000.0
     a = torch.randn(64, 64)
-    while time.perf_counter() < deadline:
+    while time.thread_time() < deadline:
         a = torch.tanh(a @ a)
 
 

@@ -92,3 +92,22 @@ def test_sixty_four_ranks_two_of_them_elsewhere_are_one_group_and_the_odd_ones(
     ]
     assert groups[0]["user_frame"] == "train.py:80 main"
     assert groups[1]["user_frame"] == "data.py:12 load_shard"
+
+
+def test_only_critical_anomalies_and_hangs_put_a_node_on_the_exclude_list() -> None:
+    from mrcdiag.analyzers.findings import Finding
+    from mrcdiag.report.exclude import nodes_to_exclude, render_exclude, slurm_hostlist
+
+    findings = [
+        Finding("straggler", "critical", "slow_node", 9.0, (8, 9), ("node07",)),
+        Finding("hang", "critical", "missing_rank", 1.0, (17,), ("node03",)),
+        Finding("straggler", "warning", "host_contention", 2.0, (4,), ("node02",)),
+        Finding("interconnect", "info", "exposed_communication", 5.0, (), ("node04",)),
+        Finding("slowdown", "critical", "slow_compute", 30.0, (0, 1)),
+    ]
+    assert nodes_to_exclude(findings) == ["node03", "node07"]
+    text = render_exclude(findings)
+    assert "--exclude=node[03,07]" in text
+    assert "kubectl cordon node03 && kubectl taint nodes node03 " in text
+    assert render_exclude(findings[2:]) == ""
+    assert slurm_hostlist(["gpu1", "gpu2", "gpu3", "gpu10", "login"]) == "gpu[1-3,10],login"

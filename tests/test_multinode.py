@@ -11,6 +11,7 @@ from conftest import (
     demo_job,
     job_env,
     live_warnings_of_a_clean_run,
+    mrcdiag,
     report_json,
     warnings_of_a_clean_run,
 )
@@ -44,6 +45,7 @@ def test_clean_run_on_three_hosts_merges_and_has_no_warning(tmp_path: Path) -> N
     report = report_json(*run_dirs)
     assert warnings_of_a_clean_run(report) == []
     assert live_warnings_of_a_clean_run(run_dirs[0]) == []
+    assert _emit_exclude(run_dirs) == ""
     assert set(run.node_samples) == {"host0", "host1", "host2"}
     for host, samples in run.node_samples.items():  # each host's own NIC, in the run data
         sent = samples["value"][
@@ -51,6 +53,12 @@ def test_clean_run_on_three_hosts_merges_and_has_no_warning(tmp_path: Path) -> N
             & (samples["labels"] == "nic=eth0")
         ]
         assert len(sent) >= 2 and sent[-1] > sent[0], host
+
+
+def _emit_exclude(run_dirs: list[Path]) -> str:
+    result = mrcdiag("report", *map(str, run_dirs), "--emit", "exclude")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def _live(run_dirs: list[Path]) -> list[dict]:
@@ -100,6 +108,14 @@ def test_every_rank_of_one_host_burning_cpu_is_one_slow_node(tmp_path: Path) -> 
     ], serious
     live = [(f["kind"], f["cause"], f["nodes"]) for f in _live(run_dirs)]
     assert ("straggler", "slow_node", ["host1"]) in live, live
+    # a critical slow node is one to take out of the next run, in each scheduler's form
+    assert stragglers[0]["severity"] == "critical", stragglers[0]
+    emitted = _emit_exclude(run_dirs)
+    assert "--exclude=host1" in emitted
+    assert "kubectl cordon host1 && kubectl taint nodes host1 " in emitted
+    assert [line for line in emitted.splitlines() if not line.startswith(("#", "-", "k"))] == [
+        "host1"
+    ]
     meta = json.loads((run_dirs[1] / "ranks" / "rank-00002" / "rank.json").read_text())
     assert meta["host"] == "host1"
 
