@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slowdown-ms", type=float, default=0.0)
     p.add_argument("--die-rank", type=int, default=-1, help="this rank SIGKILLs itself")
     p.add_argument("--die-at-step", type=int, default=-1)
+    p.add_argument("--raise-rank", type=int, default=-1, help="this rank raises an error")
+    p.add_argument("--raise-at-step", type=int, default=-1)
     p.add_argument("--hang-rank", type=int, default=-1, help="this rank blocks forever")
     p.add_argument("--hang-at-step", type=int, default=-1)
     p.add_argument(
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     for step, batch in enumerate(loader):
         if step == args.die_at_step and rank == args.die_rank:
             os.kill(os.getpid(), 9)
+        if step == args.raise_at_step and rank == args.raise_rank:
+            raise RuntimeError(f"injected failure on rank {rank} at step {step}")
         if step == args.hang_at_step and rank == args.hang_rank:
             threading.Event().wait()  # stuck in its own code: a deadlock, a dead mount
         burn_cpu(args.work_ms)

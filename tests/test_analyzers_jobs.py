@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -150,6 +151,28 @@ def test_killed_rank_is_a_hang_naming_it_and_where_the_others_wait(run_dir: Path
     assert hangs[0]["severity"] == "critical" and hangs[0]["cause"] == "missing_rank"
     stopped = hangs[0]["evidence"]["stopped"]["2"]
     assert stopped["last_seq"] < stopped["others_reached"]
+    said = re.search(
+        r"rank 2 ended without a trace after step (\d+) \(killed by a signal", hangs[0]["summary"]
+    )
+    # the step it died in (40) less what it had not yet written (at most half a second)
+    assert said and 20 <= int(said.group(1)) < 40, hangs[0]["summary"]
+
+
+def test_rank_that_raises_is_named_with_its_error_and_step(run_dir: Path) -> None:
+    result = launch(
+        run_dir,
+        3,
+        demo_job("--steps", "400", "--work-ms", "10", "--raise-rank", "1", "--raise-at-step", "25"),
+        timeout=180,
+    )
+    assert result.returncode != 0
+    hangs = [f for f in report_json(run_dir)["findings"] if f["kind"] == "hang"]
+    assert len(hangs) == 1 and hangs[0]["ranks"] == [1], hangs
+    assert hangs[0]["cause"] == "rank_failed" and hangs[0]["severity"] == "critical"
+    assert (
+        "rank 1 failed at step 25: RuntimeError: injected failure on rank 1 at step 25"
+        in hangs[0]["summary"]
+    ), hangs[0]["summary"]
 
 
 @pytest.mark.parametrize("attempt", [1, 2])

@@ -67,7 +67,7 @@ def find_hangs(run: RunData) -> list[Finding]:
                     "others_at": max(last_seq.values(), default=0),
                 },
             )
-    lost = sorted(set(lagging) | set(missing))
+    lost = _root_causes(run, sorted(set(lagging) | set(missing)))
     if not lost:
         # Everyone stopped together (the whole job was killed): say so, mildly.
         if ended_badly and len(ended_badly) == len(run.ranks):
@@ -121,11 +121,13 @@ def find_hangs(run: RunData) -> list[Finding]:
         Finding(
             kind="hang",
             severity="critical",
-            cause="missing_rank",
+            cause="rank_failed"
+            if any(run.ranks.get(r) and run.ranks[r].failure for r in lost)
+            else "missing_rank",
             time_lost_s=max(0.0, (last_seen - end_of_lost) / 1e9) if end_of_lost else 0.0,
             ranks=tuple(lost),
             nodes=tuple(sorted({run.host_of(r) for r in lost if r in run.ranks})),
-            summary=f"rank {', '.join(map(str, lost))} stopped early{where}",
+            summary=_how_they_ended(run, lost) + where,
             evidence={
                 "stopped": lost_desc,
                 "waiting": waiting_desc,
@@ -137,6 +139,51 @@ def find_hangs(run: RunData) -> list[Finding]:
         )
     )
     return findings
+
+
+def _root_causes(run: RunData, lost: list[int]) -> list[int]:
+    """The ranks that ended first. When one rank dies, its peers' collectives fail with
+    it ("connection closed by peer"), so their exceptions are consequences: a rank that
+    left no trace (a signal it could not catch) is the cause before any that raised, and
+    of those that raised, the first (within a second) are."""
+    failed = {r: run.ranks[r].failure for r in lost if r in run.ranks and run.ranks[r].failure}
+    if not failed:
+        return lost
+    silent = [r for r in lost if r in run.ranks and r not in failed and not run.ranks[r].terminated]
+    if silent:
+        return [r for r in lost if r not in failed]
+    first_ns = min(int(f.get("t_ns", 0)) for f in failed.values())
+    return [r for r in lost if r not in failed or int(failed[r].get("t_ns", 0)) <= first_ns + 10**9]
+
+
+def _how_they_ended(run: RunData, lost: list[int]) -> str:
+    """One clause per lost rank: the exception it died of, or that it left no trace (a
+    signal no process can catch: SIGKILL, most often the kernel's OOM killer, or a crash
+    in native code), with the step it was in."""
+    parts = []
+    for r in lost:
+        info = run.ranks.get(r)
+        if info is None:
+            parts.append(f"rank {r} never recorded")
+            continue
+        mine = run.steps["rank"] == r
+        last = int(run.steps["step"][mine].max()) if mine.any() else -1
+        if info.failure:
+            f = info.failure
+            inside = f.get("in_collective") or {}
+            where = f" in {inside.get('op')} #{inside.get('seq')}" if inside else ""
+            parts.append(
+                f"rank {r} failed at step {f.get('step', last + 1)}{where}: {f.get('error', '?')}"
+            )
+        elif not info.terminated and not info.closed_cleanly:
+            # its last half-second of records went with it: the step is a lower bound
+            parts.append(
+                f"rank {r} ended without a trace after step {last} (killed by a signal it "
+                "could not catch: SIGKILL, the out-of-memory killer, or a crash)"
+            )
+        else:
+            parts.append(f"rank {r} stopped early after step {last}")
+    return "; ".join(parts)
 
 
 def _stacks_evidence(run: RunData, ranks: list[int]) -> dict[str, Any]:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sys
 import threading
+import traceback
 from typing import Any
 
 from mrcdiag.capture.recorder import Recorder
-from mrcdiag.capture.wrappers import Session, set_session, take_session
+from mrcdiag.capture.wrappers import Session, current_session, set_session, take_session
 from mrcdiag.log import warn_once
-from mrcdiag.store import layout
+from mrcdiag.store import layout, records, schema
+from mrcdiag.store.schema import CollectiveRow as Row
 
 # Set by `mrcdiag launch --verify-capture`: dump PyTorch's flight recorder at detach.
 VERIFY_ENV = "MRCDIAG_VERIFY_CAPTURE"
@@ -29,7 +32,39 @@ def start_session(recorder: Recorder, dist: Any, rank: int) -> Session:
     set_session(session)
     atexit.register(detach)
     _flush_on_sigterm()
+    _note_uncaught_exceptions()
     return session
+
+
+def _note_uncaught_exceptions() -> None:
+    """A rank that dies of an exception says so (its last line, the step, the collective
+    it was in) before exit closes its records, which would otherwise look clean."""
+    previous = sys.excepthook
+
+    def hook(exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            session = current_session()
+            if session is not None:
+                inflight = session.recorder.inflight
+                where = {}
+                if inflight is not None:
+                    where = {
+                        "op": schema.OPS[inflight[Row.OP]],
+                        "group": inflight[Row.GROUP],
+                        "seq": inflight[Row.SEQ],
+                    }
+                line = traceback.format_exception_only(exc_type, exc)[-1].strip()
+                session.recorder.event(
+                    records.EVENT_EXCEPTION,
+                    error=line[:500],
+                    step=session.steps.index,
+                    **({"in_collective": where} if where else {}),
+                )
+        except Exception as exc_inner:  # the job's own traceback still comes first
+            warn_once("excepthook", f"could not note the exception ({exc_inner!r})")
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def _flush_on_sigterm() -> None:

@@ -72,6 +72,7 @@ class RankInfo:
     incomplete_records: int = 0  # async collectives that never completed before detach
     # its threads' stacks when asked (stacks.json: on a hang, or when launch stopped it)
     stacks: list[dict[str, Any]] | None = None
+    failure: dict[str, Any] | None = None  # the exception it died of (error, step, ...)
 
 
 @dataclass
@@ -422,6 +423,14 @@ def _rank_info(
     disabled = next(
         (e.fields.get("reason") for e in events if e.name == records.EVENT_DISABLED), None
     )
+    failure = next(
+        (
+            {**e.fields, "t_ns": e.t_ns + offset}
+            for e in reversed(events)
+            if e.name == records.EVENT_EXCEPTION
+        ),
+        None,
+    )
     last = 0
     if coll.num_rows:
         last = max(last, int(np.max(coll.column("t_arrive_ns").to_numpy())) + offset)
@@ -435,7 +444,7 @@ def _rank_info(
         clock_offset_ns=offset,
         clock_uncertainty_ns=meta.clock.uncertainty_ns,
         clock_method=meta.clock.method,
-        closed_cleanly=records.EVENT_CLOSED in names,
+        closed_cleanly=records.EVENT_CLOSED in names and failure is None,
         dropped_records=dropped,
         attached_ns=meta.attached_monotonic_ns + offset,
         last_record_ns=last,
@@ -445,6 +454,7 @@ def _rank_info(
         incomplete_records=max(
             (int(e.fields.get("incomplete", 0) or 0) for e in events), default=0
         ),
+        failure=failure,
     )
 
 

@@ -210,6 +210,7 @@ EVENT_DROPPED = "dropped"  # records: how many were dropped so far
 EVENT_DISABLED = "disabled"  # reason: why recording stopped early
 EVENT_IN_COLLECTIVE = "in_collective"  # op, group, seq, nbytes, t_arrive_ns: stuck there
 EVENT_DEVICE_TIMING_OFF = "device_timing_off"  # reason
+EVENT_EXCEPTION = "exception"  # error (its last line), step, in_collective: died of it
 
 
 @dataclass(frozen=True)
