@@ -15,15 +15,18 @@ import time
 
 
 def burn_cpu(milliseconds: float) -> None:
-    """Real arithmetic for about `milliseconds` of this thread's CPU time: work, which
-    takes longer on a shared core, as a real step's compute does (a deadline on the wall
-    clock made a slow rank that shared its core with another process look like one that
-    only waited for a CPU)."""
+    """Keep this core busy with real arithmetic for about `milliseconds` of wall time.
+
+    A deadline on the wall clock, not on CPU time: on a shared core the work then takes
+    as long as asked wherever the scheduler puts the other process, so a test's verdict
+    does not hang on where it lands (with CPU time, a busy loop that moved onto one
+    rank's core partway made a clean run "slow down"). `fixed_work` is the other kind.
+    """
     import torch
 
-    deadline = time.thread_time() + milliseconds / 1000.0
+    deadline = time.perf_counter() + milliseconds / 1000.0
     a = torch.randn(64, 64)
-    while time.thread_time() < deadline:
+    while time.perf_counter() < deadline:
         a = torch.tanh(a @ a)
 
 

@@ -121,11 +121,14 @@ def warnings_of_a_clean_run(report: dict) -> list[dict]:
     return [
         f
         for f in report["findings"]
-        if f["severity"] in ("warning", "critical") and not _from_a_tenant(f)
+        if f["severity"] in ("warning", "critical") and not tenant_explains(f)
     ]
 
 
-def _from_a_tenant(f: dict) -> bool:
+def tenant_explains(f: dict) -> bool:
+    """A host_contention finding whose rank's thread waited for a CPU, beyond its peers,
+    for at least half of its lateness: another process on its core, as the suite's
+    busy loop is."""
     e = f["evidence"]
     extra_wait_ms = e.get("step_cpu_wait_ms", 0) - e.get("step_cpu_wait_ms_others", 0)
     late_ms = e.get("median_own_work_lateness_ms", float("inf"))
@@ -140,5 +143,5 @@ def live_warnings_of_a_clean_run(run_dir: Path) -> list[dict]:
     return [
         x["finding"]
         for x in lines
-        if x["event"] in ("start", "change") and not _from_a_tenant(x["finding"])
+        if x["event"] in ("start", "change") and not tenant_explains(x["finding"])
     ]
