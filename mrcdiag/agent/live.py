@@ -40,7 +40,7 @@ from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.common import job_step_time
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
-from mrcdiag.analyzers.slowdown import find_slowdowns
+from mrcdiag.analyzers.slowdown import find_slowdowns, slowdown_severity
 from mrcdiag.log import warn_once
 from mrcdiag.store.reader import samples_columns
 from mrcdiag.store.records import RunMeta, WorldMeta
@@ -141,7 +141,7 @@ class LiveAnalysis:
                     f = shift_steps(f, w.first_step)
                     found.append(f)
                     self._note_share(f, job_time_s)
-            found += self._slowdowns(analysis.matrix, w, job)
+            found += [f for f in self._slowdowns(analysis.matrix, w, job) if worth_a_line(f)]
             self.rank_rows = _rank_rows(analysis.matrix, w, settings.warmup_steps)
             self.recent_step_s = [round(float(v), 6) for v in job[-RECENT_PACE_STEPS * 3 :]]
         transitions = self.tracker.update(found, now, max(0, complete - 1), min(1.0, share))
@@ -203,7 +203,11 @@ class LiveAnalysis:
                     self._hold(shift_steps(found[0], w.first_step))
             return [self._slowdown_now(x)]
         found = find_slowdowns(m, settings)
-        if not found:
+        # live, the change must have held for twice the post-run's shortest side: the
+        # newest steps of a window are where a shared machine's hiccups sit
+        if not found or w.complete_steps - found[0].evidence["start_step"] < 2 * (
+            s.slowdown_min_side_steps
+        ):
             return []
         self._hold(shift_steps(found[0], w.first_step))
         self._earliest = self._slowdown_onset or 0
@@ -221,7 +225,9 @@ class LiveAnalysis:
         lost = float(np.nansum(np.maximum(x[onset:] - before, 0)))
         now_ms = float(np.nanmedian(x[-RECENT_PACE_STEPS:])) * 1e3
         evidence = {**self._slowdown.evidence, "step_time_now_ms": round(now_ms, 3)}
-        return replace(self._slowdown, time_lost_s=lost, evidence=evidence)
+        after = self._slowdown.evidence.get("step_time_after_ms", 0) / 1e3
+        severity = slowdown_severity(after / before if before > 0 else 1.0, lost, self.settings)
+        return replace(self._slowdown, time_lost_s=lost, evidence=evidence, severity=severity)
 
     # --- what it says ------------------------------------------------------------------
     def _append(self, t: Transition) -> None:

@@ -67,6 +67,15 @@ def is_slower(before: np.ndarray, after: np.ndarray, settings: Settings) -> bool
     return b > 0 and a / b >= settings.slowdown_min_ratio and (a - b) >= shift_needed
 
 
+def slowdown_severity(ratio: float, lost_s: float, settings: Settings) -> str:
+    """critical from 1.5x the pace before; info while it has cost the job less than
+    Settings.min_warning_lost_s in all (as for a straggler: a shared machine's pace moves
+    by a third for a few dozen steps now and then, a fault worth seeing costs more)."""
+    if lost_s < settings.min_warning_lost_s:
+        return "info"
+    return "critical" if ratio >= settings.slowdown_critical_ratio else "warning"
+
+
 def describe_slowdown(
     m: RankStepMatrix, before: np.ndarray, after: np.ndarray, settings: Settings
 ) -> Finding | None:
