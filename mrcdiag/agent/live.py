@@ -134,14 +134,16 @@ class LiveAnalysis:
             analysis = analyze(w.run, settings=settings, live_now_ns=self._aligned_now_ns(now))
             job = job_step_time(analysis.matrix.duration_s[:, : w.complete_steps])
             steady = job[settings.warmup_steps :]
-            job_time_s = float(np.nansum(steady)) if np.isfinite(steady).any() else 0.0
-            self.step_time_s = float(np.nanmedian(steady)) if np.isfinite(steady).any() else 0.0
+            known = bool(np.isfinite(steady).any())
+            job_time_s = float(np.nansum(steady)) if known else 0.0
+            self.step_time_s = float(np.nanmedian(steady)) if known else 0.0
             for f in analysis.findings:
                 if worth_a_line(f):
                     f = shift_steps(f, w.first_step)
                     found.append(f)
                     self._note_share(f, job_time_s)
-            found += [f for f in self._slowdowns(analysis.matrix, w, job) if worth_a_line(f)]
+            slowdowns = self._slowdowns(analysis.matrix, w, job, settings)
+            found += [f for f in slowdowns if worth_a_line(f)]
             self.rank_rows = _rank_rows(analysis.matrix, w, settings.warmup_steps)
             self.recent_step_s = [round(float(v), 6) for v in job[-RECENT_PACE_STEPS * 3 :]]
         transitions = self.tracker.update(found, now, max(0, complete - 1), min(1.0, share))
@@ -176,11 +178,14 @@ class LiveAnalysis:
             self.share_of_step[finding_key(f)] = f.time_lost_s / job_time_s
 
     # --- slowdowns: found in the window, then held against the pace before ---------
-    def _slowdowns(self, m: Any, w: Window, job_in_window: np.ndarray) -> list[Finding]:
+    def _slowdowns(
+        self, m: Any, w: Window, job_in_window: np.ndarray, settings: Settings
+    ) -> list[Finding]:
         """Each tick the post-run test runs over the window's steps (slowdown.find_slowdowns:
         the best split of the job's step times, 15% and beyond the noise, on every rank);
         a slowdown it finds then lasts, after the window has slid past its onset, until
-        the pace is back within half the smallest shift of the pace before it."""
+        the pace is back within half the smallest shift of the pace before it. `settings`
+        are the window's (its warm-up counted from the window's first step)."""
         s = self.settings
         series = self._job_step_s
         for col, value in enumerate(job_in_window):
@@ -189,7 +194,6 @@ class LiveAnalysis:
                 series.extend([np.nan] * (step + 1 - len(series)))
             series[step] = float(value)
         x = np.array(series)
-        settings = replace(s, warmup_steps=max(0, s.warmup_steps - w.first_step))
         if self._slowdown is not None:
             before_s = self._slowdown.evidence.get("step_time_before_ms", 0) / 1e3
             back = before_s * (1 + (s.slowdown_min_ratio - 1) / 2)

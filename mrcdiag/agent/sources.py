@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from mrcdiag.agent import http
+from mrcdiag.analyzers.settings import DEFAULTS
 from mrcdiag.capture.stacks import request_stacks
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout
@@ -146,18 +147,24 @@ class AgentPull:
 class JobRecords:
     """The job's records as the live analysis on this node sees them."""
 
-    def __init__(self, run_dir: Path, node: str, samples: RecentSamples | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        node: str,
+        samples: RecentSamples | None = None,
+        keep_samples_s: float = DEFAULTS.live_samples_s,
+    ) -> None:
         self.run_dir = run_dir
         self.node = node
         self.local = DirTail(run_dir)
         self.remote: dict[str, AgentPull] = {}
         self._world: WorldMeta | None = None
         self._samples = samples  # this node's, where an agent keeps them
+        self._keep_samples_ns = int(keep_samples_s * 1e9)
         self._samples_of: dict[str, list[pa.Table]] = {}  # host -> recent samples
 
     def node_samples(self) -> dict[str, pa.Table]:
         """Each node's recent samples: this node's from its agent, the others' pulled."""
-        keep_ns = int(self._samples.keep_ns) if self._samples is not None else 0
         if self._samples is not None:
             self._samples_of[self.node] = [self._samples.since(-1)]
         for host, pull in self.remote.items():
@@ -167,7 +174,7 @@ class JobRecords:
                 parts.append(table)
                 newest = int(pc.max(table.column("t_ns")).as_py())
                 kept = pa.concat_tables(parts)
-                kept = kept.filter(pc.greater(kept.column("t_ns"), newest - keep_ns))
+                kept = kept.filter(pc.greater(kept.column("t_ns"), newest - self._keep_samples_ns))
                 self._samples_of[host] = [kept]
         return {host: parts[0] for host, parts in self._samples_of.items() if parts}
 

@@ -197,10 +197,11 @@ def _onset_step(f: Finding, newest_step: int) -> int:
     for key in ("start_step", "first_step"):
         if isinstance(ev.get(key), int):
             return int(ev[key])
-    for key in ("straggling_steps", "steps"):
-        text = ev.get(key) or (ev.get("pattern") or {}).get(key) if isinstance(ev, dict) else None
-        if isinstance(text, str) and re.match(r"^\d+", text):
-            return int(re.match(r"^\d+", text).group(0))
+    pattern = ev.get("pattern") if isinstance(ev.get("pattern"), dict) else {}
+    for text in (ev.get("straggling_steps"), pattern.get("steps")):
+        first = re.match(r"\d+", text) if isinstance(text, str) else None
+        if first:
+            return int(first.group(0))
     return newest_step
 
 

@@ -60,7 +60,7 @@ def _note_uncaught_exceptions() -> None:
                     step=session.steps.index,
                     **({"in_collective": where} if where else {}),
                 )
-        except Exception as exc_inner:  # the job's own traceback still comes first
+        except Exception as exc_inner:  # the job's own traceback is printed all the same
             warn_once("excepthook", f"could not note the exception ({exc_inner!r})")
         previous(exc_type, exc, tb)
 

@@ -254,9 +254,8 @@ class RunWindow:
         self.world: WorldMeta | None = None
         self.link_probe: list[dict[str, Any]] = []  # probe.json's pairs, once written
 
-    def add(self, deltas: Iterable[RankDelta]) -> int:
-        """Fold deltas in; returns the number of new step rows."""
-        new_steps = 0
+    def add(self, deltas: Iterable[RankDelta]) -> None:
+        """Fold deltas in."""
         for d in deltas:
             w = self.ranks.setdefault(d.meta.rank, _RankWindow(d.meta))
             w.meta = d.meta
@@ -272,11 +271,9 @@ class RunWindow:
                 )
             if d.steps.num_rows:
                 w.steps.append(d.steps)
-                new_steps += d.steps.num_rows
                 w.newest_step = max(w.newest_step, int(np.max(d.steps.column("step"))))
                 w.last_record_ns = max(w.last_record_ns, int(np.max(d.steps.column("t_end_ns"))))
         self._trim()
-        return new_steps
 
     def _trim(self) -> None:
         """Drop what has left the window; a rank's tables are rewritten only once they
@@ -299,10 +296,6 @@ class RunWindow:
             )
             coll = coll.filter(pa.array(keep))
             w.collectives = [coll] if coll.num_rows else []
-
-    @property
-    def newest_step(self) -> int:
-        return max((w.newest_step for w in self.ranks.values()), default=-1)
 
     def window(self) -> Window:
         """The window as run data, steps from the oldest step any rank still holds."""
