@@ -96,7 +96,7 @@ def test_every_rank_of_one_host_burning_cpu_is_one_slow_node(tmp_path: Path) -> 
             hosts,
             2,
             demo_job(
-                "--steps", "120", "--work-ms", "5", "--slow-host-rank", "2", "--slow-ms", "20"
+                "--steps", "120", "--work-ms", "5", "--slow-host-rank", "2", "--slow-ms", "40"
             ),
             job_env(),
             timeout=240,

@@ -26,6 +26,9 @@ LIVE_PATH = "/mrcdiag/live"
 SAMPLES_PATH = "/mrcdiag/samples"
 DUMP_PATH = "/mrcdiag/dump"
 CURSOR_HEADER = "X-Mrcdiag-Cursor"
+# "1" on a records answer once this node's job has ended: after an answer with nothing
+# new and this header, the caller has every record the node will ever have
+ENDED_HEADER = "X-Mrcdiag-Ended"
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):

@@ -7,6 +7,7 @@ once; the agent knows nothing of how they gather.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from mrcdiag.agent import http
 from mrcdiag.agent.live import LiveAnalysis, LiveFinding, LiveFindingsCollector, live_state
 from mrcdiag.agent.sources import (
+    Ending,
     JobRecords,
     dump_all,
     dump_route,
@@ -133,6 +135,8 @@ class NodeAgent:
         # the samples the live analysis joins to the ranks' records (this node's, or any
         # node's through /mrcdiag/samples)
         self.recent_samples = RecentSamples(settings.live_samples_s)
+        self._ending = Ending()  # the job's end, and the analysis having read all of it
+        self._records: JobRecords | None = None
 
     def start(self) -> str | None:
         """Serve /metrics (if a port was given) and start sampling; returns the URL."""
@@ -143,7 +147,9 @@ class NodeAgent:
                 http.SAMPLES_PATH: samples_route(self.recent_samples),
             }
             if self.run_dir is not None:
-                routes[http.RECORDS_PATH] = node_records_route(self.run_dir, self.node)
+                routes[http.RECORDS_PATH] = node_records_route(
+                    self.run_dir, self.node, self._ending
+                )
                 routes[http.DUMP_PATH] = dump_route(self.run_dir, self.node)
             server, _thread = http.serve(self.addr, self.port, self.registry, routes)
             self._server = server
@@ -173,7 +179,7 @@ class NodeAgent:
     def _live_loop(self) -> None:
         """Wait until this node is the one to analyse the job, then tick until stopped."""
         assert self.run_dir is not None
-        records = JobRecords(self.run_dir, self.node, self.recent_samples)
+        records = self._records = JobRecords(self.run_dir, self.node, self.recent_samples)
         while not self._stop.wait(self.live_interval_s):
             if self.live is None:
                 if not records.analysed_here():
@@ -194,6 +200,33 @@ class NodeAgent:
                 self.live.tick()
             except Exception as exc:  # the job goes on; the post-run report still works
                 warn_once("live-tick", f"live analysis failed ({exc!r}); retrying")
+
+    def _drain_remote_nodes(self) -> None:
+        """Keep reading until every other node's agent says its job ended and nothing
+        new is left (their ranks' last records are written when their jobs exit, which
+        may be after this one's), or live_drain_s."""
+        deadline = time.monotonic() + self._settings.live_drain_s
+        records, live = self._records, self.live
+        while records is not None and live is not None and records.remote:
+            live.tick()
+            if records.remote_complete() or time.monotonic() > deadline:
+                return
+            time.sleep(0.25)
+
+    def _read_elsewhere(self) -> bool:
+        """This node's ranks are part of a larger job whose analysis, on another node,
+        pulls their records from this agent."""
+        if not self._live_wanted or self._server is None or self.run_dir is None:
+            return False
+        dirs = local_rank_dirs(self.run_dir, self.node)
+        world = 0
+        for rank_dir in dirs:
+            try:
+                meta = json.loads((rank_dir / layout.RANK_META_FILE).read_text())
+                world = max(world, int(meta.get("world_size") or 0))
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue
+        return 0 < len(dirs) < world
 
     def dump_stacks(self, wait_s: float = 0.0) -> None:
         """Ask every rank of the job for its stacks (this node's, and through the other
@@ -242,6 +275,10 @@ class NodeAgent:
                 return
 
     def stop(self) -> None:
+        """The job has ended: the last samples, the live analysis's last word, and (on a
+        node whose records another node's agent analyses) until that agent has read them
+        all, or live_drain_s."""
+        self._ending.ended.set()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -249,9 +286,12 @@ class NodeAgent:
             self._live_thread.join(timeout=10)
             if self.live is not None:
                 try:
+                    self._drain_remote_nodes()
                     self.live.finish()  # what the last seconds said, and the ends
                 except Exception as exc:
                     warn_once("live-tick", f"live analysis failed ({exc!r})")
+            elif self._read_elsewhere():
+                self._ending.drained.wait(self._settings.live_drain_s)
         try:
             self.sample_once()  # the last seconds of the job
         except Exception:

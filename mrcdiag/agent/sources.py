@@ -11,6 +11,7 @@ from their agents, whose URLs the ranks exchanged at attach (world.json "agents"
 from __future__ import annotations
 
 import json
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -83,7 +84,16 @@ def dump_all(run_dir: Path, node: str, world: WorldMeta | None) -> None:
             warn_once(f"dump-{url}", f"cannot ask {url} for its ranks' stacks ({exc})")
 
 
-def node_records_route(run_dir: Path, node: str) -> http.Route:
+class Ending:
+    """A node's job has ended (`ended`), and the job's analysis has since read every
+    record of this node's ranks (`drained`): the agent waits for that before it exits."""
+
+    def __init__(self) -> None:
+        self.ended = threading.Event()
+        self.drained = threading.Event()
+
+
+def node_records_route(run_dir: Path, node: str, ending: Ending | None = None) -> http.Route:
     """/mrcdiag/records?cursor=JSON: this node's ranks' records after the cursor."""
 
     def route(query: dict[str, list[str]]) -> tuple[str, str, bytes, list[tuple[str, str]]]:
@@ -93,17 +103,22 @@ def node_records_route(run_dir: Path, node: str) -> http.Route:
             raise ValueError("cursor must be the JSON the last answer's header gave") from None
         if not isinstance(cursor, dict):
             raise ValueError("cursor must be a JSON object")
+        ended = ending is not None and ending.ended.is_set()  # before the read: no race
         tail = DirTail(run_dir, host=node)
         tail.seek(cursor)
+        before = tail.cursor()
         body = encode_deltas(tail.read_new())
-        return (
-            "200 OK",
-            "application/octet-stream",
-            body,
-            [(http.CURSOR_HEADER, json.dumps(tail.cursor()))],
-        )
+        after = tail.cursor()
+        if ended and after == before:
+            ending.drained.set()
+        headers = [(http.CURSOR_HEADER, json.dumps(after))]
+        return "200 OK", "application/octet-stream", body, [*headers, _ended_header(ended)]
 
     return route
+
+
+def _ended_header(ended: bool) -> tuple[str, str]:
+    return (http.ENDED_HEADER, "1" if ended else "0")
 
 
 class AgentPull:
@@ -113,8 +128,13 @@ class AgentPull:
         self.url = url.rstrip("/")
         self.cursor: dict[str, list[int]] = {}
         self.samples_after_ns = -1
+        # the node's job had ended and the last answer had nothing new: all is here
+        self.complete = False
+        self.reachable = True
 
     def read_samples(self) -> pa.Table | None:
+        if self.complete:  # its job has ended and its agent may be gone
+            return None
         try:
             with urllib.request.urlopen(
                 f"{self.url}{http.SAMPLES_PATH}?since_ns={self.samples_after_ns}",
@@ -129,6 +149,8 @@ class AgentPull:
         return table
 
     def read_new(self) -> list[RankDelta]:
+        if self.complete:
+            return []
         query = urllib.parse.urlencode({"cursor": json.dumps(self.cursor)})
         try:
             with urllib.request.urlopen(
@@ -136,10 +158,14 @@ class AgentPull:
             ) as answer:
                 body = answer.read()
                 cursor = json.loads(answer.headers.get(http.CURSOR_HEADER) or "{}")
+                ended = answer.headers.get(http.ENDED_HEADER) == "1"
             deltas = decode_deltas(body)
         except (OSError, ValueError, urllib.error.URLError) as exc:
             warn_once(f"pull-{self.url}", f"cannot read records from {self.url} ({exc}); retrying")
+            self.reachable = False
             return []
+        self.reachable = True
+        self.complete = ended and cursor == self.cursor
         self.cursor = cursor
         return deltas
 
@@ -201,6 +227,11 @@ class JobRecords:
         if world is None:
             return False
         return any(0 in ranks for host, ranks in world.ranks_per_host.items() if host == self.node)
+
+    def remote_complete(self) -> bool:
+        """Every other node's job has ended and its records are all here (or the node no
+        longer answers): nothing more will come."""
+        return all(p.complete or not p.reachable for p in self.remote.values())
 
     def read_new(self) -> list[RankDelta]:
         deltas = self.local.read_new()

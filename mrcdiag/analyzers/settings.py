@@ -84,6 +84,9 @@ class Settings:
     # Live analysis (agent/live.py)
     live_window_steps: int = 60  # the recent steps each live analysis looks at
     live_end_after_s: float = 6.0  # a finding absent this long has ended
+    # at the job's end, how long the analysing agent waits for the other nodes' last
+    # records, and they for it to read them
+    live_drain_s: float = 10.0
     live_line_every_s: float = 30.0  # at most one line per finding on stderr in this time
     hang_after_s: float = 60.0  # ranks waiting this long for others that never came
     live_samples_s: float = 120.0  # node samples (GPU, host, fabric) the analysis keeps

@@ -74,14 +74,9 @@ def find_stragglers(
             arrives_late = np.nanmedian(arrival, axis=1) > 0
         behind_by_window.append(behind)
         median_by_window.append(med)
-        spread = robust_sigma(med) if len(m.ranks) >= 5 else 0.0
-        centre = float(np.nanmedian(med)) if len(m.ranks) >= 5 else 0.0
-        for row in np.flatnonzero(
-            (med >= floor)
-            & (behind >= settings.persistence_ratio)
-            & arrives_late
-            & (med - centre > settings.outlier_sigmas * spread)
-        ):
+        candidate = (med >= floor) & (behind >= settings.persistence_ratio) & arrives_late
+        centre, spread = _peers_spread(med, candidate)
+        for row in np.flatnonzero(candidate & (med - centre > settings.outlier_sigmas * spread)):
             flagged.setdefault(int(row), set()).add(index)
     n_windows = len(all_windows)
     needed = 1 if n_windows <= 2 else 2
@@ -131,6 +126,19 @@ def find_stragglers(
             findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s, settings))
     findings += _episodic(run, m, lasting, cols, floor, step_s, run_s, settings)
     return [_where_waited(run, inst, f) for f in _host_contention(run, findings, settings)]
+
+
+def _peers_spread(med: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """(centre, robust sigma) of the ranks' median lateness in a window, against which a
+    candidate must stand out (with five ranks or more; (0, 0) below). Measured on the
+    ranks that are not candidates where three or more are left: the slow ranks
+    themselves must not widen the yardstick (both ranks of a slow node among six made
+    the MAD of all six 6 ms, and 20 ms of lateness less than six of them)."""
+    if len(med) < 5:
+        return 0.0, 0.0
+    peers = med[~candidate & ~np.isnan(med)]
+    basis = peers if len(peers) >= 3 else med
+    return float(np.nanmedian(basis)), robust_sigma(basis)
 
 
 def _where_waited(run: RunData, inst: Instances, finding: Finding) -> Finding:
