@@ -87,15 +87,23 @@ def collective_instances(run: RunData) -> Instances:
 def median_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
     """Median of `values` per index (NaNs ignored) without a Python loop over groups."""
     out = np.full(n, np.nan)
-    if len(values) == 0:
+    if len(values) == 0 or n == 0:
         return out
     valid = ~np.isnan(values)
     idx, vals = index[valid], values[valid]
-    # by value, then stably by group: two plain sorts beat one lexsort of both keys
-    order = np.argsort(vals, kind="quicksort")
-    order = order[np.argsort(idx[order], kind="stable")]
-    idx, vals = idx[order], vals[order]
     counts = np.bincount(idx, minlength=n)[:n]
+    if not len(vals) or counts.max() <= 1:  # one value a group: its own median
+        out[idx] = vals
+        return out
+    # by group, then by value: each value's place among all values, then one plain sort
+    # of group * m + place (unique keys), twice as fast as a value sort followed by a
+    # stable group sort, and exact (a float key mixing both would round)
+    m = len(vals)
+    place = np.empty(m, dtype=np.int64)
+    place[np.argsort(vals, kind="quicksort")] = np.arange(m)
+    order = np.argsort(idx.astype(np.int64) * m + place, kind="quicksort")
+    del place
+    vals = vals[order]
     ends = np.cumsum(counts)
     starts = ends - counts
     has = ends > starts

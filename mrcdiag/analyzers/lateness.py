@@ -73,22 +73,30 @@ def _ready_ns(rec: Columns) -> np.ndarray:
     """Per record: the rank's latest collective completion at or before its arrival
     (NaN when it has none), i.e. when the rank was free to start the work that led here.
 
-    One sort of every completion and arrival by (rank, time), completions first at a
-    tie; each arrival then takes the last completion before it, of its own rank."""
+    Rank by rank (the records of a run come rank after rank; others are put so by one
+    stable sort): the rank's completions sorted once, each arrival finds the last one
+    not after it by binary search."""
     n = len(rec)
-    ended = np.flatnonzero(rec["t_end_ns"] > 0)
-    rank = np.concatenate([rec["rank"][ended], rec["rank"]]).astype(np.int64)
-    t = np.concatenate([rec["t_end_ns"][ended], rec["t_arrive_ns"]]).astype(np.int64)
-    is_arrival = np.concatenate([np.zeros(len(ended), bool), np.ones(n, bool)])
-    order = np.lexsort((is_arrival, t, rank))
-    position = np.where(~is_arrival[order], np.arange(len(order)), -1)
-    last_end = np.maximum.accumulate(position) if len(position) else position
-    arrivals = np.flatnonzero(is_arrival[order])
-    before = last_end[arrivals]
-    own = (before >= 0) & (rank[order][np.maximum(before, 0)] == rank[order][arrivals])
     ready = np.full(n, np.nan)
-    record = order[arrivals] - len(ended)  # which record each arrival is
-    ready[record[own]] = t[order][before[own]]
+    if n == 0:
+        return ready
+    rank = rec["rank"]
+    order = None if bool(np.all(rank[1:] >= rank[:-1])) else np.argsort(rank, kind="stable")
+    ranks = rank if order is None else rank[order]
+    arrive = rec["t_arrive_ns"] if order is None else rec["t_arrive_ns"][order]
+    end = rec["t_end_ns"] if order is None else rec["t_end_ns"][order]
+    bounds = np.flatnonzero(np.diff(ranks)) + 1
+    out = np.full(n, np.nan)
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n], strict=True):
+        ends = end[lo:hi]
+        ends = np.sort(ends[ends > 0])
+        if not len(ends):
+            continue
+        at = np.searchsorted(ends, arrive[lo:hi], side="right") - 1
+        out[lo:hi] = np.where(at >= 0, ends[np.maximum(at, 0)], np.nan)
+    if order is None:
+        return out
+    ready[order] = out
     return ready
 
 
@@ -148,8 +156,10 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     matrices = []
     cell = row[is_async] * shape[1] + col[is_async]
     for values in (late_ns[valid], own_ns[valid], excess_ns[valid], wait_ns[valid]):
-        summed = np.zeros(shape)
-        np.add.at(summed, (row[~is_async], col[~is_async]), values[~is_async] / 1e9)
+        sync = ~is_async
+        summed = np.bincount(
+            row[sync] * shape[1] + col[sync], values[sync] / 1e9, shape[0] * shape[1]
+        ).reshape(shape)
         overlapped = median_by(cell, values[is_async] / 1e9, shape[0] * shape[1])
         matrices.append(summed + np.nan_to_num(overlapped.reshape(shape)))
     has = np.zeros(shape, dtype=bool)
