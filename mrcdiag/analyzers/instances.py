@@ -8,6 +8,7 @@ shared basis of the straggler, idle and interconnect analyzers.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,22 +37,34 @@ class Instances:
     wait_ns: np.ndarray  # per record: last arrival - own arrival
     step: np.ndarray  # per instance: the step of the last arrival
     record_index: np.ndarray  # per record: its row in run.collectives
+    # the records instance by instance, each instance's by rank: rows of `records`;
+    # instance i's members are member_order[member_start[i] : member_start[i] + n_arrived[i]]
+    member_order: np.ndarray
+    member_start: np.ndarray
+
+    def members(self, instances: np.ndarray, count: int) -> np.ndarray:
+        """[len(instances), count] rows of `records`: the members, by rank, of instances
+        that all have `count` of them."""
+        at = self.member_start[instances][:, None] + np.arange(count)[None, :]
+        return self.member_order[at]
 
 
 def collective_instances(run: RunData) -> Instances:
     coll = run.collectives
     mask = ~np.isin(coll["op"], P2P_CODES) if len(coll) else np.zeros(0, dtype=bool)
-    records = coll.where(mask)
+    # a new set of columns (for "instance"), copied only where some rows are left out
+    records = Columns(dict(coll.data)) if mask.all() else coll.where(mask)
     record_index = np.flatnonzero(mask)
-    key = records["group"].astype(np.int64) << 40 | records["seq"].astype(np.int64)
-    uniq, inverse = np.unique(key, return_inverse=True)
-    n = len(uniq)
+    inverse, group, seq = _instance_ids(records["group"], records["seq"])
+    n = len(group)
     arrive = records["t_arrive_ns"]
     last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(last, inverse, arrive)
     first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, inverse, arrive)
     counts = np.bincount(inverse, minlength=n)
+    member_order = _member_order(records["rank"], inverse)
+    member_start = np.cumsum(counts) - counts
     # last rank: among records whose arrival equals the instance's last arrival
     is_last = arrive == last[inverse]
     last_rank = np.full(n, -1, dtype=np.int32)
@@ -60,28 +73,84 @@ def collective_instances(run: RunData) -> Instances:
     end = records["t_end_ns"]
     transfer_each = np.where(end > 0, end - last[inverse], -1).astype(np.float64)
     transfer_each[transfer_each < 0] = np.nan
-    transfer = median_by(inverse, transfer_each, n)
-    first_index = np.zeros(n, dtype=np.int64)
-    first_index[inverse[::-1]] = np.arange(len(inverse))[::-1]
+    first_index = member_order[member_start] if n else np.zeros(0, np.int64)
     step = np.zeros(n, dtype=np.int32)
     step[inverse[is_last]] = records["step"][is_last]
     records.data["instance"] = inverse.astype(np.int64)
-    return Instances(
+    out = Instances(
         records=records,
         n_instances=n,
-        group=(uniq >> 40).astype(np.int32),
-        seq=(uniq & ((1 << 40) - 1)).astype(np.int64),
+        group=group,
+        seq=seq,
         op=records["op"][first_index] if n else np.zeros(0, np.uint8),
         nbytes=records["nbytes"][first_index] if n else np.zeros(0, np.int64),
         n_arrived=counts,
         last_arrival_ns=last,
         first_arrival_ns=first,
         last_rank=last_rank,
-        transfer_ns=transfer,
+        transfer_ns=np.full(n, np.nan),
         wait_ns=wait,
         step=step,
         record_index=record_index,
+        member_order=member_order,
+        member_start=member_start,
     )
+    out.transfer_ns = median_of_members(out, transfer_each)
+    return out
+
+
+def _instance_ids(group: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(instance of each record, group and seq of each instance), instances ordered by
+    (group, seq). Sequence numbers run densely within a group, so the instances are
+    found by counting into each group's seq range, without sorting every record; a
+    sparse range (ids far apart) falls back to np.unique."""
+    if not len(group):
+        return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+    n_groups = int(group.max()) + 1
+    lo = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full(n_groups, -1, dtype=np.int64)
+    np.minimum.at(lo, group, seq)
+    np.maximum.at(hi, group, seq)
+    span = np.where(hi >= lo, hi - lo + 1, 0)
+    if int(group.min()) < 0 or int(span.sum()) > 4 * len(group) + 1024:
+        key = group.astype(np.int64) << 40 | seq.astype(np.int64)
+        uniq, inverse = np.unique(key, return_inverse=True)
+        return inverse, (uniq >> 40).astype(np.int32), uniq & ((1 << 40) - 1)
+    base = np.cumsum(span) - span
+    slot = base[group] + (seq - lo[group])
+    present = np.bincount(slot, minlength=int(span.sum())) > 0
+    renumber = np.cumsum(present) - 1
+    slots = np.flatnonzero(present)
+    slot_group = np.searchsorted(base + span, slots, side="right").astype(np.int32)
+    return renumber[slot], slot_group, (slots - base[slot_group] + lo[slot_group])
+
+
+def _member_order(rank: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """Rows by instance, then by rank: one stable sort of the instance ids of rows that
+    come rank after rank (as a run's records do; others are put so first)."""
+    if len(rank) and not bool(np.all(rank[1:] >= rank[:-1])):
+        by_rank = np.argsort(rank, kind="stable")
+        return by_rank[np.argsort(inverse[by_rank], kind="stable")]
+    return np.argsort(inverse, kind="stable")
+
+
+def median_of_members(inst: Instances, values: np.ndarray) -> np.ndarray:
+    """Per instance, the median of a per-record value over its members (NaNs ignored):
+    instances with the same number of members are one dense block, whose rows numpy
+    medians by selection instead of sorting every record."""
+    out = np.full(inst.n_instances, np.nan)
+    for count in np.unique(inst.n_arrived):
+        if count == 0:
+            continue
+        which = np.flatnonzero(inst.n_arrived == count)
+        block = values[inst.members(which, int(count))]
+        holes = np.isnan(block).any(axis=1)
+        out[which[~holes]] = np.median(block[~holes], axis=1)
+        if holes.any():
+            with warnings.catch_warnings():  # an instance no member timed is NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out[which[holes]] = np.nanmedian(block[holes], axis=1)
+    return out
 
 
 def median_by(index: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

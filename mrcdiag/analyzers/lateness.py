@@ -110,12 +110,11 @@ def record_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray, np.ndarray
     if inst.n_instances == 0:
         return late, own, excess
     gap = rec["t_arrive_ns"].astype(np.float64) - _ready_ns(rec)
-    counts = inst.n_arrived[rec["instance"]]
-    for n in np.unique(counts):
+    for n in np.unique(inst.n_arrived):
         if n < 2:
             continue
-        sel = np.flatnonzero(counts == n)
-        order = sel[np.lexsort((rec["rank"][sel], rec["instance"][sel]))]
+        # instances of n members as one [instance, member] block, members by rank
+        order = inst.members(np.flatnonzero(inst.n_arrived == n), int(n)).ravel()
         arrivals = rec["t_arrive_ns"][order].astype(np.float64).reshape(-1, n)
         med_others, max_others = _leave_one_out(arrivals)
         late[order] = (arrivals - med_others).ravel()
@@ -133,10 +132,12 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     n_steps = int(steps["step"].max()) + 1 if len(steps) else 0
     shape = (len(ranks), n_steps)
 
+    step_cell = row_of(ranks, steps["rank"]) * n_steps + steps["step"]
+
     def dense(values: np.ndarray) -> np.ndarray:
         out = np.full(shape, np.nan)
         if len(steps):
-            out[np.searchsorted(ranks, steps["rank"]), steps["step"]] = values
+            out.ravel()[step_cell] = values
         return out
 
     duration = dense((steps["t_end_ns"] - steps["t_start_ns"]) / 1e9)
@@ -150,20 +151,23 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     rec = inst.records
     wait_ns = inst.wait_ns.astype(np.float64)
     valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(late_ns)
-    row = np.searchsorted(ranks, rec["rank"][valid])
-    col = rec["step"][valid]
+    cells = row_of(ranks, rec["rank"][valid]) * n_steps + rec["step"][valid]
     is_async = rec["is_async"][valid]
+    n_cells = shape[0] * shape[1]
+    sync_cells, async_cells = cells[~is_async], cells[is_async]
+    # where no cell holds two asynchronous records, each one is its cell's median
+    one_each = not len(async_cells) or np.bincount(async_cells, minlength=n_cells).max() <= 1
     matrices = []
-    cell = row[is_async] * shape[1] + col[is_async]
     for values in (late_ns[valid], own_ns[valid], excess_ns[valid], wait_ns[valid]):
-        sync = ~is_async
-        summed = np.bincount(
-            row[sync] * shape[1] + col[sync], values[sync] / 1e9, shape[0] * shape[1]
-        ).reshape(shape)
-        overlapped = median_by(cell, values[is_async] / 1e9, shape[0] * shape[1])
-        matrices.append(summed + np.nan_to_num(overlapped.reshape(shape)))
+        seconds = values / 1e9
+        summed = np.bincount(sync_cells, seconds[~is_async], n_cells).astype(np.float64)
+        if one_each:
+            summed[async_cells] += np.nan_to_num(seconds[is_async])
+        else:
+            summed += np.nan_to_num(median_by(async_cells, seconds[is_async], n_cells))
+        matrices.append(summed.reshape(shape))
     has = np.zeros(shape, dtype=bool)
-    has[row, col] = True
+    has.ravel()[cells] = True
     return RankStepMatrix(
         ranks=ranks,
         steps=np.arange(n_steps),
@@ -180,6 +184,16 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     )
 
 
+def row_of(ranks: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Each value of `rank` as its row in the sorted `ranks` (every value is one of them):
+    a table lookup, not a binary search per record."""
+    if not len(ranks) or not len(rank):
+        return np.zeros(len(rank), dtype=np.int64)
+    table = np.zeros(int(ranks.max()) + 1, dtype=np.int64)
+    table[ranks] = np.arange(len(ranks))
+    return table[rank]
+
+
 def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Per rank and step, how long the training thread waited at the end of backward for
     DDP's all-reduces. DDP waits for them in C++, out of the hook's sight; its last bucket
@@ -193,7 +207,7 @@ def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.n
     sel &= np.isin(c["rank"], ranks)
     if not sel.any():
         return out
-    at = (np.searchsorted(ranks, c["rank"][sel]), c["step"][sel])
+    at = (row_of(ranks, c["rank"][sel]), c["step"][sel])
     last_arrive = np.full(shape, -np.inf)
     last_end = np.full(shape, -np.inf)
     np.maximum.at(last_arrive, at, c["t_arrive_ns"][sel].astype(np.float64))
