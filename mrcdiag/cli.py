@@ -157,6 +157,22 @@ def launch(
     sys.exit(code)
 
 
+def _flight_dumps(run_dirs: tuple[Path, ...], named: Path | None, problems: list[str]) -> dict:
+    """The flight recorder dumps of a run: from --flight-recorder DIR, else those the
+    ranks wrote into the run directory (at exit with --verify-capture, or on a hang)."""
+    from mrcdiag.store.flight_recorder import FlightRecorderError, read_dump_dir, read_run_dumps
+
+    if named is not None:
+        try:
+            return read_dump_dir(named, problems)
+        except FlightRecorderError as exc:
+            raise click.ClickException(str(exc)) from None
+    dumps: dict = {}
+    for run_dir in run_dirs:
+        dumps.update(read_run_dumps(run_dir, problems, at_hang=True))
+    return dumps
+
+
 def _say(message: str) -> None:
     click.echo(message, err=True)
 
@@ -204,6 +220,15 @@ def _say(message: str) -> None:
     "critical anomalies and hangs only): a Slurm --exclude hostlist, kubectl cordon and "
     "taint lines, and a plain list. Nothing when no node should go.",
 )
+@click.option(
+    "--flight-recorder",
+    "flight_recorder",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    help="PyTorch flight recorder dumps of this job (the files TORCH_FR_DUMP_TEMP_FILE "
+    "names, <prefix><rank>, pickle or JSON): name the first collective the ranks did not "
+    "issue alike. Dumps inside the run directory are read without it.",
+)
 def report(
     run_dirs: tuple[Path, ...],
     fmt: str,
@@ -212,6 +237,7 @@ def report(
     expected_busbw: float | None,
     fail_on: str | None,
     emit: str | None,
+    flight_recorder: Path | None,
 ) -> None:
     """Explain a run: what made it slow, where, and what it cost.
 
@@ -228,7 +254,12 @@ def report(
 
     try:
         with reading_progress() as progress:
-            analysis = analyze(read_run(run_dirs, progress), expected_busbw_gbps=expected_busbw)
+            run = read_run(run_dirs, progress)
+            analysis = analyze(
+                run,
+                expected_busbw_gbps=expected_busbw,
+                flight_dumps=_flight_dumps(run_dirs, flight_recorder, run.problems),
+            )
             baseline = (
                 analyze(read_run([compare_to], progress), expected_busbw_gbps=expected_busbw)
                 if compare_to

@@ -76,6 +76,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hang-rank", type=int, default=-1, help="this rank blocks forever")
     p.add_argument("--hang-at-step", type=int, default=-1)
     p.add_argument(
+        "--log-loss",
+        action="store_true",
+        help="gather every rank's loss every step for logging (a scalar collective)",
+    )
+    p.add_argument(
+        "--skip-log-rank",
+        type=int,
+        default=-1,
+        help="this rank skips the logging all-gather at --skip-at-step (implies --log-loss)",
+    )
+    p.add_argument("--skip-at-step", type=int, default=-1)
+    p.add_argument(
+        "--pg-timeout-s", type=float, default=0.0, help="the process group's timeout, if set"
+    )
+    p.add_argument(
+        "--fr-dump-dir",
+        default="",
+        help="on a failed collective, write PyTorch's flight recorder here as its timeout "
+        "dump does (pickle, trace_rank_<rank>); needs TORCH_FR_BUFFER_SIZE",
+    )
+    p.add_argument(
         "--fixed-work",
         type=int,
         default=0,
@@ -107,12 +128,34 @@ class _SlowDataset:
 def main(argv: list[str] | None = None) -> None:
     import torch
     import torch.distributed as dist
+
+    args = parse_args(argv)
+    if args.pg_timeout_s > 0:
+        import datetime
+
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=args.pg_timeout_s))
+    else:
+        dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    try:
+        _train(args, rank)
+    except RuntimeError:
+        if args.fr_dump_dir:  # as NCCL's watchdog dumps on a timeout
+            os.makedirs(args.fr_dump_dir, exist_ok=True)
+            dump = torch._C._distributed_c10d._dump_fr_trace()
+            with open(os.path.join(args.fr_dump_dir, f"trace_rank_{rank}"), "wb") as f:
+                f.write(dump)
+        raise
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, rank: int) -> None:
+    import torch
+    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
     from torch.utils.data import DataLoader
 
-    args = parse_args(argv)
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
     if args.pin:
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         os.sched_setaffinity(0, {local_rank % os.cpu_count()})
@@ -153,11 +196,13 @@ def main(argv: list[str] | None = None) -> None:
         if 0 <= args.slowdown_at_step <= step:
             burn_cpu(args.slowdown_ms)
         loss = model(batch).pow(2).mean()
+        if args.log_loss or args.skip_log_rank >= 0:
+            if not (rank == args.skip_log_rank and step == args.skip_at_step):
+                losses = [torch.zeros(()) for _ in range(dist.get_world_size())]
+                dist.all_gather(losses, loss.detach())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.fabric import find_fabric_causes
 from mrcdiag.analyzers.findings import Finding, sort_findings, with_first_seen_live
+from mrcdiag.analyzers.flight import find_flight_divergence
 from mrcdiag.analyzers.hangs import find_hangs, find_live_hangs
 from mrcdiag.analyzers.idle import find_idle
 from mrcdiag.analyzers.instances import Instances, collective_instances
@@ -27,6 +28,7 @@ from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.analyzers.slowdown import find_slowdowns
 from mrcdiag.analyzers.stragglers import find_stragglers
 from mrcdiag.analyzers.summary import Summary, busbw_gbps, group_sizes, summarize
+from mrcdiag.store.flight_recorder import FlightDump
 from mrcdiag.store.reader import RunData
 
 
@@ -49,11 +51,13 @@ def analyze(
     expected_busbw_gbps: float | None = None,
     settings: Settings = DEFAULTS,
     live_now_ns: int | None = None,
+    flight_dumps: dict[int, FlightDump] | None = None,
 ) -> Analysis:
     """Everything the renderers show. With `live_now_ns` (the present on the run's aligned
     clock) `run` is the recent window of a job that still runs: hangs are judged by how
     long ranks have waited until now, and slowdowns are left to the live analysis
-    (agent/live.py), which holds one it found after the window has slid past it."""
+    (agent/live.py), which holds one it found after the window has slid past it.
+    `flight_dumps` are PyTorch's flight recorder dumps by rank, where the job has them."""
     run = with_pseudo_steps(run)
     instances = collective_instances(run)
     matrix = rank_step_matrix(run, instances)
@@ -77,6 +81,8 @@ def analyze(
     )
     findings += find_fabric_causes(run, matrix, settings)
     findings += find_degraded_links(run, instances, settings)
+    if flight_dumps:
+        findings += find_flight_divergence(flight_dumps, run.host_of)
     return Analysis(
         run=run,
         instances=instances,

@@ -71,19 +71,7 @@ def find_hangs(run: RunData) -> list[Finding]:
     if not lost:
         # Everyone stopped together (the whole job was killed): say so, mildly.
         if ended_badly and len(ended_badly) == len(run.ranks):
-            findings.append(
-                Finding(
-                    kind="hang",
-                    severity="info",
-                    cause="job_killed",
-                    time_lost_s=0.0,
-                    ranks=tuple(ended_badly),
-                    nodes=tuple(sorted({run.host_of(r) for r in ended_badly})),
-                    summary="every rank stopped without closing its records: the job was killed "
-                    "or crashed as a whole",
-                    recommendation="check the scheduler's and torchrun's logs for why the job ended",
-                )
-            )
+            findings.append(_whole_job_ended(run, ended_badly))
         return findings
     waiting = {r: s for r, s in stuck.items() if r not in lost}
     end_of_lost = max((run.ranks[r].last_record_ns for r in lagging), default=0)
@@ -298,4 +286,47 @@ def _waiting_for_missing(run: RunData, waiting: dict[int, dict], now_ns: int) ->
         recommendation="the missing rank is stuck in its own code or lost: look at its "
         "stack (py-spy dump --pid) and its node; the others hang until the collective "
         "times out",
+    )
+
+
+def _whole_job_ended(run: RunData, ranks: list[int]) -> Finding:
+    """Every rank stopped together: killed as a whole, or each of an error (a collective
+    timeout on every rank: the cause is in what they disagreed about, not in one rank)."""
+    failed = {r: run.ranks[r].failure for r in ranks if run.ranks[r].failure}
+    if len(failed) == len(ranks):
+        first = min(failed, key=lambda r: int(failed[r].get("t_ns", 0) or 0))
+        error = str(failed[first].get("error", "?"))
+        summary = (
+            f"every rank ended with an error; the first, rank {first} at step "
+            f"{failed[first].get('step', '?')}: {error}"
+        )
+        cause, advice = (
+            "job_failed",
+            (
+                "read the first error; a collective timeout on every rank means they stopped "
+                "issuing the same collectives (the flight recorder, --flight-recorder, names "
+                "where) or one of them stalled"
+            ),
+        )
+    else:
+        summary = (
+            "every rank stopped without closing its records: the job was killed or crashed "
+            "as a whole"
+        )
+        cause, advice = (
+            "job_killed",
+            "check the scheduler's and torchrun's logs for why the job ended",
+        )
+    return Finding(
+        kind="hang",
+        severity="info",
+        cause=cause,
+        time_lost_s=0.0,
+        ranks=tuple(ranks),
+        nodes=tuple(sorted({run.host_of(r) for r in ranks})),
+        summary=summary,
+        evidence={"errors": {str(r): str(f.get("error", "?"))[:300] for r, f in failed.items()}}
+        if failed
+        else {},
+        recommendation=advice,
     )

@@ -128,8 +128,8 @@ def detach() -> None:
 
 
 def dump_flight_recorder(path: Any) -> None:
-    """Write what PyTorch's flight recorder holds for this rank beside our records, for
-    the capture check. Needs TORCH_FR_BUFFER_SIZE (launch sets it)."""
+    """Write what PyTorch's flight recorder holds for this rank beside our records (for
+    the capture check, or on a hang). Needs TORCH_FR_BUFFER_SIZE."""
     try:
         import torch
 

@@ -10,6 +10,7 @@ collective or in user code, both of which release the GIL) and answers with
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -62,7 +63,23 @@ class StackRequests:
             return False
         self._answered_ns = asked_ns
         write_stacks(self.rank_dir, reason="requested")
+        if flight_recorder_on():  # PyTorch's own record of the collectives, beside them
+            from mrcdiag.capture.lifecycle import dump_flight_recorder
+
+            dump_flight_recorder(self.rank_dir / layout.FLIGHT_RECORDER_HANG_FILE)
         return True
+
+
+def flight_recorder_on() -> bool:
+    """The job runs PyTorch's flight recorder (TORCH_FR_BUFFER_SIZE, or NCCL's older
+    TORCH_NCCL_TRACE_BUFFER_SIZE, above 0)."""
+    for name in ("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE"):
+        try:
+            if int(os.environ.get(name, "0") or 0) > 0:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def write_stacks(rank_dir: Path, reason: str) -> None:

@@ -11,6 +11,7 @@ RUN_DIR/ranks/rank-00003/groups.jsonl, events.jsonl         GroupMeta, Event
 RUN_DIR/ranks/rank-00003/stacks.json   its threads' stacks, asked for on a hang
 RUN_DIR/ranks/rank-00003/flight_recorder.json   PyTorch's own record (--verify-capture)
 RUN_DIR/ranks/rank-00003/flight_recorder_at_attach.json   the same when recording began
+RUN_DIR/ranks/rank-00003/flight_recorder_hang.json   the same when a hang was found
 RUN_DIR/nodes/HOST/samples.arrows, samples-recent.arrows   node agent samples (store/samples.py)
 ```
 """
@@ -34,6 +35,7 @@ EVENTS_FILE = "events.jsonl"
 STACKS_FILE = "stacks.json"  # where each of the rank's threads was, when asked
 STACKS_REQUEST_FILE = "stacks.request"  # touched to ask for it (capture/stacks.py)
 FLIGHT_RECORDER_FILE = "flight_recorder.json"
+FLIGHT_RECORDER_HANG_FILE = "flight_recorder_hang.json"  # beside stacks.json, on a hang
 ATTACH_FAILED_FILE = "attach_failed.json"  # why a rank records nothing, in its own words
 FLIGHT_RECORDER_AT_ATTACH_FILE = "flight_recorder_at_attach.json"  # mrcdiag's own traffic
 NODES_DIR = "nodes"
