@@ -147,37 +147,44 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
         for name in ("cpu_ns", "cpu_wait_ns")
     )
     blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
-    late_ns, own_ns, excess_ns = record_lateness(inst)
+    lateness = list(record_lateness(inst))  # late, own, excess: folded and let go
     rec = inst.records
-    wait_ns = inst.wait_ns.astype(np.float64)
-    valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(late_ns)
+    valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(lateness[0])
     cells = row_of(ranks, rec["rank"][valid]) * n_steps + rec["step"][valid]
     is_async = rec["is_async"][valid]
     n_cells = shape[0] * shape[1]
     sync_cells, async_cells = cells[~is_async], cells[is_async]
     # where no cell holds two asynchronous records, each one is its cell's median
     one_each = not len(async_cells) or np.bincount(async_cells, minlength=n_cells).max() <= 1
-    matrices = []
-    for values in (late_ns[valid], own_ns[valid], excess_ns[valid], wait_ns[valid]):
-        seconds = values / 1e9
+    has = np.zeros(shape, dtype=bool)
+    has.ravel()[cells] = True
+    del cells
+
+    def fold(per_record_ns: np.ndarray, absent: float) -> np.ndarray:
+        seconds = per_record_ns[valid] / 1e9
         summed = np.bincount(sync_cells, seconds[~is_async], n_cells).astype(np.float64)
         if one_each:
             summed[async_cells] += np.nan_to_num(seconds[is_async])
         else:
             summed += np.nan_to_num(median_by(async_cells, seconds[is_async], n_cells))
-        matrices.append(summed.reshape(shape))
-    has = np.zeros(shape, dtype=bool)
-    has.ravel()[cells] = True
+        out = summed.reshape(shape)
+        out[~has] = absent
+        return out
+
+    matrices = []
+    while lateness:
+        matrices.append(fold(lateness.pop(0), np.nan))
+    wait = fold(inst.wait_ns, 0.0)
     return RankStepMatrix(
         ranks=ranks,
         steps=np.arange(n_steps),
         duration_s=duration,
         data_wait_s=data_wait,
         blocked_s=blocked,
-        late_s=np.where(has, matrices[0], np.nan),
-        own_late_s=np.where(has, matrices[1], np.nan),
-        excess_s=np.where(has, matrices[2], np.nan),
-        wait_s=np.where(has, matrices[3], 0.0),
+        late_s=matrices[0],
+        own_late_s=matrices[1],
+        excess_s=matrices[2],
+        wait_s=wait,
         has_instances=has,
         cpu_s=cpu,
         cpu_wait_s=cpu_wait,
