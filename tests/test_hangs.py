@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
 
 import pytest
-from conftest import demo_job, report_json
+from conftest import demo_job, mrcdiag, report_json
 from livejob import LiveJob, step_unix_s
 
 from mrcdiag.analyzers.stacks import stack_groups
@@ -92,6 +93,18 @@ def test_sixty_four_ranks_two_of_them_elsewhere_are_one_group_and_the_odd_ones(
     ]
     assert groups[0]["user_frame"] == "train.py:80 main"
     assert groups[1]["user_frame"] == "data.py:12 load_shard"
+    # the report shows them: in the JSON as they are, in the HTML as one row a group
+    assert report_json(run_dir)["stack_groups"] == groups
+    page = run_dir.parent / "report.html"
+    result = mrcdiag("report", str(run_dir), "--format", "html", "-o", str(page))
+    assert result.returncode == 0, result.stderr
+    table = page.read_text().split('<h2 id="stacks">')[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td><td><code>([^<]*)</code>", table)
+    assert rows == [
+        ("0-16, 18-41, 43-63", "62", "train.py:80 main"),
+        ("17", "1", "data.py:12 load_shard"),
+        ("42", "1", "ckpt.py:30 save"),
+    ]
 
 
 def test_only_critical_anomalies_and_hangs_put_a_node_on_the_exclude_list() -> None:

@@ -8,6 +8,7 @@ their own. Every threshold comes from one `Settings` record (analyzers/settings.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,7 @@ from mrcdiag.analyzers.pipeline import find_stage_imbalance
 from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.analyzers.slowdown import find_slowdowns
+from mrcdiag.analyzers.stacks import stack_groups
 from mrcdiag.analyzers.stragglers import find_stragglers
 from mrcdiag.analyzers.summary import Summary, busbw_gbps, group_sizes, summarize
 from mrcdiag.store.flight_recorder import FlightDump
@@ -44,6 +46,8 @@ class Analysis:
     record_wait_ns: np.ndarray  # per row of run.collectives: waiting for the last arrival
     notes: list[str]  # on the data: what is missing, torn, dropped or disabled
     settings: Settings
+    # ranks grouped by identical stacks, where they wrote them (a hang, a stopped job)
+    stack_groups: list[dict] = dataclasses.field(default_factory=list)
 
 
 def analyze(
@@ -94,6 +98,7 @@ def analyze(
         record_wait_ns=_record_wait_ns(run, instances),
         notes=data_notes(run),
         settings=settings,
+        stack_groups=stack_groups(run) if live_now_ns is None else [],
     )
 
 

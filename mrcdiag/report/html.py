@@ -54,6 +54,9 @@ PLOT_OF = {
 }
 
 
+MAX_STACK_GROUPS = 20  # rows of the stacks table; the JSON report has them all
+
+
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
@@ -317,6 +320,28 @@ def _findings(analysis: Analysis, anomalies: bool = True) -> str:
     return "".join(out)
 
 
+def _stack_groups(analysis: Analysis) -> str:
+    """Where each rank was when its stacks were taken (a hang, a stopped job): ranks with
+    identical training-thread stacks are one row, so that the odd one out stands out."""
+    if not analysis.stack_groups:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(g['ranks'])}</td><td>{g['count']}</td>"
+        f"<td><code>{_e(g['user_frame'] or '-')}</code></td>"
+        f"<td><code>{'<br>'.join(_e(f) for f in g['innermost'])}</code></td></tr>"
+        for g in analysis.stack_groups[:MAX_STACK_GROUPS]
+    )
+    more = len(analysis.stack_groups) - MAX_STACK_GROUPS
+    return (
+        '<h2 id="stacks">Where each rank was</h2><p class=muted>Ranks grouped by identical '
+        "stacks of their training thread, the largest group first: the ranks waiting "
+        "together in a collective are one row, the one they wait for is another.</p>"
+        "<table><tr><th>ranks</th><th>how many</th><th>in the job's code</th>"
+        f"<th>innermost frames</th></tr>{rows}</table>"
+        + (f"<p class=muted>{more} more groups in the JSON report.</p>" if more > 0 else "")
+    )
+
+
 def _tables(analysis: Analysis) -> str:
     s = analysis.summary
     rows = sorted(s.per_rank, key=lambda r: -r.step_time_p50_s)
@@ -401,6 +426,7 @@ def render_html(analysis: Analysis, diff: Comparison | None = None) -> str:
         f"{(s.step_time_p90_s or 0) * 1e3:.1f} ms</p>"
         f'<p class="headline"><b>Top causes:</b> {headline}</p>'
         f"<h2>Anomalies, by time lost</h2>{_findings(analysis)}"
+        f"{_stack_groups(analysis)}"
         f'<h2 id="steps">Step time per rank over steps</h2><p class=muted>Rows are ranks (or '
         "groups of ranks, their slowest shown), columns steps (or bins of steps). A straggler "
         f"is a row that stays dark; a slowdown is a band of columns.</p>{step_plot}"

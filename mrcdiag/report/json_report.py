@@ -55,6 +55,7 @@ def report_dict(analysis: Analysis, diff: Comparison | None = None) -> dict[str,
                 "capture": dataclasses.asdict(summary.coverage),
             },
             "findings": [f.as_json() for f in analysis.findings],
+            "stack_groups": analysis.stack_groups,
             "problems": list(analysis.notes),
         }
     )
