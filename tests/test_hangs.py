@@ -42,8 +42,12 @@ def test_rank_blocked_in_its_code_is_named_with_its_frame_after_launch_is_stoppe
     (hang,) = [f for f in report_json(run_dir)["findings"] if f["kind"] == "hang"]
     assert hang["ranks"] == [1] and hang["cause"] == "missing_rank", hang
     stuck = hang["evidence"]["stuck_at"]["1"]
-    assert stuck["user_frame"].startswith("demo_job.py:") and "main" in stuck["user_frame"]
+    assert stuck["user_frame"].startswith("demo_job.py:") and "_train" in stuck["user_frame"]
     assert any("threading.py" in frame for frame in stuck["innermost"]), stuck
+    # and below Python, from py-spy (the test extras install it): the lock it waits on
+    native = stuck["native_innermost"]
+    assert any(f.endswith(".so.6)") or ".so." in f for f in native), native
+    assert any("threading.py" in f and "wait" in f for f in native), native
     groups = {g["ranks"]: g for g in hang["evidence"]["stack_groups"]}
     assert set(groups) == {"0, 2", "1"}, groups
     assert groups["0, 2"]["user_frame"] != stuck["user_frame"]  # they wait elsewhere
@@ -124,3 +128,23 @@ def test_only_critical_anomalies_and_hangs_put_a_node_on_the_exclude_list() -> N
     assert "kubectl cordon node03 && kubectl taint nodes node03 " in text
     assert render_exclude(findings[2:]) == ""
     assert slurm_hostlist(["gpu1", "gpu2", "gpu3", "gpu10", "login"]) == "gpu[1-3,10],login"
+
+
+def test_native_frames_of_a_process_that_is_gone_say_why(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mrcdiag.agent.native import native_stacks
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    rank_dir = tmp_path / "ranks" / "rank-00000"
+    rank_dir.mkdir(parents=True)
+    (rank_dir / "rank.json").write_text(
+        json.dumps({"rank": 0, "host": "h", "pid": int(gone.stdout)})
+    )
+    thread = native_stacks([rank_dir])
+    assert thread is not None  # py-spy is in the test extras
+    thread.join(30)
+    answer = json.loads((rank_dir / "native_stacks.json").read_text())
+    assert answer["error"] and "threads" not in answer, answer

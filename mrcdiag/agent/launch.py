@@ -206,7 +206,7 @@ class Launcher:
         def forward(signum: int, _frame: Any) -> None:
             if self._agent is not None:  # where every rank was when it was stopped
                 try:
-                    self._agent.dump_stacks(wait_s=STACKS_WAIT_S / 2)
+                    self._agent.dump_stacks(wait_s=STACKS_WAIT_S)
                 except Exception as exc:
                     self.say(f"mrcdiag: could not ask the ranks for their stacks ({exc!r})")
             process.send_signal(signum)

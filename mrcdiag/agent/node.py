@@ -235,11 +235,13 @@ class NodeAgent:
             return
         asked = time.time()
         world = self.live.window.world if self.live is not None else None
-        dump_all(self.run_dir, self.node, world)
+        native = dump_all(self.run_dir, self.node, world)
         deadline = asked + wait_s
         dirs = local_rank_dirs(self.run_dir, self.node)
         while time.time() < deadline and not all(_answered(d, asked) for d in dirs):
             self._stop.wait(0.1)  # the ranks' writer threads answer twice a second
+        if native is not None:  # py-spy, reading the ranks from outside
+            native.join(max(0.0, deadline - time.time()))
 
     def _live_state(self, _query: dict[str, list[str]]) -> tuple[str, str, bytes, list]:
         return http.json_body(live_state(self.live))

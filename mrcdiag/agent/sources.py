@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from mrcdiag.agent import http
+from mrcdiag.agent.native import native_stacks
 from mrcdiag.analyzers.settings import DEFAULTS
 from mrcdiag.capture.stacks import request_stacks
 from mrcdiag.log import warn_once
@@ -53,6 +54,7 @@ def dump_route(run_dir: Path, node: str) -> http.Route:
     def route(_query: dict[str, list[str]]) -> tuple[str, str, bytes, list[tuple[str, str]]]:
         dirs = local_rank_dirs(run_dir, node)
         request_stacks(dirs)
+        native_stacks(dirs)
         return http.json_body({"ranks": [layout.rank_of_dir(d) for d in dirs]})
 
     return route
@@ -71,10 +73,12 @@ def local_rank_dirs(run_dir: Path, node: str) -> list[Path]:
     return out
 
 
-def dump_all(run_dir: Path, node: str, world: WorldMeta | None) -> None:
+def dump_all(run_dir: Path, node: str, world: WorldMeta | None) -> threading.Thread | None:
     """Ask every rank of the job for its stacks: this node's directly, the others'
-    through their agents."""
-    request_stacks(local_rank_dirs(run_dir, node))
+    through their agents; returns the thread taking this node's native stacks, if any."""
+    local = local_rank_dirs(run_dir, node)
+    request_stacks(local)
+    native = native_stacks(local)
     for host, url in (world.agents if world else {}).items():
         if host == node:
             continue
@@ -82,6 +86,7 @@ def dump_all(run_dir: Path, node: str, world: WorldMeta | None) -> None:
             urllib.request.urlopen(f"{url.rstrip('/')}{http.DUMP_PATH}", timeout=PULL_TIMEOUT_S)
         except (OSError, urllib.error.URLError) as exc:
             warn_once(f"dump-{url}", f"cannot ask {url} for its ranks' stacks ({exc})")
+    return native
 
 
 class Ending:

@@ -13,6 +13,7 @@ from typing import Any
 from mrcdiag.store.reader import RunData, rank_ranges
 
 INNERMOST_FRAMES = 3
+NATIVE_INNERMOST_FRAMES = 8  # C frames are many and short: a few more of them
 # Frames of libraries (the interpreter's own modules, installed packages, mrcdiag's hook)
 # are not where a user looks first: the innermost frame outside them is "theirs".
 _LIBRARY_PARTS = (
@@ -55,7 +56,22 @@ def where_each_rank_is(run: RunData, ranks: list[int]) -> dict[str, dict[str, An
             "user_frame": user_frame(frames),
             "innermost": [_frame_text(f) for f in frames[-INNERMOST_FRAMES:]][::-1],
         }
+        if info.native_stacks:  # where Python called into C, and on down (py-spy)
+            native = _main_frames(info.native_stacks)
+            out[str(rank)]["native_innermost"] = [
+                _native_text(f) for f in native[-NATIVE_INNERMOST_FRAMES:]
+            ][::-1]
+        elif info.native_error:
+            out[str(rank)]["native_frames"] = f"not taken: {info.native_error}"
     return out
+
+
+def _native_text(frame: dict[str, Any]) -> str:
+    """A native frame as `function (library)`, a Python one as file:line function."""
+    library = str(frame.get("library") or "")
+    if library.endswith(".py") or not library:
+        return _frame_text(frame)
+    return f"{frame.get('function', '?')} ({library})"
 
 
 def stack_groups(run: RunData) -> list[dict[str, Any]]:

@@ -73,6 +73,10 @@ class RankInfo:
     # its threads' stacks when asked (stacks.json: on a hang, or when launch stopped it)
     stacks: list[dict[str, Any]] | None = None
     failure: dict[str, Any] | None = None  # the exception it died of (error, step, ...)
+    # the same with native frames (native_stacks.json, py-spy from the node agent), or
+    # why there are none
+    native_stacks: list[dict[str, Any]] | None = None
+    native_error: str | None = None
 
 
 @dataclass
@@ -205,6 +209,7 @@ class RankPart:
     events: list[Event]
     where: str  # its directory, for messages
     stacks: list[dict[str, Any]] | None = None  # stacks.json's threads, where written
+    native: dict[str, Any] | None = None  # native_stacks.json, where written
 
 
 def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
@@ -235,7 +240,20 @@ def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
         ],
         where=str(rank_dir),
         stacks=_read_stacks(rank_dir / layout.STACKS_FILE, problems),
+        native=_read_native(rank_dir / layout.NATIVE_STACKS_FILE, problems),
     )
+
+
+def _read_native(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = _read_json(path)
+    except RunDirError as exc:
+        problems.append(str(exc))
+        return None
+    threads = _read_stacks(path, problems) if isinstance(data.get("threads"), list) else None
+    return {"threads": threads, "error": data.get("error")}
 
 
 def _read_stacks(path: Path, problems: list[str]) -> list[dict[str, Any]] | None:
@@ -319,6 +337,9 @@ def assemble(
         offsets.append((offset, coll.num_rows, steps.num_rows))
         ranks[rank] = _rank_info(meta, rank, part.events, coll, steps, offset, local_groups)
         ranks[rank].stacks = part.stacks
+        if part.native is not None:
+            ranks[rank].native_stacks = part.native.get("threads")
+            ranks[rank].native_error = part.native.get("error")
     collectives = _concat(coll_tables, schema.COLLECTIVE_SCHEMA)
     collectives.data["rank"] = _cat(coll_rank, np.int32)
     collectives.data["group"] = _cat(coll_group, np.int32)
