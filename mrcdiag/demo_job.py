@@ -71,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slowdown-ms", type=float, default=0.0)
     p.add_argument("--die-rank", type=int, default=-1, help="this rank SIGKILLs itself")
     p.add_argument("--die-at-step", type=int, default=-1)
+    p.add_argument(
+        "--die-signal",
+        type=int,
+        default=9,
+        help="the signal --die-rank dies of: 9 (SIGKILL, as the OOM killer) or 6 (abort(), "
+        "as a C++ exception ending in terminate)",
+    )
     p.add_argument("--raise-rank", type=int, default=-1, help="this rank raises an error")
     p.add_argument("--raise-at-step", type=int, default=-1)
     p.add_argument("--hang-rank", type=int, default=-1, help="this rank blocks forever")
@@ -183,7 +190,9 @@ def _train(args: argparse.Namespace, rank: int) -> None:
         slow = slow or hosts[rank] == hosts[args.slow_host_rank]
     for step, batch in enumerate(loader):
         if step == args.die_at_step and rank == args.die_rank:
-            os.kill(os.getpid(), 9)
+            if args.die_signal == 6:
+                os.abort()
+            os.kill(os.getpid(), args.die_signal)
         if step == args.raise_at_step and rank == args.raise_rank:
             raise RuntimeError(f"injected failure on rank {rank} at step {step}")
         if step == args.hang_at_step and rank == args.hang_rank:

@@ -163,6 +163,13 @@ def _how_they_ended(run: RunData, lost: list[int]) -> str:
             parts.append(
                 f"rank {r} failed at step {f.get('step', last + 1)}{where}: {f.get('error', '?')}"
             )
+        elif info.fatal:
+            where = f", {info.fatal['where']}" if info.fatal.get("where") else ""
+            parts.append(
+                f"rank {r} died of {info.fatal['signal']} ({info.fatal['words']}) after step "
+                f"{last}{where}: a crash in native code (a C++ exception that ended in "
+                "terminate, a segmentation fault), not the out-of-memory killer"
+            )
         elif not info.terminated and not info.closed_cleanly:
             # its last half-second of records went with it: the step is a lower bound
             parts.append(

@@ -33,7 +33,28 @@ def start_session(recorder: Recorder, dist: Any, rank: int) -> Session:
     atexit.register(detach)
     _flush_on_sigterm()
     _note_uncaught_exceptions()
+    _note_fatal_signals(recorder.rank_dir)
     return session
+
+
+_fatal_file: Any = None  # kept open for faulthandler, which writes to its descriptor
+
+
+def _note_fatal_signals(rank_dir: Any) -> None:
+    """A rank that dies of SIGSEGV, SIGABRT ("terminate called..."), SIGBUS, SIGFPE or
+    SIGILL writes the signal and where each thread was into fatal.txt (Python's
+    faulthandler, which then lets the signal kill the process as before). Left alone
+    where the job enabled faulthandler itself (PYTHONFAULTHANDLER, or its own call)."""
+    global _fatal_file
+    try:
+        import faulthandler
+
+        if faulthandler.is_enabled():
+            return
+        _fatal_file = open(rank_dir / layout.FATAL_FILE, "a", buffering=1)  # noqa: SIM115
+        faulthandler.enable(file=_fatal_file, all_threads=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        warn_once("faulthandler", f"cannot note fatal signals ({exc!r})")
 
 
 def _note_uncaught_exceptions() -> None:

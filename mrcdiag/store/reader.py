@@ -77,6 +77,8 @@ class RankInfo:
     # why there are none
     native_stacks: list[dict[str, Any]] | None = None
     native_error: str | None = None
+    # the fatal signal it died of and where, as faulthandler wrote it (fatal.txt)
+    fatal: dict[str, str] | None = None
 
 
 @dataclass
@@ -210,6 +212,7 @@ class RankPart:
     where: str  # its directory, for messages
     stacks: list[dict[str, Any]] | None = None  # stacks.json's threads, where written
     native: dict[str, Any] | None = None  # native_stacks.json, where written
+    fatal: dict[str, str] | None = None  # fatal.txt, where it holds something
 
 
 def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
@@ -241,7 +244,45 @@ def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
         where=str(rank_dir),
         stacks=_read_stacks(rank_dir / layout.STACKS_FILE, problems),
         native=_read_native(rank_dir / layout.NATIVE_STACKS_FILE, problems),
+        fatal=read_fatal(rank_dir / layout.FATAL_FILE),
     )
+
+
+# faulthandler's words for the signals it handles
+_FATAL_SIGNALS = {
+    "Segmentation fault": "SIGSEGV",
+    "Aborted": "SIGABRT",
+    "Bus error": "SIGBUS",
+    "Floating-point exception": "SIGFPE",
+    "Floating point exception": "SIGFPE",
+    "Illegal instruction": "SIGILL",
+}
+
+
+def read_fatal(path: Path) -> dict[str, str] | None:
+    """What faulthandler wrote when the rank died of a fatal signal: the signal, its
+    words, and the innermost Python frame of the thread that took it (None if empty)."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")[-64_000:]
+    except OSError:
+        return None
+    lines = text.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
+    if first is None:
+        return None
+    words = lines[first].split(":", 1)[-1].strip()
+    where = ""
+    for line in lines[first + 1 :]:
+        if line.startswith("Current thread"):
+            where = "?"
+        elif where == "?" and line.strip().startswith("File "):
+            where = line.strip()
+            break
+    return {
+        "signal": _FATAL_SIGNALS.get(words, "a fatal signal"),
+        "words": words,
+        "where": "" if where == "?" else where,
+    }
 
 
 def _read_native(path: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -337,6 +378,7 @@ def assemble(
         offsets.append((offset, coll.num_rows, steps.num_rows))
         ranks[rank] = _rank_info(meta, rank, part.events, coll, steps, offset, local_groups)
         ranks[rank].stacks = part.stacks
+        ranks[rank].fatal = part.fatal
         if part.native is not None:
             ranks[rank].native_stacks = part.native.get("threads")
             ranks[rank].native_error = part.native.get("error")
