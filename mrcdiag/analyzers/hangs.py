@@ -172,10 +172,24 @@ def _how_they_ended(run: RunData, lost: list[int]) -> str:
             )
         elif not info.terminated and not info.closed_cleanly:
             # its last half-second of records went with it: the step is a lower bound
-            parts.append(
-                f"rank {r} ended without a trace after step {last} (killed by a signal it "
-                "could not catch: SIGKILL, the out-of-memory killer, or a crash)"
-            )
+            seen = info.exit or {}
+            if seen.get("signal") == "SIGKILL":
+                parts.append(
+                    f"rank {r} was killed by SIGKILL after step {last} (torchrun saw exit "
+                    f"code {seen.get('exitcode')}; most often the out-of-memory killer: "
+                    "look for 'Killed process' in the node's kernel log)"
+                )
+            elif seen:
+                what = seen.get("signal") or f"exit code {seen.get('exitcode')}"
+                parts.append(
+                    f"rank {r} ended with {what} after step {last} (as torchrun saw it), "
+                    "leaving no trace of its own"
+                )
+            else:
+                parts.append(
+                    f"rank {r} ended without a trace after step {last} (killed by a signal "
+                    "it could not catch: SIGKILL, the out-of-memory killer, or a crash)"
+                )
         else:
             parts.append(f"rank {r} stopped early after step {last}")
     return "; ".join(parts)

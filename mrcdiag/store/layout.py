@@ -11,6 +11,7 @@ RUN_DIR/ranks/rank-00003/groups.jsonl, events.jsonl         GroupMeta, Event
 RUN_DIR/ranks/rank-00003/stacks.json   its threads' stacks, asked for on a hang
 RUN_DIR/ranks/rank-00003/native_stacks.json   with native frames, where py-spy is installed
 RUN_DIR/ranks/rank-00003/fatal.txt     the signal it died of, where it could say (faulthandler)
+RUN_DIR/ranks/rank-00003/exit.json     its exit code as torchrun saw it, when it failed
 RUN_DIR/ranks/rank-00003/flight_recorder.json   PyTorch's own record (--verify-capture)
 RUN_DIR/ranks/rank-00003/flight_recorder_at_attach.json   the same when recording began
 RUN_DIR/ranks/rank-00003/flight_recorder_hang.json   the same when a hang was found
@@ -38,6 +39,7 @@ STACKS_FILE = "stacks.json"  # where each of the rank's threads was, when asked
 STACKS_REQUEST_FILE = "stacks.request"  # touched to ask for it (capture/stacks.py)
 NATIVE_STACKS_FILE = "native_stacks.json"  # the same with native frames (py-spy, agent)
 FATAL_FILE = "fatal.txt"  # a fatal signal and the threads' stacks (faulthandler)
+EXIT_FILE = "exit.json"  # its exit code as torchrun saw it (capture/exits.py)
 FLIGHT_RECORDER_FILE = "flight_recorder.json"
 FLIGHT_RECORDER_HANG_FILE = "flight_recorder_hang.json"  # beside stacks.json, on a hang
 ATTACH_FAILED_FILE = "attach_failed.json"  # why a rank records nothing, in its own words

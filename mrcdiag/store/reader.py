@@ -79,6 +79,7 @@ class RankInfo:
     native_error: str | None = None
     # the fatal signal it died of and where, as faulthandler wrote it (fatal.txt)
     fatal: dict[str, str] | None = None
+    exit: dict[str, Any] | None = None  # exit.json: its exit code as torchrun saw it
 
 
 @dataclass
@@ -213,6 +214,7 @@ class RankPart:
     stacks: list[dict[str, Any]] | None = None  # stacks.json's threads, where written
     native: dict[str, Any] | None = None  # native_stacks.json, where written
     fatal: dict[str, str] | None = None  # fatal.txt, where it holds something
+    exit: dict[str, Any] | None = None  # exit.json, where torchrun saw it fail
 
 
 def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
@@ -245,7 +247,18 @@ def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
         stacks=_read_stacks(rank_dir / layout.STACKS_FILE, problems),
         native=_read_native(rank_dir / layout.NATIVE_STACKS_FILE, problems),
         fatal=read_fatal(rank_dir / layout.FATAL_FILE),
+        exit=_read_exit(rank_dir / layout.EXIT_FILE, problems),
     )
+
+
+def _read_exit(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return _read_json(path)
+    except RunDirError as exc:
+        problems.append(str(exc))
+        return None
 
 
 # faulthandler's words for the signals it handles
@@ -379,6 +392,7 @@ def assemble(
         ranks[rank] = _rank_info(meta, rank, part.events, coll, steps, offset, local_groups)
         ranks[rank].stacks = part.stacks
         ranks[rank].fatal = part.fatal
+        ranks[rank].exit = part.exit
         if part.native is not None:
             ranks[rank].native_stacks = part.native.get("threads")
             ranks[rank].native_error = part.native.get("error")

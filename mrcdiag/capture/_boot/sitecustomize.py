@@ -1,8 +1,9 @@
 """Put on the workers' PYTHONPATH by `mrcdiag launch`: arms the hook before user code runs.
 
-It only acts in torchrun workers (LOCAL_RANK set) of an mrcdiag launch, imports nothing
-heavy (torch is wrapped when the script itself imports it), and then hands over to any
-other sitecustomize that was on the path.
+It acts in the torchrun workers (LOCAL_RANK set) of an mrcdiag launch, importing nothing
+heavy (torch is wrapped when the script itself imports it); in torchrun's own process it
+only adds a logging handler that notes a failed worker's exit code (capture/exits.py).
+Then it hands over to any other sitecustomize that was on the path.
 """
 
 import os
@@ -10,7 +11,17 @@ import sys
 
 
 def _mrcdiag_boot() -> None:
-    if not os.environ.get("MRCDIAG_RUN_DIR") or "LOCAL_RANK" not in os.environ:
+    if not os.environ.get("MRCDIAG_RUN_DIR"):
+        return
+    if "LOCAL_RANK" not in os.environ:  # torchrun itself: note how its workers end
+        try:
+            from pathlib import Path
+
+            from mrcdiag.capture.exits import watch_worker_exits
+
+            watch_worker_exits(Path(os.environ["MRCDIAG_RUN_DIR"]))
+        except Exception:
+            pass
         return
     try:
         from mrcdiag.capture.autoimport import arm
