@@ -86,6 +86,7 @@ def test_the_first_group_to_diverge_is_named_and_the_later_ones_listed(tmp_path:
     assert finding.ranks == (3,) and finding.evidence["group"] == "2"
     assert finding.evidence["seq"] == 5
     assert finding.evidence["diverged_after"] == ["group 0 at #3"]
+    assert finding.evidence["last_completed_by_rank"] == {"2": 7, "3": 7}  # NCCL's states
     assert "rank 3 issued all_gather" in finding.summary
 
 

@@ -28,6 +28,8 @@ class Divergence:
     odd_ranks: tuple[int, ...]  # the ranks that did otherwise, or never issued it
     issued: dict[int, str]  # rank -> what it issued there ("" where it issued nothing)
     last_seq: dict[int, int]  # rank -> the last sequence number it issued in the group
+    # rank -> the last one it saw complete (NCCL marks entries completed; gloo does not)
+    last_completed: dict[int, int]
     created_ns: int  # when the first of its members issued it (0: not known)
 
 
@@ -46,6 +48,10 @@ def group_divergence(group: str, per_rank: dict[int, dict[int, FlightEntry]]) ->
     lo = max(min(seqs) for seqs in per_rank.values())
     hi = max(max(seqs) for seqs in per_rank.values())
     last = {r: max(per_rank[r]) for r in ranks}
+    completed = {
+        r: max((q for q, e in per_rank[r].items() if e.state == "completed"), default=0)
+        for r in ranks
+    }
     for seq in range(lo, hi + 1):
         issued = {r: _what(per_rank[r][seq]) if seq in per_rank[r] else "" for r in ranks}
         kinds = Counter(issued.values())
@@ -55,7 +61,7 @@ def group_divergence(group: str, per_rank: dict[int, dict[int, FlightEntry]]) ->
         odd = tuple(r for r in ranks if issued[r] != common)
         created = [per_rank[r][seq].time_created_ns for r in ranks if seq in per_rank[r]]
         desc = next(e.group_desc for r in ranks for e in per_rank[r].values())
-        return Divergence(group, desc, seq, odd, issued, last, min(created, default=0))
+        return Divergence(group, desc, seq, odd, issued, last, completed, min(created, default=0))
     return None
 
 
@@ -93,6 +99,11 @@ def find_flight_divergence(
                 "seq": first.seq,
                 "issued_by_rank": {str(r): w or "(nothing)" for r, w in first.issued.items()},
                 "last_seq_by_rank": {str(r): s for r, s in first.last_seq.items()},
+                **(
+                    {"last_completed_by_rank": {str(r): s for r, s in first.last_completed.items()}}
+                    if any(first.last_completed.values())
+                    else {}
+                ),
                 "diverged_after": [f"group {d.group} at #{d.seq}" for d in found[1:]],
                 "source": "PyTorch flight recorder dumps",
             },
