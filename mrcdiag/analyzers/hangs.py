@@ -149,6 +149,7 @@ def _how_they_ended(run: RunData, lost: list[int]) -> str:
     signal no process can catch: SIGKILL, most often the kernel's OOM killer, or a crash
     in native code), with the step it was in."""
     parts = []
+    last_ops = _last_op(run, lost)
     for r in lost:
         info = run.ranks.get(r)
         if info is None:
@@ -156,6 +157,10 @@ def _how_they_ended(run: RunData, lost: list[int]) -> str:
             continue
         mine = run.steps["rank"] == r
         last = int(run.steps["step"][mine].max()) if mine.any() else -1
+        # after its last recorded step, and the last collective it reached
+        after = f"after step {last}" + (
+            f" (its last collective {last_ops[str(r)]})" if str(r) in last_ops else ""
+        )
         if info.failure:
             f = info.failure
             inside = f.get("in_collective") or {}
@@ -166,8 +171,8 @@ def _how_they_ended(run: RunData, lost: list[int]) -> str:
         elif info.fatal:
             where = f", {info.fatal['where']}" if info.fatal.get("where") else ""
             parts.append(
-                f"rank {r} died of {info.fatal['signal']} ({info.fatal['words']}) after step "
-                f"{last}{where}: a crash in native code (a C++ exception that ended in "
+                f"rank {r} died of {info.fatal['signal']} ({info.fatal['words']}) {after}"
+                f"{where}: a crash in native code (a C++ exception that ended in "
                 "terminate, a segmentation fault), not the out-of-memory killer"
             )
         elif not info.terminated and not info.closed_cleanly:
@@ -175,23 +180,23 @@ def _how_they_ended(run: RunData, lost: list[int]) -> str:
             seen = info.exit or {}
             if seen.get("signal") == "SIGKILL":
                 parts.append(
-                    f"rank {r} was killed by SIGKILL after step {last} (torchrun saw exit "
+                    f"rank {r} was killed by SIGKILL {after}: torchrun saw exit "
                     f"code {seen.get('exitcode')}; most often the out-of-memory killer: "
-                    "look for 'Killed process' in the node's kernel log)"
+                    "look for 'Killed process' in the node's kernel log"
                 )
             elif seen:
                 what = seen.get("signal") or f"exit code {seen.get('exitcode')}"
                 parts.append(
-                    f"rank {r} ended with {what} after step {last} (as torchrun saw it), "
+                    f"rank {r} ended with {what} {after}, as torchrun saw it, "
                     "leaving no trace of its own"
                 )
             else:
                 parts.append(
-                    f"rank {r} ended without a trace after step {last} (killed by a signal "
-                    "it could not catch: SIGKILL, the out-of-memory killer, or a crash)"
+                    f"rank {r} ended without a trace {after}: killed by a signal it could "
+                    "not catch (SIGKILL, the out-of-memory killer, or a crash)"
                 )
         else:
-            parts.append(f"rank {r} stopped early after step {last}")
+            parts.append(f"rank {r} stopped early {after}")
     return "; ".join(parts)
 
 
