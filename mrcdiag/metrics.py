@@ -35,6 +35,13 @@ COLLECTIVE_BLOCKED = "mrcdiag_collective_blocked_seconds_total"
 COLLECTIVE_DURATION = "mrcdiag_collective_duration_seconds"  # histogram per op and size
 COLLECTIVE_BYTES = "mrcdiag_collective_bytes_total"
 AGENT_UP = "mrcdiag_agent_up"
+# the rank's device allocator at its last step (torch.cuda.memory_stats)
+RANK_MEMORY_ALLOCATED = "mrcdiag_rank_memory_allocated_bytes"
+RANK_MEMORY_RESERVED = "mrcdiag_rank_memory_reserved_bytes"
+RANK_MEMORY_PEAK_RESERVED = "mrcdiag_rank_memory_peak_reserved_bytes"
+RANK_MEMORY_TOTAL = "mrcdiag_rank_memory_total_bytes"  # its device's
+RANK_MEMORY_ALLOC_RETRIES = "mrcdiag_rank_memory_alloc_retries_total"
+RANK_MEMORY_OOMS = "mrcdiag_rank_memory_ooms_total"
 # The live analysis (agent/live.py): one series per active finding and blamed rank
 KIND, CAUSE, SEVERITY = "kind", "cause", "severity"
 FINDING_ACTIVE = "mrcdiag_finding_active"  # 1 while active, 0 for a while after it ended

@@ -320,7 +320,10 @@ def _whole_job_ended(run: RunData, ranks: list[int]) -> Finding:
     timeout on every rank: the cause is in what they disagreed about, not in one rank)."""
     failed = {r: run.ranks[r].failure for r in ranks if run.ranks[r].failure}
     if len(failed) == len(ranks):
-        first = min(failed, key=lambda r: int(failed[r].get("t_ns", 0) or 0))
+        # a peer that exited takes its connections with it: "closed by peer" is what the
+        # others then raise, so the first error that is not one of those is the cause
+        own = [r for r in failed if not _peer_gone(str(failed[r].get("error", "")))]
+        first = min(own or failed, key=lambda r: int(failed[r].get("t_ns", 0) or 0))
         error = str(failed[first].get("error", "?"))
         summary = (
             f"every rank ended with an error; the first, rank {first} at step "
@@ -356,3 +359,11 @@ def _whole_job_ended(run: RunData, ranks: list[int]) -> Finding:
         else {},
         recommendation=advice,
     )
+
+
+# What a rank raises when a peer's process ended and its connections with it
+_PEER_GONE = ("closed by peer", "reset by peer", "remote worker crash", "broken pipe")
+
+
+def _peer_gone(error: str) -> bool:
+    return any(words in error.lower() for words in _PEER_GONE)

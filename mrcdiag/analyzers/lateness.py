@@ -23,7 +23,9 @@ Face or Lightning run).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +51,11 @@ class RankStepMatrix:
     # the stepping thread on a CPU, and waiting in a run queue for one (NaN: not known)
     cpu_s: np.ndarray | None = None
     cpu_wait_s: np.ndarray | None = None
+    # the device allocator: retries in each step (NaN: not known), and each rank's
+    # highest reserved memory as a share of its device's (NaN: not known); None without
+    # any device figure in the run
+    alloc_retries: np.ndarray | None = None
+    mem_peak_of_total: np.ndarray | None = None
 
     def row(self, rank: int) -> int:
         return int(np.searchsorted(self.ranks, rank))
@@ -147,6 +154,7 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
         for name in ("cpu_ns", "cpu_wait_ns")
     )
     blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
+    alloc_retries, peak_of_total = _device_memory(steps, dense)
     lateness = list(record_lateness(inst))  # late, own, excess: folded and let go
     rec = inst.records
     valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(lateness[0])
@@ -188,7 +196,28 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
         has_instances=has,
         cpu_s=cpu,
         cpu_wait_s=cpu_wait,
+        alloc_retries=alloc_retries,
+        mem_peak_of_total=peak_of_total,
     )
+
+
+def _device_memory(steps: Columns, dense: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Allocator retries per rank and step (from the counts since the process began),
+    and each rank's peak reserved memory over its device's; (None, None) where no step
+    carries a device figure (CPU jobs, older runs)."""
+    retries = steps.data.get("mem_alloc_retries")
+    if retries is None or not (retries >= 0).any():
+        return None, None
+    counts = dense(np.where(retries >= 0, retries, np.nan).astype(np.float64))
+    per_step = np.diff(counts, axis=1, prepend=counts[:, :1])
+    peak, total = steps.data.get("mem_peak_reserved_bytes"), steps.data.get("mem_total_bytes")
+    share = None
+    if peak is not None and total is not None:
+        ratio = dense(np.where((peak >= 0) & (total > 0), peak / np.maximum(total, 1), np.nan))
+        with warnings.catch_warnings():  # ranks without a device have all-NaN rows
+            warnings.simplefilter("ignore", RuntimeWarning)
+            share = np.nanmax(ratio, axis=1)
+    return per_step, share
 
 
 def row_of(ranks: np.ndarray, rank: np.ndarray) -> np.ndarray:

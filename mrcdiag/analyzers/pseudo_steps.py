@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from mrcdiag.store.reader import Columns, RunData
-from mrcdiag.store.schema import OP_CODE, POINT_TO_POINT_OPS
+from mrcdiag.store.schema import OP_CODE, POINT_TO_POINT_OPS, STEP_MEMORY_FIELDS
 
 _P2P = [OP_CODE[n] for n in POINT_TO_POINT_OPS]
 
@@ -62,6 +62,7 @@ def with_pseudo_steps(run: RunData) -> RunData:
             "n_collectives": np.ones(n, dtype=np.int32),
             "cpu_ns": np.full(n, -1, dtype=np.int64),
             "cpu_wait_ns": np.full(n, -1, dtype=np.int64),
+            **{name: np.full(n, -1, dtype=np.int64) for name in STEP_MEMORY_FIELDS},
             "rank": np.concatenate(rows["rank"]),
         }
     )

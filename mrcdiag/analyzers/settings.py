@@ -12,6 +12,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Settings:
     # Steps and robust statistics
+    # memory_pressure: the rank's allocator retried in this share of its late steps (or
+    # the retries explain the lateness) and its peers' in at most a quarter as many; or
+    # its device was this full while its peers' were not
+    memory_retry_share_ratio: float = 0.5
+    memory_full_ratio: float = 0.95
+    memory_peers_full_ratio: float = 0.9
     warmup_steps: int = 3  # first steps hold compilation, allocator growth, connection set-up
     window_min_steps: int = 10  # steps in a window, at least, for a median to mean something
     windows_per_run: int = 8

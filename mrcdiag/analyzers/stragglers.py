@@ -498,6 +498,9 @@ def _cause(
             "give this rank's DataLoader more workers (num_workers), pin_memory and "
             "prefetching, or check its storage path and input shards",
         )
+    memory = _memory_pressure(m, row, others, steps, late_s, evidence, settings)
+    if memory is not None:
+        return memory
     throttle = _gpu_throttle(run, rank, settings.throttled_share_ratio)
     if throttle:
         evidence["gpu_clock_events"] = throttle
@@ -533,6 +536,73 @@ def _cause(
         "stopped from outside (a hypervisor, a co-tenant's cgroup throttling)",
         "look at what this rank does differently and at its host: CPU throttling "
         "(cpu.stat nr_throttled), steal time, other tenants, uneven inputs",
+    )
+
+
+def _memory_pressure(
+    m: RankStepMatrix,
+    row: int,
+    others: np.ndarray,
+    steps: np.ndarray,
+    late_s: float,
+    evidence: dict[str, object],
+    settings: Settings,
+) -> tuple[str, str, str] | None:
+    """The rank's device allocator is why it is late: it retried (freed its cache and
+    synchronized the device) in the steps where the rank was late while its peers' did
+    not, or its device was nearly full while theirs were not. None otherwise, or where
+    the run has no device figures."""
+    if m.alloc_retries is None:
+        return None
+    mine = m.alloc_retries[row, steps]
+    if not np.isfinite(mine).any():
+        return None
+    peers = m.alloc_retries[np.ix_(others, steps)]
+    retried = np.nan_to_num(mine) > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        peers_share = float(np.nanmedian(np.nanmean(peers > 0, axis=1))) if len(peers) else 0.0
+        late_retried = (
+            float(np.nanmedian(m.own_late_s[row, steps[retried]])) if retried.any() else 0.0
+        )
+        late_plain = (
+            float(np.nanmedian(m.own_late_s[row, steps[~retried]])) if (~retried).any() else 0.0
+        )
+    share = float(retried.mean())
+    peak = m.mem_peak_of_total
+    full = peak is not None and np.isfinite(peak[row]) and peak[row] >= settings.memory_full_ratio
+    peers_full = (
+        float(np.nanmedian(peak[others])) if peak is not None and np.isfinite(peak[others]).any()
+        else 0.0
+    )  # fmt: skip
+    evidence["alloc_retries"] = int(np.nansum(mine))
+    evidence["alloc_retries_others"] = round(float(np.nanmedian(np.nansum(peers, axis=1))), 1)
+    if peak is not None and np.isfinite(peak[row]):
+        evidence["memory_peak_of_total"] = round(float(peak[row]), 3)
+        evidence["memory_peak_of_total_others"] = round(peers_full, 3)
+    explains = settings.cause_explains_lateness_ratio * late_s
+    by_retries = (
+        retried.any()
+        and peers_share <= share / 4
+        and (share >= settings.memory_retry_share_ratio or late_retried - late_plain >= explains)
+    )
+    by_fullness = full and peers_full < settings.memory_peers_full_ratio
+    if not (by_retries or by_fullness):
+        return None
+    detail = (
+        f"; its GPU memory allocator retried in {int(retried.sum())} of these {len(steps)} "
+        f"steps (peers in {100 * peers_share:.0f}% of theirs): each retry frees the cache "
+        "and synchronizes the device"
+        if by_retries
+        else f"; its device was {100 * float(peak[row]):.0f}% full at peak (peers "  # type: ignore[index]
+        f"{100 * peers_full:.0f}%)"
+    )
+    return (
+        "memory_pressure",
+        detail,
+        "give this rank headroom: PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, a "
+        "smaller micro-batch, activation checkpointing, or an even split of the model's "
+        "memory across ranks",
     )
 
 

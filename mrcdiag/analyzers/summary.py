@@ -23,6 +23,8 @@ class RankSteps:
     step_time_p90_s: float
     data_wait_fraction: float
     comm_fraction: float
+    # its device's highest reserved memory over the device's total (None: not known)
+    memory_peak_of_total: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ def summarize(
                 step_time_p90_s=float(p90[row]),
                 data_wait_fraction=_or_zero(data_frac[row]),
                 comm_fraction=_or_zero(comm_frac[row]),
+                memory_peak_of_total=_known(m.mem_peak_of_total, row),
             )
         )
     job = job[np.isfinite(job)]
@@ -151,6 +154,12 @@ def summarize(
         per_peer=peer_stats(run),
         coverage=coverage(run),
     )
+
+
+def _known(values: np.ndarray | None, row: int) -> float | None:
+    if values is None or not np.isfinite(values[row]):
+        return None
+    return round(float(values[row]), 4)
 
 
 def _or_zero(value: float) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from mrcdiag.capture.device_memory import DeviceMemory
 from mrcdiag.capture.recorder import Recorder
 from mrcdiag.capture.thread_clock import UNKNOWN, ThreadClock
 
@@ -28,6 +29,7 @@ class StepTracker:
         self.comm_ns = 0
         self.n_collectives = 0
         self.clock = ThreadClock()
+        self.memory = DeviceMemory()
         self.cpu_ns, self.cpu_wait_ns = self.clock.read()
         self.manual = False
         self.in_manual_step = False
@@ -47,6 +49,7 @@ class StepTracker:
                 UNKNOWN
                 if UNKNOWN in (cpu_wait_ns, self.cpu_wait_ns)
                 else cpu_wait_ns - self.cpu_wait_ns,
+                *self.memory.read(),
             )
         )
         self.index += 1

@@ -32,6 +32,26 @@ STEP_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 COLLECTIVE_BUCKETS_S = (1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
+# step column -> (family, metric, help): the rank's device allocator at its last step
+_MEMORY_METRICS = {
+    "mem_allocated_bytes": (
+        GaugeMetricFamily, metrics.RANK_MEMORY_ALLOCATED, "Device memory the rank's tensors hold"
+    ),
+    "mem_reserved_bytes": (
+        GaugeMetricFamily, metrics.RANK_MEMORY_RESERVED, "Device memory the allocator reserved"
+    ),
+    "mem_peak_reserved_bytes": (
+        GaugeMetricFamily, metrics.RANK_MEMORY_PEAK_RESERVED, "Highest reserved so far"
+    ),
+    "mem_total_bytes": (GaugeMetricFamily, metrics.RANK_MEMORY_TOTAL, "The rank's device memory"),
+    "mem_alloc_retries": (
+        CounterMetricFamily, metrics.RANK_MEMORY_ALLOC_RETRIES,
+        "Allocations retried after freeing the cache (each synchronizes the device)",
+    ),
+    "mem_ooms": (CounterMetricFamily, metrics.RANK_MEMORY_OOMS, "Out-of-memory errors raised"),
+}  # fmt: skip
+
+
 class _Histogram:
     def __init__(self, edges: tuple[float, ...]) -> None:
         self.edges = np.array(edges)
@@ -67,6 +87,7 @@ class _RankState:
     n_steps: int = 0
     last_step_unix_s: float = 0.0
     offset_unix_ns: int = 0  # monotonic -> unix for this rank
+    memory: dict[str, int] = field(default_factory=dict)  # its last step's, where known
 
 
 class RankCollector:
@@ -114,6 +135,11 @@ class RankCollector:
                 state.n_steps += batch.num_rows
                 if batch.num_rows:
                     state.last_step_unix_s = (int(end.max()) + state.offset_unix_ns) / 1e9
+                for name in schema.STEP_MEMORY_FIELDS:
+                    if name in batch.column_names and batch.num_rows:
+                        value = batch.column(name)[-1].as_py()
+                        if value is not None and value >= 0:
+                            state.memory[name] = int(value)
             for batch in state.collectives.read_new():
                 ops = batch.column("op").to_numpy()
                 nbytes = batch.column("nbytes").to_numpy()
@@ -168,8 +194,14 @@ class RankCollector:
             "Bytes moved by collectives (nccl-tests size)",
             labels=base + ["op"],
         )
+        memory = {
+            field_name: cls(name.removesuffix("_total"), help_text, labels=base)
+            for field_name, (cls, name, help_text) in _MEMORY_METRICS.items()
+        }
         for s in self.ranks.values():
             values = [self.job, self.node, str(s.rank), str(s.local_rank)]
+            for field_name, value in s.memory.items():
+                memory[field_name].add_metric(values, value)
             step.add_metric(values, s.step_hist.buckets(), s.step_hist.sum)
             steps.add_metric(values, s.n_steps)
             data.add_metric(values, s.data_wait_s)
@@ -183,6 +215,7 @@ class RankCollector:
             for op, total in sorted(s.coll_bytes.items()):
                 coll_bytes.add_metric(values + [schema.OPS[op]], total)
         yield from (step, steps, last, data, blocked, coll, coll_bytes)
+        yield from (m for m in memory.values() if m.samples)
         up = GaugeMetricFamily(
             metrics.AGENT_UP, "1 while the node agent runs", labels=["job", "node"]
         )

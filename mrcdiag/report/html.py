@@ -347,10 +347,18 @@ def _tables(analysis: Analysis) -> str:
     rows = sorted(s.per_rank, key=lambda r: -r.step_time_p50_s)
     if len(rows) > 24:
         rows = rows[:16] + rows[-8:]
+    memory = any(r.memory_peak_of_total is not None for r in rows)
     ranks = "".join(
         f"<tr><td>{r.rank}</td><td>{_e(r.host)}</td><td>{r.steps}</td>"
         f"<td>{r.step_time_p50_s * 1e3:.1f}</td><td>{r.step_time_p90_s * 1e3:.1f}</td>"
-        f"<td>{100 * r.data_wait_fraction:.0f}%</td><td>{100 * r.comm_fraction:.0f}%</td></tr>"
+        f"<td>{100 * r.data_wait_fraction:.0f}%</td><td>{100 * r.comm_fraction:.0f}%</td>"
+        + (
+            f"<td>{'-' if r.memory_peak_of_total is None else f'{100 * r.memory_peak_of_total:.0f}%'}"
+            "</td>"
+            if memory
+            else ""
+        )
+        + "</tr>"
         for r in rows
     )
     ops = "".join(
@@ -363,7 +371,8 @@ def _tables(analysis: Analysis) -> str:
     return (
         "<h2>Step time per rank (slowest first)</h2><table><tr><th>rank</th><th>node</th>"
         "<th>steps</th><th>p50 ms</th><th>p90 ms</th><th>data wait</th><th>in collectives</th>"
-        f"</tr>{ranks}</table><h2>Collectives</h2><table><tr><th>op</th><th>group</th>"
+        + ("<th>GPU memory peak</th>" if memory else "")
+        + f"</tr>{ranks}</table><h2>Collectives</h2><table><tr><th>op</th><th>group</th>"
         "<th>calls</th><th>bytes</th><th>time/rank s</th><th>waiting s</th><th>busbw GB/s</th>"
         f"</tr>{ops}</table>{_peers(s.per_peer)}<p>{_e(capture_line(s.coverage))}</p>"
     )

@@ -152,12 +152,18 @@ def _short(value: object, limit: int = 88) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
 def _tables(console: Console, analysis: Analysis) -> None:
     s = analysis.summary
     table_box = box.SIMPLE_HEAD
     if s.per_rank:
         ranks = Table(title="Step time per rank", box=table_box, title_justify="left")
-        for col in ("rank", "node", "steps", "p50", "p90", "data wait", "in collectives"):
+        memory = any(r.memory_peak_of_total is not None for r in s.per_rank)
+        columns = ["rank", "node", "steps", "p50", "p90", "data wait", "in collectives"]
+        for col in columns + (["GPU memory peak"] if memory else []):
             ranks.add_column(col, justify="right" if col not in ("node",) else "left")
         rows = s.per_rank
         if len(rows) > 16:  # the slowest and the fastest say it all
@@ -172,6 +178,7 @@ def _tables(console: Console, analysis: Analysis) -> None:
                 _fmt_s(r.step_time_p90_s),
                 f"{100 * r.data_wait_fraction:.0f}%",
                 f"{100 * r.comm_fraction:.0f}%",
+                *([_share(r.memory_peak_of_total)] if memory else []),
             )
         console.print(ranks)
     if s.per_op:

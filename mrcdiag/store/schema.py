@@ -102,6 +102,17 @@ COLLECTIVE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
 COLLECTIVE_SCHEMA = pa.schema(COLLECTIVE_FIELDS)
 
 
+# the step columns of the device allocator (-1: not known)
+STEP_MEMORY_FIELDS = (
+    "mem_allocated_bytes",
+    "mem_reserved_bytes",
+    "mem_peak_reserved_bytes",
+    "mem_alloc_retries",
+    "mem_ooms",
+    "mem_total_bytes",
+)
+
+
 class CollectiveRow:
     """Positions in a collective row, the tuple the capture layer builds per call
     (COLLECTIVE_SCHEMA order). The first HEAD fields are known at the call; a row is
@@ -124,5 +135,14 @@ STEP_SCHEMA = pa.schema(
         # waiting in a run queue for one; -1 where not known (older runs, no schedstat)
         ("cpu_ns", pa.int64()),
         ("cpu_wait_ns", pa.int64()),
+        # the rank's device allocator at the step's end (torch.cuda.memory_stats; the
+        # same on ROCm builds); -1 where not known (no GPU, CUDA not initialized, older
+        # runs). Retries and OOMs count from the process's start.
+        ("mem_allocated_bytes", pa.int64()),
+        ("mem_reserved_bytes", pa.int64()),
+        ("mem_peak_reserved_bytes", pa.int64()),
+        ("mem_alloc_retries", pa.int64()),
+        ("mem_ooms", pa.int64()),
+        ("mem_total_bytes", pa.int64()),  # the device's memory
     ]
 )
