@@ -173,6 +173,33 @@ def _flight_dumps(run_dirs: tuple[Path, ...], named: Path | None, problems: list
     return dumps
 
 
+@main.command()
+def topo() -> None:
+    """How this node's GPUs are wired, and what it means for collectives.
+
+    \b
+    A matrix in the manner of `nvidia-smi topo -m`: between each pair of GPUs, NVLink
+    (NV<links>) or the PCIe path (PIX one switch, PXB several bridges, PHB the host
+    bridge, NODE within a NUMA node, SYS across sockets), marked * where peer-to-peer
+    does not work; each GPU's PCIe link now against its maximum, its NUMA node and the
+    CPUs near it. `mrcdiag launch` also stores it in the run directory."""
+    import socket
+
+    from mrcdiag.collectors.topology import node_topology
+    from mrcdiag.report.topo import render_topology
+
+    topology, why = node_topology(_nvml_for_topo())
+    if topology is None:
+        click.echo(f"mrcdiag: no NVIDIA GPU to describe on this node ({why})")
+        return
+    click.echo(render_topology(topology, socket.gethostname()), nl=False)
+
+
+def _nvml_for_topo() -> object:
+    """The NVML module `topo` reads (tests put a fake of the library here)."""
+    return None
+
+
 def _say(message: str) -> None:
     click.echo(message, err=True)
 

@@ -31,10 +31,13 @@ from mrcdiag.agent.sources import (
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.collectors.base import SampleCollector
 from mrcdiag.collectors.host import HostCollector
+from mrcdiag.collectors.nvml import NvmlCollector
 from mrcdiag.collectors.ranks import RankCollector
+from mrcdiag.collectors.topology import node_topology
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout
 from mrcdiag.store.samples import DEFAULT_BLOCK_S, RecentSamples, SampleWriter
+from mrcdiag.store.writer import write_json_atomic
 
 
 def _answered(rank_dir: Path, since_unix_s: float) -> bool:
@@ -159,6 +162,7 @@ class NodeAgent:
             node_dir = layout.node_dir(self.run_dir, self.node)
             node_dir.mkdir(parents=True, exist_ok=True)
             self._samples = SampleWriter(node_dir, self.block_s)
+            self._write_topology(node_dir)
         self._thread = threading.Thread(target=self._loop, name="mrcdiag-agent", daemon=True)
         self._thread.start()
         if self._live_wanted:
@@ -167,6 +171,21 @@ class NodeAgent:
             )
             self._live_thread.start()
         return url
+
+    def _write_topology(self, node_dir: Path) -> None:
+        """How this node's GPUs are wired, once per run (topology.json), from the NVML
+        the GPU collector already opened; nothing on a node without one."""
+        nvml = next((c.nvml for c in self.collectors if isinstance(c, NvmlCollector)), None)
+        if nvml is None:
+            return
+        topology, why = node_topology(nvml)
+        if topology is None:
+            warn_once("topology", f"no GPU topology for this node ({why})")
+            return
+        try:
+            write_json_atomic(node_dir / layout.TOPOLOGY_FILE, topology)
+        except OSError as exc:
+            warn_once("topology", f"cannot write the GPU topology ({exc.strerror})")
 
     @property
     def base_url(self) -> str | None:

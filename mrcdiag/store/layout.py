@@ -16,6 +16,7 @@ RUN_DIR/ranks/rank-00003/flight_recorder.json   PyTorch's own record (--verify-c
 RUN_DIR/ranks/rank-00003/flight_recorder_at_attach.json   the same when recording began
 RUN_DIR/ranks/rank-00003/flight_recorder_hang.json   the same when a hang was found
 RUN_DIR/nodes/HOST/samples.arrows, samples-recent.arrows   node agent samples (store/samples.py)
+RUN_DIR/nodes/HOST/topology.json       how the node's GPUs are wired (collectors/topology.py)
 ```
 """
 
@@ -45,6 +46,7 @@ FLIGHT_RECORDER_HANG_FILE = "flight_recorder_hang.json"  # beside stacks.json, o
 ATTACH_FAILED_FILE = "attach_failed.json"  # why a rank records nothing, in its own words
 FLIGHT_RECORDER_AT_ATTACH_FILE = "flight_recorder_at_attach.json"  # mrcdiag's own traffic
 NODES_DIR = "nodes"
+TOPOLOGY_FILE = "topology.json"  # in a node's folder: how its GPUs are wired
 _RANK_PREFIX = "rank-"
 
 

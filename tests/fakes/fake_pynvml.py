@@ -39,6 +39,27 @@ class FakeGpu:
     pids: list[int] = field(default_factory=list)
     unsupported: set[str] = field(default_factory=set)
     lost: bool = False
+    # how it is wired (collectors/topology.py)
+    bus_id: str = ""  # "" : 00000000:<index+0x18>:00.0
+    pcie_gen: int = 5
+    pcie_gen_max: int = 5
+    pcie_width: int = 16
+    pcie_width_max: int = 16
+    numa_node: int = 0
+    cpus: list[int] = field(default_factory=lambda: list(range(0, 32)))
+    # link -> the GPU index it reaches, or "switch" (an NVSwitch); other links inactive
+    nvlinks: dict[int, int | str] = field(default_factory=dict)
+
+
+@dataclass
+class FakeWiring:
+    """Between GPUs: NVML's topology level of their common ancestor (10 PIX, 20 PXB, 30
+    PHB, 40 NODE, 50 SYS), and the P2P read status (0 ok, 5 not supported, ...)."""
+
+    level: int = 10
+    p2p: int = 0
+    levels: dict[tuple[int, int], int] = field(default_factory=dict)
+    p2ps: dict[tuple[int, int], int] = field(default_factory=dict)
 
 
 class _Handle:
@@ -46,7 +67,9 @@ class _Handle:
         self.index = index
 
 
-def make_fake_nvml(gpus: list[FakeGpu], library_missing: bool = False) -> types.ModuleType:
+def make_fake_nvml(
+    gpus: list[FakeGpu], library_missing: bool = False, wiring: FakeWiring | None = None
+) -> types.ModuleType:
     m = types.ModuleType("pynvml")
     for name in dir(real):  # constants, exception classes, ctypes structs
         if (
@@ -188,6 +211,72 @@ def make_fake_nvml(gpus: list[FakeGpu], library_missing: bool = False) -> types.
 
     m.nvmlEventSetWait_v2 = event_wait
     m.nvmlEventTypeXidCriticalError = real.nvmlEventTypeXidCriticalError
+    _wire(m, gpus, handles, gpu, wiring or FakeWiring())
     m.fake_events = events  # tests push (gpu, xid) here
     m.fake_gpus = gpus
     return m
+
+
+def _bus(g: FakeGpu, index: int) -> str:
+    return g.bus_id or f"00000000:{0x18 + index:02X}:00.0"
+
+
+def _wire(m: types.ModuleType, gpus: list[FakeGpu], handles: list, gpu, wiring: FakeWiring) -> None:
+    """The topology calls, as nvidia-ml-py makes them (same names and return shapes)."""
+
+    def pci_info(h: _Handle) -> object:
+        info = real.nvmlPciInfo_t()
+        info.busId = _bus(gpus[h.index], h.index).encode()
+        return info
+
+    m.nvmlDeviceGetPciInfo = pci_info
+    m.nvmlDeviceGetCurrPcieLinkGeneration = lambda h: gpu(h, "pcie_link").pcie_gen
+    m.nvmlDeviceGetMaxPcieLinkGeneration = lambda h: gpu(h, "pcie_link").pcie_gen_max
+    m.nvmlDeviceGetCurrPcieLinkWidth = lambda h: gpu(h, "pcie_link").pcie_width
+    m.nvmlDeviceGetMaxPcieLinkWidth = lambda h: gpu(h, "pcie_link").pcie_width_max
+    m.nvmlDeviceGetNumaNodeId = lambda h: gpu(h, "numa").numa_node
+
+    def cpu_affinity(h: _Handle, size: int) -> ctypes.Array:
+        words = (ctypes.c_ulonglong * size)()
+        for cpu in gpu(h, "affinity").cpus:
+            words[cpu // 64] |= 1 << (cpu % 64)
+        return words
+
+    m.nvmlDeviceGetCpuAffinity = cpu_affinity
+
+    def link_target(h: _Handle, link: int) -> int | str:
+        g = gpu(h, "nvlink")
+        if link >= real.NVML_NVLINK_MAX_LINKS:
+            raise real.NVMLError_InvalidArgument()
+        if link not in g.nvlinks:
+            raise real.NVMLError_NotSupported()
+        return g.nvlinks[link]
+
+    m.nvmlDeviceGetNvLinkState = lambda h, link: 1 if link_target(h, link) is not None else 0
+    m.nvmlDeviceGetNvLinkRemoteDeviceType = lambda h, link: (
+        real.NVML_NVLINK_DEVICE_TYPE_SWITCH
+        if link_target(h, link) == "switch"
+        else real.NVML_NVLINK_DEVICE_TYPE_GPU
+    )
+
+    def remote_pci(h: _Handle, link: int) -> object:
+        target = link_target(h, link)
+        info = real.nvmlPciInfo_t()
+        info.busId = (
+            b"00000000:C0:00.0" if target == "switch" else _bus(gpus[target], target).encode()
+        )
+        return info
+
+    m.nvmlDeviceGetNvLinkRemotePciInfo = remote_pci
+
+    def pair(a: _Handle, b: _Handle) -> tuple[int, int]:
+        return (min(a.index, b.index), max(a.index, b.index))
+
+    m.nvmlDeviceGetTopologyCommonAncestor = lambda a, b: wiring.levels.get(pair(a, b), wiring.level)
+
+    def p2p_status(a: _Handle, b: _Handle, index: int) -> int:
+        if not isinstance(index, int):  # what ctypes refuses in the real call
+            raise ctypes.ArgumentError(f"argument 3: wrong type {type(index).__name__}")
+        return wiring.p2ps.get(pair(a, b), wiring.p2p)
+
+    m.nvmlDeviceGetP2PStatus = p2p_status

@@ -1,0 +1,114 @@
+"""How a node's GPUs are wired, through a fake NVML that answers like nvidia-ml-py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from fakes.fake_pynvml import FakeGpu, FakeWiring, make_fake_nvml
+
+from mrcdiag import cli
+from mrcdiag.agent.node import NodeAgent
+from mrcdiag.collectors import nvml as nvml_collector
+from mrcdiag.collectors.topology import node_topology, read_topology
+from mrcdiag.report.topo import render_topology, what_it_means
+
+
+def desk_box() -> tuple[list[FakeGpu], FakeWiring]:
+    """Two RTX 4090s under a desk: no NVLink, PCIe through the CPU, P2P off."""
+    gpus = [FakeGpu(name="NVIDIA GeForce RTX 4090", pcie_gen=4, pcie_gen_max=4) for _ in range(2)]
+    return gpus, FakeWiring(level=30, p2p=5)
+
+
+def nvlink_box(x8: int | None = None) -> tuple[list[FakeGpu], FakeWiring]:
+    """Eight H100s on NVSwitches (18 links each), two sockets of 48 CPUs."""
+    gpus = []
+    for i in range(8):
+        socket = i // 4
+        gpus.append(
+            FakeGpu(
+                numa_node=socket,
+                cpus=list(range(48 * socket, 48 * socket + 48)),
+                nvlinks=dict.fromkeys(range(18), "switch"),
+                pcie_width=8 if i == x8 else 16,
+            )
+        )
+    levels = {(i, j): 40 if i // 4 == j // 4 else 50 for i in range(8) for j in range(i + 1, 8)}
+    return gpus, FakeWiring(levels=levels)
+
+
+def _topology(box: tuple[list[FakeGpu], FakeWiring]) -> dict:
+    gpus, wiring = box
+    topology, why = node_topology(make_fake_nvml(gpus, wiring=wiring))
+    assert topology is not None, why
+    return topology
+
+
+def test_a_desk_box_without_nvlink_or_p2p_is_described_so() -> None:
+    topology = _topology(desk_box())
+    assert [p["path"] for p in topology["pairs"]] == ["PHB"]
+    assert topology["pairs"][0]["p2p"] == "not supported"
+    text = render_topology(topology, "desk")
+    assert "GPU0  X     PHB*" in text and "GPU1  PHB*  X" in text
+    assert "no peer-to-peer between 1 pair(s) (not supported)" in text
+    assert "Gen4 x16 / Gen4 x16" in text
+
+
+def test_an_nvswitch_box_has_nvlink_everywhere_and_names_the_gpu_at_x8() -> None:
+    topology = _topology(nvlink_box(x8=3))
+    assert {p["path"] for p in topology["pairs"]} == {"NV18"}
+    assert all(p["p2p"] == "ok" for p in topology["pairs"])
+    assert [g["numa_node"] for g in topology["gpus"]] == [0, 0, 0, 0, 1, 1, 1, 1]
+    text = render_topology(topology, "hgx")
+    assert "0-47" in text and "48-95" in text
+    below = [line for line in what_it_means(topology) if "below its maximum" in line]
+    assert len(below) == 1 and below[0].startswith("GPU3: PCIe link at Gen5 x8 / Gen5 x16")
+
+
+def test_a_healthy_nvswitch_box_has_nothing_to_say_beyond_its_paths() -> None:
+    meaning = what_it_means(_topology(nvlink_box()))
+    assert meaning == ["NV18: NVLink"]
+
+
+def test_gpus_joined_by_direct_links_count_their_links() -> None:
+    gpus = [FakeGpu(nvlinks={0: 1, 1: 1, 2: 2}), FakeGpu(nvlinks={0: 0, 1: 0}),
+            FakeGpu(nvlinks={0: 0})]  # fmt: skip
+    topology = read_topology(make_fake_nvml(gpus))
+    assert [(p["gpus"], p["path"]) for p in topology["pairs"]] == [
+        ([0, 1], "NV2"), ([0, 2], "NV1"), ([1, 2], "PIX")
+    ]  # fmt: skip
+
+
+def test_topo_prints_the_matrix_and_says_so_in_one_line_without_a_gpu(monkeypatch) -> None:
+    gpus, wiring = nvlink_box(x8=3)
+    monkeypatch.setattr(cli, "_nvml_for_topo", lambda: make_fake_nvml(gpus, wiring=wiring))
+    result = CliRunner().invoke(cli.main, ["topo"])
+    assert result.exit_code == 0 and "GPU7" in result.output and "NV18" in result.output
+    monkeypatch.setattr(cli, "_nvml_for_topo", lambda: make_fake_nvml([], library_missing=True))
+    result = CliRunner().invoke(cli.main, ["topo"])
+    assert result.exit_code == 0
+    assert result.output.strip().splitlines() == [
+        "mrcdiag: no NVIDIA GPU to describe on this node (NVML: NVML Shared Library Not Found)"
+    ]
+
+
+def test_the_node_agent_stores_the_topology_once_in_the_run(tmp_path: Path) -> None:
+    gpus, wiring = desk_box()
+    collector = nvml_collector.create(
+        {"job": "j", "node": "n"}, nvml=make_fake_nvml(gpus, wiring=wiring)
+    )
+    agent = NodeAgent(tmp_path / "run", None, collectors=[collector], node="n", live=False)
+    agent.start()
+    agent.stop()
+    stored = json.loads((tmp_path / "run" / "nodes" / "n" / "topology.json").read_text())
+    assert stored["pairs"][0]["path"] == "PHB" and len(stored["gpus"]) == 2
+
+
+@pytest.mark.parametrize("missing", ["pcie_link", "numa", "affinity", "nvlink"])
+def test_a_driver_without_a_call_leaves_its_field_empty(missing: str) -> None:
+    gpus = [FakeGpu(unsupported={missing}) for _ in range(2)]
+    topology = read_topology(make_fake_nvml(gpus))
+    assert len(topology["gpus"]) == 2 and topology["pairs"][0]["path"] == "PIX"
+    render_topology(topology, "n")  # nothing it cannot print
