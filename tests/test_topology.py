@@ -112,3 +112,49 @@ def test_a_driver_without_a_call_leaves_its_field_empty(missing: str) -> None:
     topology = read_topology(make_fake_nvml(gpus))
     assert len(topology["gpus"]) == 2 and topology["pairs"][0]["path"] == "PIX"
     render_topology(topology, "n")  # nothing it cannot print
+
+
+def _box_samples(links: dict[int, tuple[int, int]], busy: dict[int, float], mapped: bool = True):
+    """Node samples of a 2-GPU box over 10 s: each GPU's utilization and its PCIe link
+    (generation, width) now, Gen5 x16 at most; ranks 0 and 1 on GPUs 0 and 1."""
+    from handmade import node_samples
+
+    rows = []
+    for t in range(10):
+        for gpu, (gen, width) in links.items():
+            label = f"gpu={gpu}"
+            rows += [
+                (t * 10**9, "mrcdiag_gpu_utilization_ratio", label, busy[gpu]),
+                (t * 10**9, "mrcdiag_gpu_pcie_link_generation", label, gen),
+                (t * 10**9, "mrcdiag_gpu_pcie_link_generation_max", label, 5),
+                (t * 10**9, "mrcdiag_gpu_pcie_link_width", label, width),
+                (t * 10**9, "mrcdiag_gpu_pcie_link_width_max", label, 16),
+            ]
+            if mapped:  # the agent's process map puts rank 1-gpu on each GPU
+                rows.append((t * 10**9, "mrcdiag_gpu_rank_info", f"gpu={gpu},rank={1 - gpu}", 1))
+    return node_samples(rows)
+
+
+def test_a_busy_gpu_whose_link_trained_down_is_pcie_degraded_and_an_idle_one_is_not() -> None:
+    from handmade import lockstep
+
+    from mrcdiag.analyzers import analyze
+
+    run = lockstep(2, 30)
+    run.node_samples["h0"] = _box_samples({0: (5, 16), 1: (5, 8)}, busy={0: 0.9, 1: 0.9})
+    (finding,) = [f for f in analyze(run).findings if f.cause == "pcie_degraded"]
+    assert finding.ranks == (0,) and finding.nodes == ("h0",)  # GPU 1 drives rank 0
+    assert finding.evidence["pcie_now"] == "Gen5 x8" and finding.evidence["bandwidth_share"] == 0.5
+    assert finding.severity == "warning" and finding.is_anomaly
+    # an idle GPU drops its link to Gen1 to save power: not a fault
+    run.node_samples["h0"] = _box_samples({0: (5, 16), 1: (1, 16)}, busy={0: 0.9, 1: 0.05})
+    assert [f for f in analyze(run).findings if f.cause == "pcie_degraded"] == []
+
+
+def test_the_nvml_collector_samples_the_link_as_trained() -> None:
+    gpus = [FakeGpu(), FakeGpu(pcie_gen=3, pcie_width=8)]
+    collector = nvml_collector.create({"job": "j", "node": "n"}, nvml=make_fake_nvml(gpus))
+    seen = {(s.name, s.labels[0][1]): s.value for s in collector.read()}
+    assert seen[("mrcdiag_gpu_pcie_link_generation", "1")] == 3
+    assert seen[("mrcdiag_gpu_pcie_link_width", "1")] == 8
+    assert seen[("mrcdiag_gpu_pcie_link_width_max", "1")] == 16

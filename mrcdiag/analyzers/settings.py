@@ -18,6 +18,10 @@ class Settings:
     memory_retry_share_ratio: float = 0.5
     memory_full_ratio: float = 0.95
     memory_peers_full_ratio: float = 0.9
+    # pcie_degraded: judged on samples while the GPU was this busy (idle links drop
+    # their generation), at least this many of them
+    pcie_busy_ratio: float = 0.5
+    pcie_min_busy_samples: int = 3
     warmup_steps: int = 3  # first steps hold compilation, allocator growth, connection set-up
     window_min_steps: int = 10  # steps in a window, at least, for a median to mean something
     windows_per_run: int = 8

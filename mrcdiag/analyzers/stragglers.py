@@ -26,6 +26,7 @@ from mrcdiag.analyzers.common import (
     windows,
 )
 from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.gpus import gpu_of
 from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.recurrence import step_pattern
@@ -33,7 +34,6 @@ from mrcdiag.analyzers.settings import Settings
 from mrcdiag.analyzers.thread_time import thread_time
 from mrcdiag.metrics import (
     GPU_CLOCK_EVENT_ACTIVE,
-    GPU_RANK_INFO,
     RANK_CPU,
     RANK_CPU_WAIT,
     THROTTLE_REASONS,
@@ -717,13 +717,7 @@ def _throttled_share(run: RunData, rank: int) -> tuple[float, set[str]]:
     samples = run.node_samples.get(run.host_of(rank))
     if samples is None:
         return float("nan"), set()
-    info = run.ranks.get(rank)
-    gpu = str(info.local_rank) if info else "?"
-    mapped = samples["name"] == GPU_RANK_INFO
-    for labels in samples["labels"][mapped]:
-        fields = parse_labels(labels)
-        if fields.get("rank") == str(rank):
-            gpu = fields.get("gpu", gpu)
+    gpu = gpu_of(run, rank)
     events = samples["name"] == GPU_CLOCK_EVENT_ACTIVE
     sampled: set[int] = set()
     held: set[int] = set()

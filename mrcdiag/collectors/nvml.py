@@ -18,6 +18,12 @@ from typing import Any
 
 from mrcdiag.collectors.base import Sample, SampleCollector
 from mrcdiag.log import warn_once
+from mrcdiag.metrics import (
+    GPU_PCIE_LINK_GENERATION,
+    GPU_PCIE_LINK_GENERATION_MAX,
+    GPU_PCIE_LINK_WIDTH,
+    GPU_PCIE_LINK_WIDTH_MAX,
+)
 
 RankProcess = tuple[int, int, int]  # (rank, local_rank, pid)
 
@@ -320,6 +326,15 @@ class NvmlCollector(SampleCollector):
                 scale=1024.0,
                 doc="PCIe traffic received",
             )
+        # the PCIe link as trained now and at most: an idle link drops its generation to
+        # save power, so the analysis compares them while the GPU is busy
+        for name, metric, fn in (
+            (GPU_PCIE_LINK_GENERATION, "pcie_gen", nvml.nvmlDeviceGetCurrPcieLinkGeneration),
+            (GPU_PCIE_LINK_GENERATION_MAX, "pcie_gen_max", nvml.nvmlDeviceGetMaxPcieLinkGeneration),
+            (GPU_PCIE_LINK_WIDTH, "pcie_width", nvml.nvmlDeviceGetCurrPcieLinkWidth),
+            (GPU_PCIE_LINK_WIDTH_MAX, "pcie_width_max", nvml.nvmlDeviceGetMaxPcieLinkWidth),
+        ):
+            add(name, metric, fn, h, doc="PCIe link generation or width (lanes)")
         out += self._nvlink_counters(gpu, h, labels)
         out += self._processes(gpu, h, labels, pid_to_rank)
         return out
