@@ -24,6 +24,8 @@ def test_a_rank_whose_allocator_retries_every_few_steps_is_memory_pressure(
     assert steps["mem_total_bytes"][mine][0] == 24 * GIB
     assert steps["mem_alloc_retries"][mine].max() == 16  # 80 steps, every 5th
     assert steps["mem_alloc_retries"][steps["rank"] == 0].max() == 0
+    device = read_run([run_dir]).ranks[1].device  # which GPU, and where the rank may run
+    assert device["pci_bus_id"] == "00000000:18:00.0" and device["cpus"], device
     report = report_json(run_dir)
     serious = [f for f in report["findings"] if f["severity"] in ("warning", "critical")]
     assert [(f["kind"], f["cause"], f["ranks"]) for f in serious] == [

@@ -158,3 +158,20 @@ def test_the_nvml_collector_samples_the_link_as_trained() -> None:
     assert seen[("mrcdiag_gpu_pcie_link_generation", "1")] == 3
     assert seen[("mrcdiag_gpu_pcie_link_width", "1")] == 8
     assert seen[("mrcdiag_gpu_pcie_link_width_max", "1")] == 16
+
+
+def test_a_rank_pinned_to_the_other_sockets_cpus_is_numa_mismatch() -> None:
+    from handmade import lockstep
+
+    from mrcdiag.analyzers import analyze
+
+    run = lockstep(3, 30)
+    run.topology["h0"] = _topology(nvlink_box())  # GPUs 0-3 near CPUs 0-47, 4-7 near 48-95
+    bus = {g["index"]: g["bus_id"] for g in run.topology["h0"]["gpus"]}
+    run.ranks[0].device = {"pci_bus_id": bus[0], "cpus": list(range(48, 96))}  # wrong socket
+    run.ranks[1].device = {"pci_bus_id": bus[4], "cpus": list(range(48, 96))}  # right one
+    run.ranks[2].device = {"pci_bus_id": bus[1], "cpus": list(range(96))}  # not pinned
+    (finding,) = [f for f in analyze(run).findings if f.cause == "numa_mismatch"]
+    assert finding.ranks == (0,) and finding.evidence["gpu_numa_node"] == 0
+    assert finding.evidence["rank_cpus"] == "48-95" and finding.evidence["gpu_cpus"] == "0-47"
+    assert finding.severity == "warning" and finding.is_anomaly

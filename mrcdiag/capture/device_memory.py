@@ -10,6 +10,7 @@ turns the reading off for the rest of the run, once said.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -17,12 +18,39 @@ from mrcdiag.log import warn_once
 
 UNKNOWN = -1
 NOT_KNOWN = (UNKNOWN,) * 6  # allocated, reserved, peak reserved, retries, ooms, total
+PCI_FIELDS = ("pci_domain_id", "pci_bus_id", "pci_device_id")  # torch's device properties
 
 
 class DeviceMemory:
     def __init__(self) -> None:
         self._off = False
         self._total: dict[int, int] = {}
+        self._described = False
+
+    def describe_once(self) -> dict[str, Any] | None:
+        """The first time a device is in use: which one (its index, PCI bus id as NVML
+        writes it, name) and the CPUs this process may run on, for the topology checks
+        (a rank pinned to the other socket's CPUs); None before and after."""
+        if self._described or self._off:
+            return None
+        torch = sys.modules.get("torch")
+        try:
+            if torch is None or not torch.cuda.is_initialized():
+                return None
+            self._described = True
+            device = torch.cuda.current_device()
+            props = torch.cuda.get_device_properties(device)
+            domain, bus, slot = (getattr(props, k, None) for k in PCI_FIELDS)
+            bus_id = None if bus is None else f"{domain or 0:08X}:{bus:02X}:{slot or 0:02X}.0"
+            return {
+                "cuda_device": int(device),
+                "pci_bus_id": bus_id,
+                "device_name": str(getattr(props, "name", "")),
+                "cpus": sorted(os.sched_getaffinity(0)),
+            }
+        except Exception as exc:
+            warn_once("device-describe", f"cannot tell which device this rank uses ({exc!r})")
+            return None
 
     def read(self) -> tuple[int, ...]:
         """(allocated, reserved, peak reserved, alloc retries, OOMs, device total) bytes

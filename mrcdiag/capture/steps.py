@@ -14,6 +14,7 @@ from typing import Any
 from mrcdiag.capture.device_memory import DeviceMemory
 from mrcdiag.capture.recorder import Recorder
 from mrcdiag.capture.thread_clock import UNKNOWN, ThreadClock
+from mrcdiag.store import records
 
 _now = time.monotonic_ns  # the clock every record of the run uses
 
@@ -52,6 +53,9 @@ class StepTracker:
                 *self.memory.read(),
             )
         )
+        device = self.memory.describe_once()
+        if device is not None:
+            self.recorder.event(records.EVENT_DEVICE, **device)
         self.index += 1
         self._reset(t_end_ns, (cpu_ns, cpu_wait_ns))
 

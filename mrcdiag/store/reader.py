@@ -80,6 +80,8 @@ class RankInfo:
     # the fatal signal it died of and where, as faulthandler wrote it (fatal.txt)
     fatal: dict[str, str] | None = None
     exit: dict[str, Any] | None = None  # exit.json: its exit code as torchrun saw it
+    # the GPU it uses and the CPUs it may run on (its "device" event), where known
+    device: dict[str, Any] | None = None
 
 
 @dataclass
@@ -111,6 +113,7 @@ class RunData:
     node_samples: dict[str, Columns] = field(default_factory=dict)  # host -> samples
     link_probe: list[dict[str, Any]] = field(default_factory=list)  # probe.json pairs
     live_findings: list[dict[str, Any]] = field(default_factory=list)  # findings.jsonl lines
+    topology: dict[str, dict[str, Any]] = field(default_factory=dict)  # host -> topology.json
 
     @property
     def hosts(self) -> list[str]:
@@ -343,6 +346,7 @@ def _assemble(
     data = assemble(parts(), run, world, problems)
     data.run_dirs = dirs
     data.node_samples = _read_node_samples(dirs, data.ranks, problems)
+    data.topology = _read_topology(dirs, problems)
     return data
 
 
@@ -431,6 +435,20 @@ def _read_node_samples(
         if table is None:
             continue
         out[node_dir.name] = samples_columns(table, offset_of_host.get(node_dir.name, 0))
+    return out
+
+
+def _read_topology(dirs: list[Path], problems: list[str]) -> dict[str, dict[str, Any]]:
+    """How each node's GPUs are wired, where its agent wrote it."""
+    out: dict[str, dict[str, Any]] = {}
+    for node_dir in layout.node_dirs(dirs):
+        path = node_dir / layout.TOPOLOGY_FILE
+        if node_dir.name in out or not path.exists():
+            continue
+        try:
+            out[node_dir.name] = _read_json(path)
+        except RunDirError as exc:
+            problems.append(str(exc))
     return out
 
 
@@ -555,6 +573,7 @@ def _rank_info(
             (int(e.fields.get("incomplete", 0) or 0) for e in events), default=0
         ),
         failure=failure,
+        device=next((dict(e.fields) for e in events if e.name == records.EVENT_DEVICE), None),
     )
 
 

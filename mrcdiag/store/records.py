@@ -211,6 +211,9 @@ EVENT_DISABLED = "disabled"  # reason: why recording stopped early
 EVENT_IN_COLLECTIVE = "in_collective"  # op, group, seq, nbytes, t_arrive_ns: stuck there
 EVENT_DEVICE_TIMING_OFF = "device_timing_off"  # reason
 EVENT_EXCEPTION = "exception"  # error (its last line), step, in_collective: died of it
+EVENT_DEVICE = (
+    "device"  # cuda_device, pci_bus_id, device_name, cpus: the GPU it uses, where it runs
+)
 
 
 @dataclass(frozen=True)

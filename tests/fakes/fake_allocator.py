@@ -47,5 +47,9 @@ class FakeAllocator:
         torch.cuda.current_device = lambda: 0
         torch.cuda.memory_stats = self.memory_stats
         torch.cuda.get_device_properties = lambda device=None: SimpleNamespace(
-            name="Fake GPU", total_memory=self.total_bytes
+            name="Fake GPU",
+            total_memory=self.total_bytes,
+            pci_domain_id=0,
+            pci_bus_id=0x18,  # as the fake NVML numbers GPU 0: 00000000:18:00.0
+            pci_device_id=0,
         )
