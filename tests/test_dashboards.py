@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, job_env, launch_command, torchrun
+from conftest import REPO, job_env, launch_command, script, torchrun
 from fakes.fake_pynvml import FakeGpu, make_fake_nvml
 from prom import Prometheus, free_port
 from test_infiniband import write_port
@@ -93,11 +93,12 @@ def test_every_panel_query_returns_data_from_a_real_run(tmp_path: Path) -> None:
     job = subprocess.Popen(
         launch_command(
             tmp_path / "run",
-            # a rank slower by half its work: the findings panels have a finding to show
+            # a rank slower by half its work, whose (fake) GPU allocator retries every step:
+            # the findings panels have a finding to show, the memory panels their series
             torchrun(
                 2,
-                ["-m", "mrcdiag.demo_job", "--steps", "3000", "--work-ms", "5"]
-                + ["--slow-rank", "1", "--slow-ms", "10"],
+                script("allocator_retries.py", "--steps", "3000", "--work-ms", "5")
+                + ["--retry-rank", "1", "--every", "1", "--stall-ms", "10"],
             ),
             port=job_port,
             extra=["--job", "promtest", "--interval", "0.5"],

@@ -175,3 +175,19 @@ def test_a_rank_pinned_to_the_other_sockets_cpus_is_numa_mismatch() -> None:
     assert finding.ranks == (0,) and finding.evidence["gpu_numa_node"] == 0
     assert finding.evidence["rank_cpus"] == "48-95" and finding.evidence["gpu_cpus"] == "0-47"
     assert finding.severity == "warning" and finding.is_anomaly
+
+
+def test_collectives_between_gpus_without_p2p_are_told_as_the_boxs_shape() -> None:
+    from handmade import lockstep
+
+    from mrcdiag.analyzers import analyze
+
+    run = lockstep(2, 30)
+    run.topology["h0"] = _topology(desk_box())  # two 4090s, P2P off through the host bridge
+    (finding,) = [f for f in analyze(run).findings if f.cause == "no_p2p"]
+    assert finding.ranks == (0, 1) and finding.severity == "info" and not finding.is_anomaly
+    assert finding.evidence["pairs_without_p2p"] == "GPU0-GPU1: not supported"
+    assert finding.evidence["path"] == "PHB" and finding.evidence["direct_pcie_gbps"] == 31.5
+    assert finding.time_lost_s > 0
+    run.topology["h0"] = _topology(nvlink_box())  # every pair has P2P: nothing to say
+    assert [f for f in analyze(run).findings if f.cause == "no_p2p"] == []

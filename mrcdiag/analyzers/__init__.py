@@ -24,6 +24,7 @@ from mrcdiag.analyzers.interconnect import find_interconnect
 from mrcdiag.analyzers.lateness import RankStepMatrix, rank_step_matrix
 from mrcdiag.analyzers.link_rates import find_degraded_links
 from mrcdiag.analyzers.numa import find_numa_mismatch
+from mrcdiag.analyzers.p2p import find_no_p2p
 from mrcdiag.analyzers.pcie import find_pcie_degraded
 from mrcdiag.analyzers.pipeline import find_stage_imbalance
 from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
@@ -79,6 +80,7 @@ def analyze(
     findings += stragglers
     findings += find_pcie_degraded(run, stragglers, settings)
     findings += find_numa_mismatch(run, stragglers)
+    findings += find_no_p2p(run, instances, busbw)
     findings += find_stage_imbalance(run, matrix, settings)
     if live_now_ns is None:
         findings += find_slowdowns(matrix, settings)

@@ -19,6 +19,7 @@ CATEGORIES = ("anomaly", "efficiency")
 EFFICIENCY_CAUSES = frozenset(
     {
         ("interconnect", "exposed_communication"),
+        ("interconnect", "no_p2p"),
         ("idle_compute", "waiting_on_collectives"),
         ("idle_compute", "data_loading"),
         ("idle_compute", "low_gpu_utilization"),

@@ -493,6 +493,49 @@ def node_panels() -> list[Panel]:
         Panel(
             "Host memory", [(f"mrcdiag_host_memory_used_bytes{{{NODE_SEL}}}", "{{node}}")], "bytes"
         ),
+        Panel(
+            "PCIe link against its maximum (compare while busy: idle links slow down)",
+            [
+                (
+                    f"mrcdiag_gpu_pcie_link_generation{{{NODE_SEL}}} / "
+                    f"mrcdiag_gpu_pcie_link_generation_max{{{NODE_SEL}}}",
+                    "{{node}} gpu{{gpu}} generation",
+                ),
+                (
+                    f"mrcdiag_gpu_pcie_link_width{{{NODE_SEL}}} / "
+                    f"mrcdiag_gpu_pcie_link_width_max{{{NODE_SEL}}}",
+                    "{{node}} gpu{{gpu}} width",
+                ),
+            ],
+            "percentunit",
+            gpu_only=True,
+        ),
+        Panel(
+            "GPU memory per rank, of its device (reserved now and at peak)",
+            [
+                (
+                    f"mrcdiag_rank_memory_reserved_bytes{{{NODE_SEL}}} / "
+                    f"mrcdiag_rank_memory_total_bytes{{{NODE_SEL}}}",
+                    "{{node}} rank {{rank}}",
+                ),
+                (
+                    f"mrcdiag_rank_memory_peak_reserved_bytes{{{NODE_SEL}}} / "
+                    f"mrcdiag_rank_memory_total_bytes{{{NODE_SEL}}}",
+                    "{{node}} rank {{rank}} peak",
+                ),
+            ],
+            "percentunit",
+        ),
+        Panel(
+            "Allocator retries per rank (each frees the cache and synchronizes the GPU)",
+            [
+                (
+                    f"rate(mrcdiag_rank_memory_alloc_retries_total{{{NODE_SEL}}}[{RI}])",
+                    "{{node}} rank {{rank}}",
+                )
+            ],
+            "ops",
+        ),
     ]
 
 
