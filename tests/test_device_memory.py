@@ -48,6 +48,22 @@ def test_a_rank_whose_allocator_retries_every_few_steps_is_memory_pressure(
 
 
 @pytest.mark.slow
+def test_a_job_whose_allocators_all_start_retrying_slows_down_of_memory_pressure(
+    run_dir: Path,
+) -> None:
+    result = launch(
+        run_dir, 2,
+        script("allocator_retries.py", "--steps", "120", "--all-from-step", "60",
+               "--stall-ms", "30"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (slowdown,) = [f for f in report_json(run_dir)["findings"] if f["kind"] == "slowdown"]
+    assert slowdown["cause"] == "memory_pressure", slowdown
+    assert abs(slowdown["evidence"]["start_step"] - 60) <= 5, slowdown["evidence"]
+    assert slowdown["evidence"]["steps_with_alloc_retries_after"] == 1.0
+
+
+@pytest.mark.slow
 def test_the_same_job_without_retries_has_no_warning(run_dir: Path) -> None:
     result = launch(run_dir, 3, script("allocator_retries.py"))
     assert result.returncode == 0, result.stderr

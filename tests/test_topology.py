@@ -191,3 +191,30 @@ def test_collectives_between_gpus_without_p2p_are_told_as_the_boxs_shape() -> No
     assert finding.time_lost_s > 0
     run.topology["h0"] = _topology(nvlink_box())  # every pair has P2P: nothing to say
     assert [f for f in analyze(run).findings if f.cause == "no_p2p"] == []
+
+
+@pytest.mark.parametrize("x8", [3, None])
+def test_a_fake_nvlink_box_under_a_run_names_the_gpu_at_x8_and_a_healthy_one_nothing(
+    tmp_path: Path, x8: int | None
+) -> None:
+    """End to end: the node agent samples a fake 8-GPU box (busy) beside a run of 8 ranks
+    on that node and stores its topology; the report names what is wrong, and nothing on
+    the healthy box."""
+    from conftest import report_json
+
+    from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
+
+    run_dir = write_synthetic_run(tmp_path / "run", SyntheticSpec(ranks=8, steps=60))
+    gpus, wiring = nvlink_box(x8=x8)
+    collector = nvml_collector.create({"job": "j", "node": "node-0000"},
+                                      nvml=make_fake_nvml(gpus, wiring=wiring))  # fmt: skip
+    agent = NodeAgent(run_dir, None, collectors=[collector], node="node-0000", live=False)
+    agent.start()
+    for _ in range(5):
+        agent.sample_once()
+    agent.stop()
+    box = {"pcie_degraded", "numa_mismatch", "no_p2p"}
+    found = [
+        (f["cause"], f["ranks"]) for f in report_json(run_dir)["findings"] if f["cause"] in box
+    ]
+    assert found == ([("pcie_degraded", [3])] if x8 is not None else []), found

@@ -9,6 +9,8 @@ late, reported by the straggler analyzer, not a slowdown.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns
@@ -117,7 +119,23 @@ def describe_slowdown(
         "communication": "slow_link",
         "data_wait": "data_loading",
     }[grown]
-    return Finding(
+    advice = (
+        "look at what changed on every node at that step: a thermal or power event, a "
+        "network degradation, a change in the data (longer sequences), or a phase of the "
+        "training code"
+    )
+    retries = _retry_shares(m, before, after)
+    if grown == "compute" and retries is not None:
+        share_before, share_after = retries
+        if share_after >= settings.memory_retry_share_ratio and share_before <= share_after / 4:
+            cause = "memory_pressure"
+            advice = (
+                "the GPU memory allocators began retrying at that step (each retry frees "
+                "the cache and synchronizes the device): give the ranks headroom "
+                "(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, a smaller micro-batch, "
+                "activation checkpointing), or find what grew (sequence length, a cache)"
+            )
+    finding = Finding(
         kind="slowdown",
         severity="critical" if a / b >= settings.slowdown_critical_ratio else "warning",
         cause=cause,
@@ -132,8 +150,31 @@ def describe_slowdown(
             "step_time_after_ms": round(a * 1e3, 3),
             "growth_ms": {p: round(v * 1e3, 3) for p, v in parts.items()},
             "ranks_slower": int(np.sum(grew >= 0.5 * job_growth)),
+            **(
+                {
+                    "steps_with_alloc_retries_before": round(retries[0], 3),
+                    "steps_with_alloc_retries_after": round(retries[1], 3),
+                }
+                if retries is not None
+                else {}
+            ),
         },
-        recommendation="look at what changed on every node at that step: a "
-        "thermal or power event, a network degradation, a change in the data "
-        "(longer sequences), or a phase of the training code",
+        recommendation=advice,
     )
+    return finding
+
+
+def _retry_shares(
+    m: RankStepMatrix, before: np.ndarray, after: np.ndarray
+) -> tuple[float, float] | None:
+    """The share of steps in which the ranks' allocators retried, before and after (the
+    median over ranks); None without device figures."""
+    if m.alloc_retries is None or not np.isfinite(m.alloc_retries[:, after]).any():
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        shares = [
+            float(np.nanmedian(np.nanmean(np.nan_to_num(m.alloc_retries[:, cols]) > 0, axis=1)))
+            for cols in (before, after)
+        ]
+    return shares[0], shares[1]

@@ -1,6 +1,7 @@
 """DDP on CPU with a fake device allocator on every rank (tests/fakes/fake_allocator.py);
-on --retry-rank the allocator retries every --every steps, and the step stalls as a real
-retry does (the cache is freed and the device synchronized)."""
+on --retry-rank the allocator retries every --every steps (with --all-from-step, every
+rank's in every step from then on), and the step stalls as a real retry does (the cache
+is freed and the device synchronized)."""
 
 import argparse
 import sys
@@ -23,6 +24,9 @@ def main() -> None:
     p.add_argument("--retry-rank", type=int, default=-1)
     p.add_argument("--every", type=int, default=5)
     p.add_argument("--stall-ms", type=float, default=80.0)
+    p.add_argument(
+        "--all-from-step", type=int, default=-1, help="from this step on, every rank retries"
+    )
     args = p.parse_args()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -32,7 +36,8 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     for step in range(args.steps):
         burn_cpu(args.work_ms)
-        if rank == args.retry_rank and step % args.every == args.every // 2:
+        everyone = 0 <= args.all_from_step <= step
+        if everyone or (rank == args.retry_rank and step % args.every == args.every // 2):
             allocator.retry()
             burn_cpu(args.stall_ms)  # freeing the cache, synchronizing the device
         model(torch.randn(8, 64)).sum().backward()
