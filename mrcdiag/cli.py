@@ -185,18 +185,25 @@ def topo() -> None:
     CPUs near it. `mrcdiag launch` also stores it in the run directory."""
     import socket
 
-    from mrcdiag.collectors.topology import node_topology
+    from mrcdiag.collectors.topology import amd_node_topology, node_topology
     from mrcdiag.report.topo import render_topology
 
     topology, why = node_topology(_nvml_for_topo())
     if topology is None:
-        click.echo(f"mrcdiag: no NVIDIA GPU to describe on this node ({why})")
-        return
+        topology, why_amd = amd_node_topology(_amdsmi_for_topo())
+        if topology is None:
+            click.echo(f"mrcdiag: no GPU to describe on this node ({why}; {why_amd})")
+            return
     click.echo(render_topology(topology, socket.gethostname()), nl=False)
 
 
 def _nvml_for_topo() -> object:
     """The NVML module `topo` reads (tests put a fake of the library here)."""
+    return None
+
+
+def _amdsmi_for_topo() -> object:
+    """The amdsmi module `topo` reads where NVML has no GPU (tests: a fake)."""
     return None
 
 

@@ -86,11 +86,15 @@ def test_topo_prints_the_matrix_and_says_so_in_one_line_without_a_gpu(monkeypatc
     monkeypatch.setattr(cli, "_nvml_for_topo", lambda: make_fake_nvml(gpus, wiring=wiring))
     result = CliRunner().invoke(cli.main, ["topo"])
     assert result.exit_code == 0 and "GPU7" in result.output and "NV18" in result.output
+    from fakes.fake_amdsmi import make_fake_amdsmi
+
     monkeypatch.setattr(cli, "_nvml_for_topo", lambda: make_fake_nvml([], library_missing=True))
+    monkeypatch.setattr(cli, "_amdsmi_for_topo", lambda: make_fake_amdsmi([], init_fails=True))
     result = CliRunner().invoke(cli.main, ["topo"])
     assert result.exit_code == 0
     assert result.output.strip().splitlines() == [
-        "mrcdiag: no NVIDIA GPU to describe on this node (NVML: NVML Shared Library Not Found)"
+        "mrcdiag: no GPU to describe on this node (NVML: NVML Shared Library Not Found; "
+        "amdsmi: amdsmi error 10)"
     ]
 
 
@@ -218,3 +222,40 @@ def test_a_fake_nvlink_box_under_a_run_names_the_gpu_at_x8_and_a_healthy_one_not
         (f["cause"], f["ranks"]) for f in report_json(run_dir)["findings"] if f["cause"] in box
     ]
     assert found == ([("pcie_degraded", [3])] if x8 is not None else []), found
+
+
+def test_an_mi300x_box_is_described_from_amdsmi_and_its_link_at_x8_named(
+    monkeypatch, tmp_path: Path
+) -> None:
+    from fakes.fake_amdsmi import make_fake_amdsmi, mi300
+
+    from mrcdiag.collectors import amd as amd_collector
+    from mrcdiag.collectors.topology import amd_node_topology
+
+    gpus = [mi300() for _ in range(8)]
+    gpus[5]["pcie_info"] = {
+        "pcie_static": {"max_pcie_width": 16, "max_pcie_speed": 32},
+        "pcie_metric": {"pcie_width": 8, "pcie_speed": 16000},
+    }
+    gpus[0]["no_p2p"] = {7}
+    topology, why = amd_node_topology(make_fake_amdsmi(gpus))
+    assert topology is not None, why
+    assert {p["path"] for p in topology["pairs"]} == {"XGMI"}
+    assert topology["gpus"][5]["pcie_gen"] == 4 and topology["gpus"][5]["pcie_gen_max"] == 5
+    assert [p["gpus"] for p in topology["pairs"] if p["p2p"] != "ok"] == [[0, 7]]
+    below = [line for line in what_it_means(topology) if "below its maximum" in line]
+    assert len(below) == 1 and below[0].startswith("GPU5: PCIe link at Gen4 x8 / Gen5 x16")
+    # `mrcdiag topo` on a node whose NVML has no GPU reads amdsmi
+    monkeypatch.setattr(cli, "_nvml_for_topo", lambda: make_fake_nvml([], library_missing=True))
+    monkeypatch.setattr(cli, "_amdsmi_for_topo", lambda: make_fake_amdsmi(gpus))
+    result = CliRunner().invoke(cli.main, ["topo"])
+    assert (
+        result.exit_code == 0 and "XGMI" in result.output and "AMD Instinct MI300X" in result.output
+    )
+    # and the node agent stores it from its AMD collector
+    collector = amd_collector.create({"job": "j", "node": "n"}, amdsmi=make_fake_amdsmi(gpus))
+    agent = NodeAgent(tmp_path / "run", None, collectors=[collector], node="n", live=False)
+    agent.start()
+    agent.stop()
+    stored = json.loads((tmp_path / "run" / "nodes" / "n" / "topology.json").read_text())
+    assert len(stored["gpus"]) == 8 and stored["pairs"][0]["path"] == "XGMI"

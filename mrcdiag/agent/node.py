@@ -29,11 +29,12 @@ from mrcdiag.agent.sources import (
     samples_route,
 )
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
+from mrcdiag.collectors.amd import AmdCollector
 from mrcdiag.collectors.base import SampleCollector
 from mrcdiag.collectors.host import HostCollector
 from mrcdiag.collectors.nvml import NvmlCollector
 from mrcdiag.collectors.ranks import RankCollector
-from mrcdiag.collectors.topology import node_topology
+from mrcdiag.collectors.topology import amd_node_topology, node_topology
 from mrcdiag.log import warn_once
 from mrcdiag.store import layout
 from mrcdiag.store.samples import DEFAULT_BLOCK_S, RecentSamples, SampleWriter
@@ -176,9 +177,10 @@ class NodeAgent:
         """How this node's GPUs are wired, once per run (topology.json), from the NVML
         the GPU collector already opened; nothing on a node without one."""
         nvml = next((c.nvml for c in self.collectors if isinstance(c, NvmlCollector)), None)
-        if nvml is None:
+        smi = next((c.smi for c in self.collectors if isinstance(c, AmdCollector)), None)
+        if nvml is None and smi is None:
             return
-        topology, why = node_topology(nvml)
+        topology, why = node_topology(nvml) if nvml is not None else amd_node_topology(smi)
         if topology is None:
             warn_once("topology", f"no GPU topology for this node ({why})")
             return

@@ -17,6 +17,8 @@ from typing import Any
 PATH_OF_LEVEL = {0: "BOARD", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
 PATH_MEANING = {
     "NV": "NVLink",
+    "XGMI": "AMD Infinity Fabric (XGMI)",
+    "PCIE": "PCIe (hops through switches and bridges)",
     "BOARD": "on the same board",
     "PIX": "through one PCIe switch",
     "PXB": "through several PCIe bridges, not the host bridge",
@@ -158,4 +160,92 @@ def node_topology(nvml: Any = None) -> tuple[dict[str, Any] | None, str]:
         return None, f"NVML: {exc}"
     if not topology["gpus"]:
         return None, "NVML sees no GPU"
+    return topology, ""
+
+
+# amdsmi_topo_get_link_type's link types (AMDSMI_LINK_TYPE_*)
+AMD_LINK_PCIE, AMD_LINK_XGMI = 1, 2
+
+
+def read_amd_topology(smi: Any) -> dict[str, Any]:
+    """The same description from amdsmi where it has it: XGMI or PCIe (with its hop
+    count) between each pair, peer-to-peer access, each GPU's PCIe link now and at most
+    and its NUMA node. amdsmi must be initialized."""
+    handles = list(smi.amdsmi_get_processor_handles())
+
+    def ask(fn_name: str, *args: Any) -> Any:
+        fn = getattr(smi, fn_name, None)
+        if fn is None:
+            return None
+        try:
+            return fn(*args)
+        except smi.AmdSmiLibraryException:
+            return None
+
+    gpus = []
+    for i, h in enumerate(handles):
+        pcie = ask("amdsmi_get_pcie_info", h) or {}
+        now, static = pcie.get("pcie_metric") or {}, pcie.get("pcie_static") or {}
+        gpus.append(
+            {
+                "index": i,
+                "name": str((ask("amdsmi_get_gpu_asic_info", h) or {}).get("market_name", "")),
+                "bus_id": str(ask("amdsmi_get_gpu_device_bdf", h) or ""),
+                "pcie_gen": _generation(now.get("pcie_speed")),
+                "pcie_gen_max": _generation(static.get("max_pcie_speed")),
+                "pcie_width": _number(now.get("pcie_width")),
+                "pcie_width_max": _number(static.get("max_pcie_width")),
+                "numa_node": ask("amdsmi_topo_get_numa_node_number", h),
+                "cpus": None,
+            }
+        )
+    pairs = []
+    for i in range(len(handles)):
+        for j in range(i + 1, len(handles)):
+            link = ask("amdsmi_topo_get_link_type", handles[i], handles[j]) or {}
+            kind, hops = link.get("type"), link.get("hops")
+            path = "XGMI" if kind == AMD_LINK_XGMI else "PCIE" if kind == AMD_LINK_PCIE else "?"
+            accessible = ask("amdsmi_is_P2P_accessible", handles[i], handles[j])
+            pairs.append(
+                {
+                    "gpus": [i, j],
+                    "path": path,
+                    "hops": hops,
+                    "nvlinks": 0,
+                    "p2p": None if accessible is None else "ok" if accessible else "not accessible",
+                }
+            )
+    return {"gpus": gpus, "pairs": pairs}
+
+
+def _number(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _generation(speed: Any) -> int | None:
+    """A PCIe generation from a transfer rate, in MT/s (the current rate) or GT/s (the
+    maximum, in amdsmi 7)."""
+    rate = _number(speed)
+    if rate is None or rate <= 0:
+        return None
+    gts = rate / 1000 if rate >= 1000 else rate
+    return {2.5: 1, 5: 2, 8: 3, 16: 4, 32: 5, 64: 6}.get(gts) or min(
+        (1, 2, 3, 4, 5, 6), key=lambda g: abs([2.5, 5, 8, 16, 32, 64][g - 1] - gts)
+    )
+
+
+def amd_node_topology(smi: Any = None) -> tuple[dict[str, Any] | None, str]:
+    """(this node's topology from amdsmi, "") or (None, why not)."""
+    if smi is None:
+        try:
+            import amdsmi as smi  # type: ignore[import-not-found]
+        except ImportError:
+            return None, "amdsmi is not installed"
+    try:
+        smi.amdsmi_init(smi.AmdSmiInitFlags.INIT_AMD_GPUS)
+        topology = read_amd_topology(smi)
+    except Exception as exc:  # amdsmi raises its own exception types
+        return None, f"amdsmi: {exc}"
+    if not topology["gpus"]:
+        return None, "amdsmi sees no GPU"
     return topology, ""

@@ -58,6 +58,18 @@ def make_fake_amdsmi(gpus: list[dict], init_fails: bool = False) -> types.Module
     m.amdsmi_get_power_info = field("power_info")
     m.amdsmi_get_clock_info = field("clock_info")
     m.amdsmi_get_temp_metric = field("temperature")
+    # how they are wired (collectors/topology.py), as amdsmi 7 answers
+    m.amdsmi_get_pcie_info = field("pcie_info")
+    m.amdsmi_get_gpu_device_bdf = lambda h: f"0000:{0x10 + 0x10 * h:02x}:00.0"
+    m.amdsmi_topo_get_numa_node_number = field("numa_node")
+    m.amdsmi_get_gpu_asic_info = field("asic_info")
+
+    def link_type(src: int, dst: int) -> dict:
+        link = (gpus[src].get("links") or {}).get(dst, ("xgmi", 1))
+        return {"hops": link[1], "type": 2 if link[0] == "xgmi" else 1}
+
+    m.amdsmi_topo_get_link_type = link_type
+    m.amdsmi_is_P2P_accessible = lambda src, dst: dst not in gpus[src].get("no_p2p", ())
     return m
 
 
@@ -76,6 +88,12 @@ def mi300(**overrides: object) -> dict:
             "throttle_status": 0,
         },
         "unsupported": set(),
+        "pcie_info": {
+            "pcie_static": {"max_pcie_width": 16, "max_pcie_speed": 32, "slot_type": "OAM"},
+            "pcie_metric": {"pcie_width": 16, "pcie_speed": 32000, "pcie_bandwidth": 0},
+        },
+        "numa_node": 0,
+        "asic_info": {"market_name": "AMD Instinct MI300X"},
     }
     gpu.update(overrides)
     return gpu
