@@ -110,3 +110,15 @@ def test_an_agent_serves_its_ranks_records_and_samples_to_another_node_once_each
         assert again is not None and again.column("value").to_pylist() == [3.5]
     finally:
         agent.stop()
+
+
+def test_the_live_analysis_reads_the_topology_of_the_nodes_it_sees(tmp_path: Path) -> None:
+    from mrcdiag.agent.sources import JobRecords
+
+    records = JobRecords(tmp_path, "a")
+    assert records.topology() == {}
+    (tmp_path / "nodes" / "a").mkdir(parents=True)
+    (tmp_path / "nodes" / "b").mkdir(parents=True)
+    (tmp_path / "nodes" / "a" / "topology.json").write_text('{"gpus": [], "pairs": []}')
+    (tmp_path / "nodes" / "b" / "topology.json").write_text('{"gpus": [')  # being written
+    assert records.topology() == {"a": {"gpus": [], "pairs": []}}

@@ -67,6 +67,7 @@ class LiveAnalysis:
         run: RunMeta | None = None,
         link_probe: Callable[[], list[dict]] | None = None,
         node_samples: Callable[[], dict[str, pa.Table]] | None = None,
+        topology: Callable[[], dict[str, dict]] | None = None,
         clock: Callable[[], float] = time.time,
         on_hang: Callable[[LiveFinding], None] | None = None,
     ) -> None:
@@ -78,6 +79,7 @@ class LiveAnalysis:
         self.world = world
         self.link_probe = link_probe
         self.node_samples = node_samples
+        self.topology = topology  # how each node's GPUs are wired, where it can be read
         self.clock = clock
         self.on_hang = on_hang  # called once when a hang is found (launch --on-hang)
         self.window = RunWindow(settings.live_window_steps)
@@ -122,6 +124,8 @@ class LiveAnalysis:
                 host: samples_columns(table, offset_of_host.get(host, 0))
                 for host, table in self.node_samples().items()
             }
+        if self.topology is not None and w.run.ranks:
+            w.run.topology = self.topology()
         self.latest = w
         complete = w.first_step + w.complete_steps
         share = (complete - self.complete_steps) / max(1, w.complete_steps)

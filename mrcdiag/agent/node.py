@@ -214,6 +214,7 @@ class NodeAgent:
                     world=records.world,
                     link_probe=records.link_probe,
                     node_samples=records.node_samples,
+                    topology=records.topology,
                     on_hang=self._on_hang,
                 )
                 self.registry.register(LiveFindingsCollector(self.live, self.job))

@@ -193,6 +193,7 @@ class JobRecords:
         self._samples = samples  # this node's, where an agent keeps them
         self._keep_samples_ns = int(keep_samples_s * 1e9)
         self._samples_of: dict[str, list[pa.Table]] = {}  # host -> recent samples
+        self._topology: dict[str, dict] = {}  # host -> topology.json
 
     def node_samples(self) -> dict[str, pa.Table]:
         """Each node's recent samples: this node's from its agent, the others' pulled."""
@@ -225,6 +226,20 @@ class JobRecords:
             return list(data.get("pairs") or [])
         except (OSError, ValueError, TypeError, AttributeError):
             return []
+
+    def topology(self) -> dict[str, dict]:
+        """How each node's GPUs are wired, for the nodes whose folder this node sees (its
+        own; every one on shared storage); read until found, then kept."""
+        for node_dir in layout.node_dirs([self.run_dir]):
+            if node_dir.name in self._topology:
+                continue
+            try:
+                data = json.loads((node_dir / layout.TOPOLOGY_FILE).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                self._topology[node_dir.name] = data
+        return dict(self._topology)
 
     def analysed_here(self) -> bool:
         """This node runs the job's analysis when it holds global rank 0."""
