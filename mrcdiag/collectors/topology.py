@@ -48,15 +48,7 @@ def read_topology(nvml: Any) -> dict[str, Any]:
     count = nvml.nvmlDeviceGetCount()
     handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
 
-    def ask(fn_name: str, *args: Any) -> Any:
-        fn = getattr(nvml, fn_name, None)
-        if fn is None:
-            return None
-        try:
-            return fn(*args)
-        except nvml.NVMLError:
-            return None
-
+    ask = _asker(nvml, nvml.NVMLError)
     bus = [_text(getattr(ask("nvmlDeviceGetPciInfo", h), "busId", b"")) for h in handles]
     gpus = []
     for i, h in enumerate(handles):
@@ -90,6 +82,22 @@ def read_topology(nvml: Any) -> dict[str, Any]:
                 }
             )
     return {"gpus": gpus, "pairs": pairs}
+
+
+def _asker(library: Any, error: type[Exception]) -> Any:
+    """ask(name, *args): the library's answer, or None where the call does not exist in
+    this version or the driver or GPU does not support it."""
+
+    def ask(fn_name: str, *args: Any) -> Any:
+        fn = getattr(library, fn_name, None)
+        if fn is None:
+            return None
+        try:
+            return fn(*args)
+        except error:
+            return None
+
+    return ask
 
 
 CPU_SET_WORDS = 16  # 64-bit words of a CPU set: 1024 CPUs
@@ -173,15 +181,7 @@ def read_amd_topology(smi: Any) -> dict[str, Any]:
     and its NUMA node. amdsmi must be initialized."""
     handles = list(smi.amdsmi_get_processor_handles())
 
-    def ask(fn_name: str, *args: Any) -> Any:
-        fn = getattr(smi, fn_name, None)
-        if fn is None:
-            return None
-        try:
-            return fn(*args)
-        except smi.AmdSmiLibraryException:
-            return None
-
+    ask = _asker(smi, smi.AmdSmiLibraryException)
     gpus = []
     for i, h in enumerate(handles):
         pcie = ask("amdsmi_get_pcie_info", h) or {}
