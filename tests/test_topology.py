@@ -118,7 +118,12 @@ def test_a_driver_without_a_call_leaves_its_field_empty(missing: str) -> None:
     render_topology(topology, "n")  # nothing it cannot print
 
 
-def _box_samples(links: dict[int, tuple[int, int]], busy: dict[int, float], mapped: bool = True):
+def _box_samples(
+    links: dict[int, tuple[int, int]],
+    busy: dict[int, float],
+    mapped: bool = True,
+    with_max: bool = True,
+):
     """Node samples of a 2-GPU box over 10 s: each GPU's utilization and its PCIe link
     (generation, width) now, Gen5 x16 at most; ranks 0 and 1 on GPUs 0 and 1."""
     from handmade import node_samples
@@ -130,10 +135,13 @@ def _box_samples(links: dict[int, tuple[int, int]], busy: dict[int, float], mapp
             rows += [
                 (t * 10**9, "mrcdiag_gpu_utilization_ratio", label, busy[gpu]),
                 (t * 10**9, "mrcdiag_gpu_pcie_link_generation", label, gen),
-                (t * 10**9, "mrcdiag_gpu_pcie_link_generation_max", label, 5),
                 (t * 10**9, "mrcdiag_gpu_pcie_link_width", label, width),
-                (t * 10**9, "mrcdiag_gpu_pcie_link_width_max", label, 16),
             ]
+            if with_max:  # a driver that does not say leaves these out
+                rows += [
+                    (t * 10**9, "mrcdiag_gpu_pcie_link_generation_max", label, 5),
+                    (t * 10**9, "mrcdiag_gpu_pcie_link_width_max", label, 16),
+                ]
             if mapped:  # the agent's process map puts rank 1-gpu on each GPU
                 rows.append((t * 10**9, "mrcdiag_gpu_rank_info", f"gpu={gpu},rank={1 - gpu}", 1))
     return node_samples(rows)
@@ -153,6 +161,12 @@ def test_a_busy_gpu_whose_link_trained_down_is_pcie_degraded_and_an_idle_one_is_
     # an idle GPU drops its link to Gen1 to save power: not a fault
     run.node_samples["h0"] = _box_samples({0: (5, 16), 1: (1, 16)}, busy={0: 0.9, 1: 0.05})
     assert [f for f in analyze(run).findings if f.cause == "pcie_degraded"] == []
+    # a driver that does not give the maxima: the GPU below its peer is named all the same
+    run.node_samples["h0"] = _box_samples(
+        {0: (4, 16), 1: (3, 16)}, busy={0: 0.9, 1: 0.9}, with_max=False
+    )
+    (finding,) = [f for f in analyze(run).findings if f.cause == "pcie_degraded"]
+    assert finding.ranks == (0,) and finding.evidence["pcie_peers"] == "Gen4 x16"
 
 
 def test_the_nvml_collector_samples_the_link_as_trained() -> None:

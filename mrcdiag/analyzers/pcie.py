@@ -1,5 +1,5 @@
 """GPUs whose PCIe link trained down: a lower generation or fewer lanes than the link can
-run, while the GPU is busy.
+run (or, where the driver does not say, than the node's other GPUs run), while busy.
 
 An idle link drops its generation to save power and climbs back under load, so only the
 samples taken while the GPU was busy count. A link below its own maximum there (a card
@@ -35,9 +35,20 @@ def find_pcie_degraded(
 ) -> list[Finding]:
     out = []
     for host, samples in sorted(run.node_samples.items()):
-        for gpu, link in _busy_links(samples, settings).items():
-            gen, gen_max, width, width_max = link
-            if gen >= gen_max and width >= width_max:
+        links = _busy_links(samples, settings)
+        for gpu, (gen, width, gen_max, width_max) in links.items():
+            if gen_max is not None and width_max is not None:
+                reference, against = (gen_max, width_max), "the"
+            else:  # the driver does not say what the link can run: its peers do
+                peers = [(g, w) for other, (g, w, _, _) in links.items() if other != gpu]
+                if not peers:
+                    continue
+                reference = (
+                    int(np.median([g for g, _ in peers])),
+                    int(np.median([w for _, w in peers])),
+                )
+                against = "its peers'"
+            if gen >= reference[0] and width >= reference[1]:
                 continue
             ranks = ranks_on_gpu(run, host, gpu)
             lost = sum(
@@ -45,7 +56,7 @@ def find_pcie_degraded(
                 for f in stragglers
                 if f.kind == "straggler" and set(f.ranks) & set(ranks)
             )
-            share = _bandwidth(gen, width) / _bandwidth(gen_max, width_max)
+            share = _bandwidth(gen, width) / _bandwidth(*reference)
             out.append(
                 Finding(
                     kind="interconnect",
@@ -55,12 +66,14 @@ def find_pcie_degraded(
                     ranks=tuple(ranks),
                     nodes=(host,),
                     summary=f"GPU {gpu} on {host} runs its PCIe link at Gen{gen} x{width} "
-                    f"while busy, below the Gen{gen_max} x{width_max} it can run: host-device "
+                    f"while busy, below {against} Gen{reference[0]} x{reference[1]}: host-device "
                     f"copies get {100 * share:.0f}% of the link's bandwidth",
                     evidence={
                         "gpu": gpu,
                         "pcie_now": f"Gen{gen} x{width}",
-                        "pcie_max": f"Gen{gen_max} x{width_max}",
+                        "pcie_max" if against == "the" else "pcie_peers": (
+                            f"Gen{reference[0]} x{reference[1]}"
+                        ),
                         "bandwidth_share": round(share, 3),
                     },
                     recommendation="reseat the card and check its riser and slot (nvidia-smi -q "
@@ -71,39 +84,45 @@ def find_pcie_degraded(
     return out
 
 
-def _busy_links(samples: Columns, settings: Settings) -> dict[str, tuple[int, int, int, int]]:
-    """Per GPU: the median (generation, max generation, width, max width) over the samples
-    taken while it was busy; GPUs without enough busy samples are left out."""
+def _busy_links(
+    samples: Columns, settings: Settings
+) -> dict[str, tuple[int, int, int | None, int | None]]:
+    """Per GPU: the median (generation, width, max generation, max width) over the samples
+    taken while it was busy (the maxima None where the driver does not give them); GPUs
+    without enough busy samples of their link are left out."""
     names = samples["name"]
-    wanted = (
-        GPU_PCIE_LINK_GENERATION,
-        GPU_PCIE_LINK_GENERATION_MAX,
-        GPU_PCIE_LINK_WIDTH,
-        GPU_PCIE_LINK_WIDTH_MAX,
-    )
-    if not np.isin(names, wanted).any():
+    now = (GPU_PCIE_LINK_GENERATION, GPU_PCIE_LINK_WIDTH)
+    most = (GPU_PCIE_LINK_GENERATION_MAX, GPU_PCIE_LINK_WIDTH_MAX)
+    if not np.isin(names, now).any():
         return {}
     gpu_of_label = {label: parse_labels(label).get("gpu", "?") for label in set(samples["labels"])}
     series: dict[tuple[str, str], dict[int, float]] = {}
-    for name in (GPU_UTILIZATION, *wanted):
+    for name in (GPU_UTILIZATION, *now, *most):
         sel = names == name
         for t, label, value in zip(
             samples["t_ns"][sel], samples["labels"][sel], samples["value"][sel], strict=True
         ):
             series.setdefault((name, gpu_of_label[label]), {})[int(t)] = float(value)
-    out = {}
+    out: dict[str, tuple[int, int, int | None, int | None]] = {}
     for (name, gpu), util in series.items():
         if name != GPU_UTILIZATION:
             continue
         busy = [t for t, v in util.items() if v >= settings.pcie_busy_ratio]
-        values = []
-        for metric in wanted:
-            at = series.get((metric, gpu), {})
-            seen = [at[t] for t in busy if t in at]
-            values.append(seen)
-        if min(len(v) for v in values) < settings.pcie_min_busy_samples:
+
+        def median(metric: str) -> int | None:
+            at = series.get((metric, gpu), {})  # noqa: B023 (used at once)
+            seen = [at[t] for t in busy if t in at]  # noqa: B023
+            return int(np.median(seen)) if len(seen) >= settings.pcie_min_busy_samples else None
+
+        gen, width = median(GPU_PCIE_LINK_GENERATION), median(GPU_PCIE_LINK_WIDTH)
+        if gen is None or width is None:
             continue
-        out[gpu] = tuple(int(np.median(v)) for v in values)  # type: ignore[assignment]
+        out[gpu] = (
+            gen,
+            width,
+            median(GPU_PCIE_LINK_GENERATION_MAX),
+            median(GPU_PCIE_LINK_WIDTH_MAX),
+        )
     return out
 
 
