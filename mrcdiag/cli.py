@@ -182,7 +182,8 @@ def topo() -> None:
     (NV<links>) or the PCIe path (PIX one switch, PXB several bridges, PHB the host
     bridge, NODE within a NUMA node, SYS across sockets), marked * where peer-to-peer
     does not work; each GPU's PCIe link now against its maximum, its NUMA node and the
-    CPUs near it. `mrcdiag launch` also stores it in the run directory."""
+    CPUs near it. On AMD nodes (amdsmi): XGMI or PCIE between each pair. `mrcdiag
+    launch` also stores it in the run directory (nodes/HOST/topology.json)."""
     import socket
 
     from mrcdiag.collectors.topology import amd_node_topology, node_topology
