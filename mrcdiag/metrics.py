@@ -38,6 +38,7 @@ AGENT_UP = "mrcdiag_agent_up"
 # the rank's device allocator at its last step (torch.cuda.memory_stats)
 RANK_MEMORY_ALLOCATED = "mrcdiag_rank_memory_allocated_bytes"
 RANK_MEMORY_RESERVED = "mrcdiag_rank_memory_reserved_bytes"
+RANK_MEMORY_PEAK_ALLOCATED = "mrcdiag_rank_memory_peak_allocated_bytes"
 RANK_MEMORY_PEAK_RESERVED = "mrcdiag_rank_memory_peak_reserved_bytes"
 RANK_MEMORY_TOTAL = "mrcdiag_rank_memory_total_bytes"  # its device's
 RANK_MEMORY_ALLOC_RETRIES = "mrcdiag_rank_memory_alloc_retries_total"

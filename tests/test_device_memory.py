@@ -85,7 +85,7 @@ def test_reading_needs_a_device_the_job_set_up_and_stops_after_a_failure(monkeyp
         torch.cuda, "get_device_properties", lambda d: type("P", (), {"total_memory": 24 * GIB})
     )
     fake.retry()
-    assert reader.read() == (16 * GIB, 18 * GIB, 24 * GIB - GIB // 4, 1, 0, 24 * GIB)
+    assert reader.read() == (16 * GIB, 18 * GIB, 17 * GIB, 24 * GIB - GIB // 4, 1, 0, 24 * GIB)
 
     def broken(device=None):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

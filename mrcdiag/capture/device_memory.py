@@ -17,7 +17,8 @@ from typing import Any
 from mrcdiag.log import warn_once
 
 UNKNOWN = -1
-NOT_KNOWN = (UNKNOWN,) * 6  # allocated, reserved, peak reserved, retries, ooms, total
+# allocated, reserved, peak allocated, peak reserved, retries, OOMs, device total
+NOT_KNOWN = (UNKNOWN,) * 7
 PCI_FIELDS = ("pci_domain_id", "pci_bus_id", "pci_device_id")  # torch's device properties
 
 
@@ -53,8 +54,9 @@ class DeviceMemory:
             return None
 
     def read(self) -> tuple[int, ...]:
-        """(allocated, reserved, peak reserved, alloc retries, OOMs, device total) bytes
-        and counts; NOT_KNOWN without a device in use."""
+        """(allocated, reserved, peak allocated, peak reserved, alloc retries, OOMs, device
+        total) bytes and counts, as the step columns (schema.STEP_MEMORY_FIELDS) hold
+        them; NOT_KNOWN without a device in use."""
         if self._off:
             return NOT_KNOWN
         torch = sys.modules.get("torch")
@@ -71,6 +73,7 @@ class DeviceMemory:
             return (
                 int(stats.get("allocated_bytes.all.current", UNKNOWN)),
                 int(stats.get("reserved_bytes.all.current", UNKNOWN)),
+                int(stats.get("allocated_bytes.all.peak", UNKNOWN)),
                 int(stats.get("reserved_bytes.all.peak", UNKNOWN)),
                 int(stats.get("num_alloc_retries", UNKNOWN)),
                 int(stats.get("num_ooms", UNKNOWN)),

@@ -40,6 +40,9 @@ _MEMORY_METRICS = {
     "mem_reserved_bytes": (
         GaugeMetricFamily, metrics.RANK_MEMORY_RESERVED, "Device memory the allocator reserved"
     ),
+    "mem_peak_allocated_bytes": (
+        GaugeMetricFamily, metrics.RANK_MEMORY_PEAK_ALLOCATED, "Highest allocated so far"
+    ),
     "mem_peak_reserved_bytes": (
         GaugeMetricFamily, metrics.RANK_MEMORY_PEAK_RESERVED, "Highest reserved so far"
     ),

@@ -106,6 +106,7 @@ COLLECTIVE_SCHEMA = pa.schema(COLLECTIVE_FIELDS)
 STEP_MEMORY_FIELDS = (
     "mem_allocated_bytes",
     "mem_reserved_bytes",
+    "mem_peak_allocated_bytes",
     "mem_peak_reserved_bytes",
     "mem_alloc_retries",
     "mem_ooms",
@@ -140,6 +141,7 @@ STEP_SCHEMA = pa.schema(
         # runs). Retries and OOMs count from the process's start.
         ("mem_allocated_bytes", pa.int64()),
         ("mem_reserved_bytes", pa.int64()),
+        ("mem_peak_allocated_bytes", pa.int64()),
         ("mem_peak_reserved_bytes", pa.int64()),
         ("mem_alloc_retries", pa.int64()),
         ("mem_ooms", pa.int64()),
