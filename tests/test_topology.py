@@ -273,3 +273,22 @@ def test_an_mi300x_box_is_described_from_amdsmi_and_its_link_at_x8_named(
     agent.stop()
     stored = json.loads((tmp_path / "run" / "nodes" / "n" / "topology.json").read_text())
     assert len(stored["gpus"]) == 8 and stored["pairs"][0]["path"] == "XGMI"
+
+
+def test_the_live_analysis_gets_another_nodes_topology_from_its_agent(tmp_path: Path) -> None:
+    from mrcdiag.agent.sources import AgentPull, JobRecords
+
+    gpus, wiring = desk_box()
+    collector = nvml_collector.create(
+        {"job": "j", "node": "b"}, nvml=make_fake_nvml(gpus, wiring=wiring)
+    )
+    agent = NodeAgent(tmp_path / "b", 0, addr="127.0.0.1", collectors=[collector], node="b",
+                      live=False)  # fmt: skip
+    agent.start()
+    try:
+        records = JobRecords(tmp_path / "a", "a")  # node a's disk holds none of b's files
+        records.remote["b"] = AgentPull(agent.base_url or "")
+        seen = records.topology()
+        assert list(seen) == ["b"] and seen["b"]["pairs"][0]["path"] == "PHB"
+    finally:
+        agent.stop()

@@ -4,6 +4,8 @@
 /mrcdiag/records      this node's ranks' records since a cursor (store/window.py), for
                       the job-level live analysis on another node
 /mrcdiag/live         the live analysis's state as JSON (for `mrcdiag watch --url`)
+/mrcdiag/samples      this node's recent samples; /mrcdiag/dump asks its ranks for stacks
+/mrcdiag/topology     how this node's GPUs are wired (topology.json), for the live analysis
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ RECORDS_PATH = "/mrcdiag/records"
 LIVE_PATH = "/mrcdiag/live"
 SAMPLES_PATH = "/mrcdiag/samples"
 DUMP_PATH = "/mrcdiag/dump"
+TOPOLOGY_PATH = "/mrcdiag/topology"  # how this node's GPUs are wired ({} until known)
 CURSOR_HEADER = "X-Mrcdiag-Cursor"
 # "1" on a records answer once this node's job has ended: after an answer with nothing
 # new and this header, the caller has every record the node will ever have

@@ -27,6 +27,7 @@ from mrcdiag.agent.sources import (
     local_rank_dirs,
     node_records_route,
     samples_route,
+    topology_route,
 )
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.collectors.amd import AmdCollector
@@ -155,6 +156,7 @@ class NodeAgent:
                     self.run_dir, self.node, self._ending
                 )
                 routes[http.DUMP_PATH] = dump_route(self.run_dir, self.node)
+                routes[http.TOPOLOGY_PATH] = topology_route(self.run_dir, self.node)
             server, _thread = http.serve(self.addr, self.port, self.registry, routes)
             self._server = server
             self.bound_port = server.server_address[1]

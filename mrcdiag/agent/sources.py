@@ -60,6 +60,19 @@ def dump_route(run_dir: Path, node: str) -> http.Route:
     return route
 
 
+def topology_route(run_dir: Path, node: str) -> http.Route:
+    """/mrcdiag/topology: this node's topology.json, {} while there is none."""
+
+    def route(_query: dict[str, list[str]]) -> tuple[str, str, bytes, list[tuple[str, str]]]:
+        try:
+            data = json.loads((layout.node_dir(run_dir, node) / layout.TOPOLOGY_FILE).read_text())
+        except (OSError, ValueError):
+            data = {}
+        return http.json_body(data if isinstance(data, dict) else {})
+
+    return route
+
+
 def local_rank_dirs(run_dir: Path, node: str) -> list[Path]:
     """The rank directories under run_dir of the ranks that run on `node`."""
     out = []
@@ -153,6 +166,17 @@ class AgentPull:
             self.samples_after_ns = int(pc.max(table.column("t_ns")).as_py())
         return table
 
+    def read_topology(self) -> dict | None:
+        """The node's GPU topology; None while it has none or does not answer."""
+        try:
+            with urllib.request.urlopen(
+                f"{self.url}{http.TOPOLOGY_PATH}", timeout=PULL_TIMEOUT_S
+            ) as answer:
+                data = json.loads(answer.read() or b"{}")
+        except (OSError, ValueError, urllib.error.URLError):
+            return None
+        return data if isinstance(data, dict) and data.get("gpus") else None
+
     def read_new(self) -> list[RankDelta]:
         if self.complete:
             return []
@@ -228,8 +252,9 @@ class JobRecords:
             return []
 
     def topology(self) -> dict[str, dict]:
-        """How each node's GPUs are wired, for the nodes whose folder this node sees (its
-        own; every one on shared storage); read until found, then kept."""
+        """How each node's GPUs are wired: from the node folders this node sees (its own;
+        every one on shared storage) and from the other nodes' agents; asked until
+        found, then kept."""
         for node_dir in layout.node_dirs([self.run_dir]):
             if node_dir.name in self._topology:
                 continue
@@ -239,6 +264,11 @@ class JobRecords:
                 continue
             if isinstance(data, dict):
                 self._topology[node_dir.name] = data
+        for host, pull in self.remote.items():  # the other nodes', from their agents
+            if host not in self._topology and not pull.complete:
+                found = pull.read_topology()
+                if found is not None:
+                    self._topology[host] = found
         return dict(self._topology)
 
     def analysed_here(self) -> bool:
