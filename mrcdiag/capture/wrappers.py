@@ -170,7 +170,10 @@ def _finish(session: Session, obj: Any) -> None:
         pending = session.recorder.pending
         entry = _pending_for(session, obj)
         if entry is not None and pending.pop(id(obj), None) is not None:
-            session.add_record(entry[0] + (_now(), session.steps.index), entry[2], entry[3])
+            # the step it was issued in: its completion may be seen after the training
+            # thread went on to the next step (a future's callback runs after the waiter
+            # wakes; DDP's last bucket then landed in the next step, under load)
+            session.add_record(entry[0] + (_now(), entry[5]), entry[2], entry[3])
             for key in entry[4]:
                 session.recorder.pending_outputs.pop(key, None)
     except Exception as exc:
@@ -299,10 +302,11 @@ def wrap_batch_p2p(orig: Any) -> Any:
             elif works:  # coalesced: the batch's one work completes every row
                 track_async(session, works[-1], heads[0], start_event, device)
                 future = works[-1].get_future()
+                issued_in = session.steps.index
                 for head in heads[1:]:
                     future.add_done_callback(
                         lambda _f, h=head: session.add_record(
-                            h + (_now(), session.steps.index), start_event, device
+                            h + (_now(), issued_in), start_event, device
                         )
                     )
         except Exception as exc:
@@ -345,7 +349,7 @@ def track_async(
         recorder.incomplete += len(recorder.pending)
         recorder.pending.clear()
         recorder.pending_outputs.clear()
-    recorder.pending[id(work)] = (head, work, start_event, device, output_keys)
+    recorder.pending[id(work)] = (head, work, start_event, device, output_keys, session.steps.index)
     for key in output_keys:
         recorder.pending_outputs[key] = work
     if head[CollectiveRow.SOURCE] == DDP_SOURCE and device < 0:
