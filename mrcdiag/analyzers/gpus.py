@@ -25,3 +25,14 @@ def gpu_of(run: RunData, rank: int) -> str:
 
 def ranks_on_gpu(run: RunData, host: str, gpu: str) -> list[int]:
     return sorted(r for r, i in run.ranks.items() if i.host == host and gpu_of(run, r) == gpu)
+
+
+def topology_gpu(run: RunData, rank: int, topology: dict) -> dict | None:
+    """The entry of the node's topology.json for the GPU this rank reported using (its
+    device event's PCI bus id); None where it reported none."""
+    bus = str((run.ranks[rank].device or {}).get("pci_bus_id") or "").lower()
+    if not bus:
+        return None
+    return next(
+        (g for g in topology.get("gpus", []) if str(g.get("bus_id", "")).lower() == bus), None
+    )

@@ -12,22 +12,18 @@ NVML names near that GPU). An unpinned rank, allowed on every CPU, is no mismatc
 from __future__ import annotations
 
 from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.gpus import topology_gpu
 from mrcdiag.store.reader import RunData, rank_ranges
 
 
 def find_numa_mismatch(run: RunData, stragglers: list[Finding]) -> list[Finding]:
     out = []
     for rank, info in sorted(run.ranks.items()):
-        device = info.device or {}
         topology = run.topology.get(info.host) or {}
-        bus = str(device.get("pci_bus_id") or "").lower()
-        gpu = next(
-            (g for g in topology.get("gpus", []) if str(g.get("bus_id", "")).lower() == bus),
-            None,
-        )
-        mine = set(device.get("cpus") or [])
+        gpu = topology_gpu(run, rank, topology)
+        mine = set((info.device or {}).get("cpus") or [])
         near = set((gpu or {}).get("cpus") or [])
-        if not bus or gpu is None or not mine or not near:
+        if gpu is None or not mine or not near:
             continue
         everywhere = set().union(*(set(g.get("cpus") or []) for g in topology["gpus"]))
         if everywhere <= mine or mine & near:

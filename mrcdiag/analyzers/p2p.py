@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from mrcdiag.analyzers.findings import Finding
-from mrcdiag.analyzers.gpus import gpu_of
+from mrcdiag.analyzers.gpus import gpu_of, topology_gpu
 from mrcdiag.analyzers.instances import Instances
 from mrcdiag.analyzers.pcie import LANE_GBPS
 from mrcdiag.store.reader import RunData
@@ -77,10 +77,9 @@ def find_no_p2p(run: RunData, inst: Instances, busbw_gbps: np.ndarray) -> list[F
 def _gpu_index(run: RunData, rank: int, topology: dict) -> int | None:
     """The topology's index of the rank's GPU: by the PCI bus id the rank reported, else
     the agent's process map or its local rank."""
-    bus = str((run.ranks[rank].device or {}).get("pci_bus_id") or "").lower()
-    for gpu in topology.get("gpus", []):
-        if bus and str(gpu.get("bus_id", "")).lower() == bus:
-            return int(gpu["index"])
+    gpu = topology_gpu(run, rank, topology)
+    if gpu is not None:
+        return int(gpu["index"])
     try:
         return int(gpu_of(run, rank))
     except ValueError:

@@ -108,22 +108,19 @@ def _busy_links(
         if name != GPU_UTILIZATION:
             continue
         busy = [t for t, v in util.items() if v >= settings.pcie_busy_ratio]
-
-        def median(metric: str) -> int | None:
-            at = series.get((metric, gpu), {})  # noqa: B023 (used at once)
-            seen = [at[t] for t in busy if t in at]  # noqa: B023
-            return int(np.median(seen)) if len(seen) >= settings.pcie_min_busy_samples else None
-
-        gen, width = median(GPU_PCIE_LINK_GENERATION), median(GPU_PCIE_LINK_WIDTH)
-        if gen is None or width is None:
-            continue
-        out[gpu] = (
-            gen,
-            width,
-            median(GPU_PCIE_LINK_GENERATION_MAX),
-            median(GPU_PCIE_LINK_WIDTH_MAX),
+        gen, width, gen_max, width_max = (
+            _busy_median(series.get((metric, gpu), {}), busy, settings.pcie_min_busy_samples)
+            for metric in (*now, *most)
         )
+        if gen is not None and width is not None:
+            out[gpu] = (gen, width, gen_max, width_max)
     return out
+
+
+def _busy_median(values_at: dict[int, float], busy: list[int], needed: int) -> int | None:
+    """The median of a GPU's samples taken at its busy times; None with fewer than needed."""
+    seen = [values_at[t] for t in busy if t in values_at]
+    return int(np.median(seen)) if len(seen) >= needed else None
 
 
 def _bandwidth(gen: int, width: int) -> float:
