@@ -6,12 +6,14 @@ import json
 import re
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import demo_job, mrcdiag, report_json
 from livejob import LiveJob, step_unix_s
 
+from mrcdiag.analyzers.hangs import find_live_hangs
 from mrcdiag.analyzers.stacks import stack_groups
 from mrcdiag.store.reader import read_run
 from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
@@ -109,6 +111,34 @@ def test_sixty_four_ranks_two_of_them_elsewhere_are_one_group_and_the_odd_ones(
         ("17", "1", "data.py:12 load_shard"),
         ("42", "1", "ckpt.py:30 save"),
     ]
+
+
+def test_ranks_in_a_collective_for_less_than_the_wait_are_no_hang_outside_collectives(
+    tmp_path: Path,
+) -> None:
+    """Ranks 0-2 went into the next all_reduce 20 ms after the last record (the compute
+    before it), rank 3 never came. Once the last record is `hang_after_s` old, the job is
+    not stuck outside collectives (ranks are inside one): no verdict until they have
+    waited that long, and then rank 3 is missing (CI once saw no_progress on all ranks)."""
+    run = read_run(write_synthetic_run(tmp_path / "run", SyntheticSpec(ranks=4, steps=20)))
+    last_ns = max(i.last_record_ns for i in run.ranks.values())
+    arrived_ns = last_ns + 20_000_000
+    next_seq = int(run.collectives["seq"].max()) + 1
+    inside = {"op": "all_reduce", "group_name": "0", "seq": next_seq, "t_arrive_ns": arrived_ns}
+    run.ranks = {
+        r: replace(i, closed_cleanly=False, stuck_in=inside if r < 3 else None)
+        for r, i in run.ranks.items()
+    }
+    hang_after_s = 5.0
+    wait_ns = int(hang_after_s * 1e9)
+    assert find_live_hangs(run, last_ns + wait_ns, hang_after_s) == []
+    (hang,) = find_live_hangs(run, arrived_ns + wait_ns, hang_after_s)
+    assert (hang.cause, hang.ranks) == ("missing_rank", (3,)), hang
+    assert hang.evidence["waiting_ranks"] == [0, 1, 2]
+    # and with nobody inside a collective, the same silence is a hang outside them
+    run.ranks = {r: replace(i, stuck_in=None) for r, i in run.ranks.items()}
+    (outside,) = find_live_hangs(run, last_ns + wait_ns, hang_after_s)
+    assert (outside.cause, outside.ranks) == ("no_progress", (0, 1, 2, 3)), outside
 
 
 def test_only_critical_anomalies_and_hangs_put_a_node_on_the_exclude_list() -> None:

@@ -229,22 +229,32 @@ def find_live_hangs(run: RunData, now_ns: int, hang_after_s: float) -> list[Find
     hang_after_ns = int(hang_after_s * 1e9)
     coll = run.collectives
     group_of = {g.name: i for i, g in enumerate(run.groups)}
-    waiting: dict[int, dict] = {}
+    inside: dict[int, dict] = {}  # rank -> the collective it is still blocked in
     for rank, info in run.ranks.items():
         s = info.stuck_in
         if not s or info.closed_cleanly or info.terminated:
             continue
         g = group_of.get(str(s.get("group_name")))
         seq = int(s.get("seq", -1))
-        if g is None or now_ns - int(s.get("t_arrive_ns", now_ns)) < hang_after_ns:
+        if g is None:
             continue
         done = (coll["rank"] == rank) & (coll["group"] == g) & (coll["seq"] == seq)
         # Still in it: neither its record nor any later one (a collective the rank once
         # waited in and left, whose record has gone out of the window, is not a hang)
         if not done.any() and info.last_record_ns <= int(s.get("t_arrive_ns", 0)):
-            waiting[rank] = {**s, "group_id": g}
+            inside[rank] = {**s, "group_id": g}
+    waiting = {
+        r: w
+        for r, w in inside.items()
+        if now_ns - int(w.get("t_arrive_ns", now_ns)) >= hang_after_ns
+    }
     if waiting:
         return [_waiting_for_missing(run, waiting, now_ns)]
+    if inside:
+        # Ranks wait in a collective, not yet for `hang_after_s`: the job is not stuck
+        # outside collectives, whatever the time since the last record (which precedes
+        # their arrival by the compute before it)
+        return []
     last = max((info.last_record_ns for info in run.ranks.values()), default=0)
     if last and now_ns - last >= hang_after_ns:
         ranks = sorted(r for r, i in run.ranks.items() if not i.closed_cleanly)
