@@ -100,6 +100,15 @@ def test_collective_queued_behind_gpu_work_arrives_when_the_device_gets_there(
     assert np.all(c["t_end_ns"] >= c["t_arrive_ns"])
     per_op = {o["op"]: o for o in report_json(run_dir)["summary"]["per_op"]}
     assert per_op["all_reduce"]["calls"] == int((c["op"] == OPS.index("all_reduce")).sum())
+    # each step's device memory, from the rank's own allocator, and the node's topology
+    steps = run.steps
+    assert (steps["mem_allocated_bytes"] > 0).all() and (steps["mem_total_bytes"] > 0).all()
+    assert (steps["mem_peak_allocated_bytes"] >= steps["mem_allocated_bytes"]).all()
+    (topology,) = run.topology.values()
+    (rank,) = run.ranks.values()
+    assert rank.device and rank.device["pci_bus_id"], rank.device
+    buses = [g["bus_id"].lower() for g in topology["gpus"]]
+    assert rank.device["pci_bus_id"].lower() in buses, (rank.device, buses)
 
 
 def test_rank_whose_gpu_is_late_is_the_straggler_though_its_host_is_on_time(
@@ -128,3 +137,49 @@ def test_ddp_on_the_gpu_averages_gradients_as_ddp_does(run_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     run = read_run(run_dir)
     assert (run.collectives["source"] == SOURCES.index("ddp")).sum() >= 2 * 3
+
+
+def test_the_real_allocator_and_the_real_topology_agree_on_the_gpu_in_use() -> None:
+    """DeviceMemory reads torch's caching allocator as the step records hold it, and the
+    device it describes (PCI bus id as torch formats it) is one NVML's topology lists,
+    which the numa_mismatch and no_p2p checks rely on to find a rank's GPU."""
+    from mrcdiag.capture.device_memory import DeviceMemory
+    from mrcdiag.collectors.topology import node_topology
+
+    torch.cuda.init()
+    torch.cuda.reset_peak_memory_stats()
+    memory = DeviceMemory()
+    block = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    allocated, reserved, peak, peak_reserved, retries, ooms, total = memory.read()
+    assert allocated >= 256 << 20 and reserved >= allocated
+    assert peak >= allocated and peak_reserved >= reserved
+    assert (retries, ooms) == (0, 0)
+    assert total == torch.cuda.get_device_properties(0).total_memory
+    del block
+    torch.cuda.empty_cache()
+    after = memory.read()
+    assert after[0] < allocated and after[1] < reserved and after[2] >= peak
+    described = memory.describe_once()
+    assert described is not None and described["device_name"]
+    topology, why = node_topology()
+    assert topology is not None, why
+    assert len(topology["gpus"]) == torch.cuda.device_count()
+    by_bus = {g["bus_id"].lower(): g for g in topology["gpus"]}
+    assert described["pci_bus_id"].lower() in by_bus, (described, list(by_bus))
+    for g in topology["gpus"]:
+        assert g["name"] and g["bus_id"]
+        if g["pcie_gen"] is not None and g["pcie_gen_max"] is not None:
+            assert 1 <= g["pcie_gen"] <= g["pcie_gen_max"], g
+        if g["pcie_width"] is not None and g["pcie_width_max"] is not None:
+            assert 1 <= g["pcie_width"] <= g["pcie_width_max"], g
+    expected_pairs = len(topology["gpus"]) * (len(topology["gpus"]) - 1) // 2
+    assert len(topology["pairs"]) == expected_pairs
+
+
+def test_topo_prints_the_real_gpus() -> None:
+    from conftest import mrcdiag
+
+    result = mrcdiag("topo")
+    assert result.returncode == 0, result.stderr
+    names = {torch.cuda.get_device_properties(i).name for i in range(torch.cuda.device_count())}
+    assert any(name in result.stdout for name in names), result.stdout
