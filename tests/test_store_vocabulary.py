@@ -84,6 +84,7 @@ def test_rows_in_both_files_after_a_crash_between_them_are_read_once(tmp_path: P
 # Who may import whom: a module imports only from its own layer or the ones below.
 LAYERS = {
     "log": 0,
+    "background": 0,
     "metrics": 0,
     "store": 1,
     "capture": 2,

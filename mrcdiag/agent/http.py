@@ -20,6 +20,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from mrcdiag.background import yield_to_the_job
+
 # A route answers (status, content type, body, extra headers) for a query string
 Route = Callable[[dict[str, list[str]]], tuple[str, str, bytes, list[tuple[str, str]]]]
 
@@ -66,7 +68,12 @@ def serve(
         return [body]
 
     server = make_server(addr, port, app, _Server, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, name="mrcdiag-http", daemon=True)
+
+    def serve() -> None:
+        yield_to_the_job()
+        server.serve_forever()
+
+    thread = threading.Thread(target=serve, name="mrcdiag-http", daemon=True)
     thread.start()
     return server, thread
 

@@ -30,6 +30,7 @@ from mrcdiag.agent.sources import (
     topology_route,
 )
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
+from mrcdiag.background import yield_to_the_job
 from mrcdiag.collectors.amd import AmdCollector
 from mrcdiag.collectors.base import SampleCollector
 from mrcdiag.collectors.host import HostCollector
@@ -202,6 +203,7 @@ class NodeAgent:
     def _live_loop(self) -> None:
         """Wait until this node is the one to analyse the job, then tick until stopped."""
         assert self.run_dir is not None
+        yield_to_the_job()
         records = self._records = JobRecords(self.run_dir, self.node, self.recent_samples)
         while not self._stop.wait(self.live_interval_s):
             if self.live is None:
@@ -292,6 +294,7 @@ class NodeAgent:
         return len(rows)
 
     def _loop(self) -> None:
+        yield_to_the_job()
         while True:
             try:
                 self.sample_once()

@@ -15,6 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from mrcdiag.background import yield_to_the_job
 from mrcdiag.capture.device_timer import DeviceTimer
 from mrcdiag.capture.stacks import StackRequests
 from mrcdiag.log import warn_once
@@ -87,6 +88,7 @@ class Recorder:
             warn_once("events", f"cannot write events.jsonl ({exc}); continuing")
 
     def _run(self) -> None:
+        yield_to_the_job()
         while not self._stop.wait(FLUSH_INTERVAL_S):
             self.flush()
             if self.failed:

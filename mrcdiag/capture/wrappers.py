@@ -323,13 +323,30 @@ def wrap_batch_p2p(orig: Any) -> Any:
 # carry it too). Whoever drops a Work last frees them, and must take the GIL to do so.
 # If that is gloo's worker thread (a barrier keeps the works before it, and is freed
 # there when it ends) after the interpreter began to finalize, the thread is torn down
-# inside a C++ destructor and the process aborts at exit ("terminate called without an active exception": a 2-rank DDP
-# demo aborted so in 3 exits of 20 without mrcdiag, none of 40 with this). Held here, the
-# last reference is dropped by the main thread, at the latest when this module is torn
-# down. Only CPU (gloo) Works, where this was seen: their bucket buffers are DDP's own,
-# long-lived memory, so keeping them costs nothing; on GPUs a user's compression hook
-# makes a new tensor per bucket, and 64 of those would hold device memory.
-ddp_works_kept: deque = deque(maxlen=64)
+# inside a C++ destructor and the process aborts at exit ("terminate called without an
+# active exception": a 2-rank DDP demo aborted so in 3 exits of 20 without mrcdiag, none
+# of 40 with this). Held here, the last reference is dropped by the thread that issues
+# the next step's first bucket, or when this module is torn down. Only the newest step's
+# works: each holds about a megabyte while it is kept (64 kept, the works of 32 steps of
+# a 2-bucket model, made the first 32 steps of a 75 ms step 20% slower and the rank 60
+# MiB larger, benchmarks/peers.py), and a step's buckets are all complete before the
+# next step begins. Only CPU (gloo) Works, where the abort was seen; on GPUs a user's
+# compression hook makes a new tensor per bucket, which would hold device memory.
+class _NewestStepWorks:
+    LIMIT = 64  # where no step is ever seen (no optimizer), the last 64
+
+    def __init__(self) -> None:
+        self.step = -1
+        self.works: deque = deque(maxlen=self.LIMIT)
+
+    def keep(self, work: Any, step: int) -> None:
+        if step != self.step:
+            self.step = step
+            self.works = deque(maxlen=self.LIMIT)  # the previous step's, all complete
+        self.works.append(work)
+
+
+ddp_works_kept = _NewestStepWorks()
 
 
 def track_async(
@@ -353,7 +370,7 @@ def track_async(
     for key in output_keys:
         recorder.pending_outputs[key] = work
     if head[CollectiveRow.SOURCE] == DDP_SOURCE and device < 0:
-        ddp_works_kept.append(work)
+        ddp_works_kept.keep(work, session.steps.index)
     try:
         future = work.get_future()
     except Exception:  # gloo p2p works have no future: Work.wait finishes them
