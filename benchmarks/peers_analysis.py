@@ -1,7 +1,7 @@
 """The analysis side: mrcdiag's report beside Holistic Trace Analysis and the flight
 recorder's own analyzer, on one run with a slow rank.
 
-    python benchmarks/peers_analysis.py [--ranks 4] [--steps 200] [--slow-rank 2]
+    python benchmarks/peers_analysis.py [--ranks 2] [--steps 200] [--slow-rank 1]
         [--slow-ms 30] [--keep DIR]
 
 One job (benchmarks/peers_job.py, gloo) in which `--slow-rank` computes `--slow-ms` more
@@ -139,9 +139,9 @@ def flight_recorder_row(tmp: Path, slow: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ranks", type=int, default=4)
+    p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--slow-rank", type=int, default=2)
+    p.add_argument("--slow-rank", type=int, default=1)
     p.add_argument("--slow-ms", type=float, default=30.0)
     p.add_argument("--keep", help="record into this folder and keep it")
     args = p.parse_args()

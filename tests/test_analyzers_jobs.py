@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
+    REPO,
     demo_job,
     launch,
     live_warnings_of_a_clean_run,
@@ -73,6 +74,19 @@ def test_report_names_the_rank_that_burns_extra_cpu_each_step(run_dir: Path) -> 
     assert first <= slow_from + 10 and last >= steps - 5, stragglers[0]
     _lost_is_the_fault(stragglers[0], run_dir, slow_from, slow_ms / 1e3 * (steps - slow_from))
     assert report["findings"][0] == stragglers[0]  # the biggest cost comes first
+
+
+def test_heavier_rank_among_more_ranks_than_cores_is_still_named(run_dir: Path) -> None:
+    """A DDP job of 4 ranks on this machine's 2 cores: every rank waits for a CPU, and
+    the rank that computes 30 ms more a step takes CPU from the others, whose time
+    between collectives (backward's buckets) stretches as much as its own. It is still
+    the straggler, for its heavier work (it was missed: own-work lateness 0)."""
+    job = [str(REPO / "benchmarks" / "peers_job.py"), "--steps", "120", "--batch", "32"]
+    result = launch(run_dir, 4, [*job, "--slow-rank", "2", "--slow-ms", "30"], timeout=240)
+    assert result.returncode == 0, result.stderr
+    warnings = _warnings(report_json(run_dir))
+    stragglers = [f for f in warnings if f["kind"] == "straggler"]
+    assert [(f["ranks"], f["cause"]) for f in stragglers] == [([2], "slow_compute")], warnings
 
 
 def test_slow_dataloader_on_one_rank_is_data_loading(run_dir: Path) -> None:

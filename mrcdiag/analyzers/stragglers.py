@@ -48,6 +48,7 @@ def find_stragglers(
     cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if len(cols) < 3 or len(m.ranks) < 2:
         return []
+    m = replace(m, own_late_s=_own_work_lateness(run, m, settings))
     job_time = job_step_time(m.duration_s[:, cols])
     step_s = float(np.nanmedian(job_time)) if np.isfinite(job_time).any() else 0.0
     if step_s <= 0:
@@ -222,19 +223,57 @@ def _beyond_chance(m: RankStepMatrix, row: int, steps: np.ndarray, settings: Set
     return binomial_tail(len(late), int((late > 0).sum()), 0.5) <= settings.lasting_chance
 
 
+def _contended_hosts(run: RunData, settings: Settings) -> dict[str, list[int]]:
+    """Hosts of two ranks or more on which every rank waits for a CPU (the node agents'
+    run-queue wait of each rank's process): host -> its ranks."""
+    waits = counter_rates(run, RANK_CPU_WAIT)
+    by_host: dict[str, list[int]] = {}
+    for rank in run.ranks:
+        by_host.setdefault(run.host_of(rank), []).append(rank)
+    return {
+        host: ranks
+        for host, ranks in sorted(by_host.items())
+        if len(ranks) >= 2
+        and all(
+            waits.get(r) is not None and waits[r] >= settings.cpu_wait_excess_s_per_s for r in ranks
+        )
+    }
+
+
+def _own_work_lateness(run: RunData, m: RankStepMatrix, settings: Settings) -> np.ndarray:
+    """The lateness of each rank's own work, per step. Its time from its last completion
+    to its next arrival against its peers' (m.own_late_s), except on a host where every
+    rank waits for a CPU: there one rank that computes more takes CPU from the others,
+    whose time between collectives stretches as much as its own (4 ranks on 2 cores, one
+    with 30 ms more compute a step: its arrivals 25 ms late, its own-work lateness 0).
+    There a step's arrival lateness counts as the rank's own as far as the extra CPU time
+    of its stepping thread in that step explains it."""
+    own = m.own_late_s
+    if m.cpu_s is None:
+        return own
+    contended = _contended_hosts(run, settings)
+    rows = [i for i, r in enumerate(m.ranks) if run.host_of(int(r)) in contended]
+    if not rows:
+        return own
+    out = own.copy()
+    for i in rows:
+        others = np.arange(len(m.ranks)) != i
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # steps no other rank timed
+            extra_cpu = m.cpu_s[i] - np.nanmedian(m.cpu_s[others], axis=0)
+        explained = np.minimum(m.late_s[i], extra_cpu)  # NaN where the CPU is not known
+        out[i] = np.where(np.isnan(own[i]), own[i], np.fmax(own[i], explained))
+    return out
+
+
 def _host_contention(run: RunData, findings: list[Finding], settings: Settings) -> list[Finding]:
     """Where every rank of a host waits for a CPU (more ranks and threads than cores, a
     noisy neighbour on the whole host), say so once for the host: a rank there that
     straggles for no other measured reason is not at fault itself."""
     waits = counter_rates(run, RANK_CPU_WAIT)
-    by_host: dict[str, list[int]] = {}
-    for rank in run.ranks:
-        by_host.setdefault(run.host_of(rank), []).append(rank)
     out = list(findings)
-    for host, ranks in sorted(by_host.items()):
-        rates = [waits.get(r) for r in ranks]
-        if len(ranks) < 2 or any(v is None or v < settings.cpu_wait_excess_s_per_s for v in rates):
-            continue
+    for host, ranks in _contended_hosts(run, settings).items():
+        rates = [waits[r] for r in ranks]
         # A rank of such a host that straggles because it waited for a CPU (or for no
         # measured reason), and costs less than a tenth of the run, is that scheduling;
         # one that costs more (stopped from outside, say) stays a finding of its own.
