@@ -223,20 +223,18 @@ def _beyond_chance(m: RankStepMatrix, row: int, steps: np.ndarray, settings: Set
     return binomial_tail(len(late), int((late > 0).sum()), 0.5) <= settings.lasting_chance
 
 
-def _contended_hosts(run: RunData, settings: Settings) -> dict[str, list[int]]:
+def _contended_hosts(run: RunData, settings: Settings) -> dict[str, dict[int, float]]:
     """Hosts of two ranks or more on which every rank waits for a CPU (the node agents'
-    run-queue wait of each rank's process): host -> its ranks."""
+    run-queue wait of each rank's process): host -> {rank: its wait in s/s}."""
     waits = counter_rates(run, RANK_CPU_WAIT)
     by_host: dict[str, list[int]] = {}
-    for rank in run.ranks:
+    for rank in sorted(run.ranks):
         by_host.setdefault(run.host_of(rank), []).append(rank)
     return {
-        host: ranks
+        host: {r: waits[r] for r in ranks}
         for host, ranks in sorted(by_host.items())
         if len(ranks) >= 2
-        and all(
-            waits.get(r) is not None and waits[r] >= settings.cpu_wait_excess_s_per_s for r in ranks
-        )
+        and all(waits.get(r, 0.0) >= settings.cpu_wait_excess_s_per_s for r in ranks)
     }
 
 
@@ -270,10 +268,9 @@ def _host_contention(run: RunData, findings: list[Finding], settings: Settings) 
     """Where every rank of a host waits for a CPU (more ranks and threads than cores, a
     noisy neighbour on the whole host), say so once for the host: a rank there that
     straggles for no other measured reason is not at fault itself."""
-    waits = counter_rates(run, RANK_CPU_WAIT)
     out = list(findings)
-    for host, ranks in _contended_hosts(run, settings).items():
-        rates = [waits[r] for r in ranks]
+    for host, waits in _contended_hosts(run, settings).items():
+        ranks, rates = list(waits), list(waits.values())
         # A rank of such a host that straggles because it waited for a CPU (or for no
         # measured reason), and costs less than a tenth of the run, is that scheduling;
         # one that costs more (stopped from outside, say) stays a finding of its own.

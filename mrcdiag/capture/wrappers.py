@@ -342,7 +342,7 @@ class _NewestStepWorks:
     def keep(self, work: Any, step: int) -> None:
         if step != self.step:
             self.step = step
-            self.works = deque(maxlen=self.LIMIT)  # the previous step's, all complete
+            self.works.clear()  # the previous step's, all complete
         self.works.append(work)
 
 
