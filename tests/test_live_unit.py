@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mrcdiag.agent.tracker import CHANGED, ENDED, STARTED, FindingTracker, shift_steps
+from mrcdiag.agent.tracker import (
+    CHANGED,
+    ENDED,
+    STARTED,
+    FindingTracker,
+    Transition,
+    shift_steps,
+)
 from mrcdiag.analyzers.findings import Finding
+from mrcdiag.analyzers.settings import DEFAULTS
 from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
 from mrcdiag.store.window import DirTail, RunWindow, decode_deltas, encode_deltas
 
@@ -122,3 +130,98 @@ def test_the_live_analysis_reads_the_topology_of_the_nodes_it_sees(tmp_path: Pat
     (tmp_path / "nodes" / "a" / "topology.json").write_text('{"gpus": [], "pairs": []}')
     (tmp_path / "nodes" / "b" / "topology.json").write_text('{"gpus": [')  # being written
     assert records.topology() == {"a": {"gpus": [], "pairs": []}}
+
+
+def _fed_in_chunks(run_dir: Path, chunk_steps: int):
+    """The run's records as a live analysis would read them while the job ran:
+    `chunk_steps` more steps of every rank per tick, with the clock at the newest."""
+    import pyarrow.compute as pc
+
+    from mrcdiag.store.window import RankDelta
+
+    whole = DirTail(run_dir).read_new()
+    steps = int(max(pc.max(d.steps["step"]).as_py() for d in whole)) + 1
+    for lo in range(0, steps, chunk_steps):
+        hi = lo + chunk_steps
+
+        def part(table, lo=lo, hi=hi):
+            s = table["step"]
+            return table.filter(pc.and_(pc.greater_equal(s, lo), pc.less(s, hi)))
+
+        deltas = [
+            RankDelta(
+                d.meta, d.groups if lo == 0 else [], d.events if lo == 0 else [],
+                part(d.collectives), part(d.steps),
+            )
+            for d in whole
+        ]  # fmt: skip
+        newest_ns = max(int(pc.max(d.steps["t_end_ns"]).as_py()) for d in deltas)
+        clock_s = (newest_ns + whole[0].meta.monotonic_to_unix_ns) / 1e9
+        yield deltas, clock_s
+
+
+def _live_slowdowns(tmp_path: Path, spec) -> list:
+    """Every slowdown transition of a live analysis fed `spec`'s run 10 steps a tick, and
+    at the end, the job's end."""
+    from mrcdiag.agent.live import LiveAnalysis
+
+    run_dir = write_synthetic_run(tmp_path / "run", spec)
+    feed = _fed_in_chunks(run_dir, 10)
+    pending: list = []
+    now = [0.0]
+
+    def read_new() -> list:
+        deltas, now[0] = next(feed, ([], now[0]))
+        return deltas
+
+    live = LiveAnalysis(read_new, job="j", clock=lambda: now[0])
+    out = []
+    for _ in range(spec.steps // 10 + 1):
+        pending = live.tick()
+        out += [t for t in pending if t.live.finding.kind == "slowdown"]
+    live.finish()
+    return out + [
+        Transition(ENDED, x) for x in live.tracker.findings.values() if x.finding.kind == "slowdown"
+    ]
+
+
+def test_a_slowdown_that_deepens_is_placed_at_the_change_that_matters_now(
+    tmp_path: Path,
+) -> None:
+    # a shared machine's pace drifts by a fifth at step 103; a fault makes every rank
+    # four times slower at 200: the finding a person reads is the second, with the
+    # first in its evidence and the time lost counted from the pace before both
+    spec = SyntheticSpec(ranks=4, steps=320, noise=0.02, pace_changes=((103, 1.2), (200, 4.0)))
+    transitions = _live_slowdowns(tmp_path, spec)
+    assert [t.event for t in transitions].count(STARTED) == 1, transitions
+    last = transitions[-1].live
+    assert abs(last.started_step - 200) <= 3, last.as_json()
+    assert last.finding.severity == "critical"
+    (earlier,) = last.finding.evidence["earlier_stages"]
+    assert abs(earlier["start_step"] - 103) <= 3, earlier
+    # the excess over the 110 ms step since 103: 20 ms a step to 200, 300 ms a step after
+    expected_s = 97 * 0.020 + 120 * 0.300
+    assert 0.9 * expected_s <= last.time_lost_total_s <= 1.1 * expected_s, last.as_json()
+
+
+def test_a_deeper_stage_that_ends_returns_to_the_slowdown_below_it(tmp_path: Path) -> None:
+    spec = SyntheticSpec(
+        ranks=4, steps=360, noise=0.02, pace_changes=((100, 1.4), (180, 3.0), (260, 1.4))
+    )
+    transitions = _live_slowdowns(tmp_path, spec)
+    ended = [t for t in transitions[:-1] if t.event == ENDED]
+    assert ended == [], ended  # the pace never came back to the first one
+    ended = transitions[-1:]
+    placed = [t.live.started_step for t in transitions]
+    assert abs(placed[0] - 100) <= 3 and any(abs(s - 180) <= 3 for s in placed), placed
+    assert abs(ended[0].live.started_step - 100) <= 3, placed
+
+
+def test_a_slowdown_ends_when_the_pace_comes_back(tmp_path: Path) -> None:
+    spec = SyntheticSpec(ranks=4, steps=300, noise=0.02, pace_changes=((100, 1.5), (180, 1.0)))
+    transitions = _live_slowdowns(tmp_path, spec)
+    events = [(t.event, t.live.started_step, t.live.ended_step) for t in transitions[:-1]]
+    assert [e[0] for e in events if e[0] != CHANGED] == [STARTED, ENDED], events
+    # it ends once absent for live_end_after_s (in steps of ~110 ms), give or take a tick
+    ends_by = 180 + DEFAULTS.live_end_after_s / 0.110 + 2 * 10
+    assert abs(events[0][1] - 100) <= 3 and 180 <= events[-1][2] <= ends_by, events

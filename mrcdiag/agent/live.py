@@ -6,8 +6,8 @@ README "Live diagnosis"). Each tick it folds in what the ranks wrote since the l
 last `Settings.live_window_steps` steps that every rank has ended, and follows the
 findings that warn (agent/tracker.py): each goes to /metrics (`LiveFindingsCollector`),
 to one line on the launcher's stderr, and to `findings.jsonl` in the run directory.
-A job-wide slowdown is found in the window by the post-run test, then held until the
-job's pace comes back (`_slowdowns`): the window alone would forget it.
+A job-wide slowdown is found in the window by the post-run test, then held and followed
+until the job's pace comes back (agent/pace.py): the window alone would forget it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pyarrow as pa
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from mrcdiag import metrics
+from mrcdiag.agent.pace import RECENT_PACE_STEPS, PaceFollower
 from mrcdiag.agent.tracker import (
     ENDED,
     STARTED,
@@ -40,7 +41,6 @@ from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.common import job_step_time
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
-from mrcdiag.analyzers.slowdown import find_slowdowns, slowdown_severity
 from mrcdiag.log import warn_once
 from mrcdiag.store.reader import samples_columns
 from mrcdiag.store.records import RunMeta, WorldMeta
@@ -48,8 +48,6 @@ from mrcdiag.store.window import RankDelta, RunWindow, Window
 
 # Ended findings stay on /metrics at 0 this long, so that a scrape sees them end
 KEEP_ENDED_S = 300.0
-# The steps at the end of a window whose pace says whether a slowdown is still on
-RECENT_PACE_STEPS = 10
 
 
 class LiveAnalysis:
@@ -92,11 +90,7 @@ class LiveAnalysis:
         self.step_time_s: float = float("nan")  # the job's step time in the window
         self.recent_step_s: list[float] = []  # the job's last step times, oldest first
         self.rank_rows: list[RankNow] = []  # per rank in the window, most late first
-        # the job's pace, one entry per step (NaN unknown), and the online slowdown state
-        self._job_step_s: list[float] = []
-        self._slowdown: Finding | None = None
-        self._slowdown_onset: int | None = None
-        self._earliest = 0  # the onset when first found: a refined one is never earlier
+        self.pace = PaceFollower(settings)  # the job's pace and the slowdown held on it
         self._lock = threading.Lock()
 
     # --- one tick ----------------------------------------------------------------------
@@ -146,7 +140,7 @@ class LiveAnalysis:
                     f = shift_steps(f, w.first_step)
                     found.append(f)
                     self._note_share(f, job_time_s)
-            slowdowns = self._slowdowns(analysis.matrix, w, job, settings)
+            slowdowns = self.pace.update(analysis.matrix, w, job, settings)
             found += [f for f in slowdowns if worth_a_line(f)]
             self.rank_rows = _rank_rows(analysis.matrix, w, settings.warmup_steps)
             self.recent_step_s = [round(float(v), 6) for v in job[-RECENT_PACE_STEPS * 3 :]]
@@ -181,62 +175,6 @@ class LiveAnalysis:
         if job_time_s > 0 and f.kind != "hang":
             self.share_of_step[finding_key(f)] = f.time_lost_s / job_time_s
 
-    # --- slowdowns: found in the window, then held against the pace before ---------
-    def _slowdowns(
-        self, m: Any, w: Window, job_in_window: np.ndarray, settings: Settings
-    ) -> list[Finding]:
-        """Each tick the post-run test runs over the window's steps (slowdown.find_slowdowns:
-        the best split of the job's step times, 15% and beyond the noise, on every rank);
-        a slowdown it finds then lasts, after the window has slid past its onset, until
-        the pace is back within half the smallest shift of the pace before it. `settings`
-        are the window's (its warm-up counted from the window's first step)."""
-        s = self.settings
-        series = self._job_step_s
-        for col, value in enumerate(job_in_window):
-            step = w.first_step + col
-            if step >= len(series):
-                series.extend([np.nan] * (step + 1 - len(series)))
-            series[step] = float(value)
-        x = np.array(series)
-        if self._slowdown is not None:
-            before_s = self._slowdown.evidence.get("step_time_before_ms", 0) / 1e3
-            back = before_s * (1 + (s.slowdown_min_ratio - 1) / 2)
-            if np.nanmedian(x[-RECENT_PACE_STEPS:]) < back:  # the pace came back: it ended
-                self._slowdown = self._slowdown_onset = None
-                return []
-            young = len(x) - (self._slowdown_onset or 0) <= s.live_window_steps // 2
-            if young:  # more steps after it place its start better
-                found = find_slowdowns(m, settings)
-                if found and found[0].evidence["start_step"] + w.first_step >= self._earliest:
-                    self._hold(shift_steps(found[0], w.first_step))
-            return [self._slowdown_now(x)]
-        found = find_slowdowns(m, settings)
-        # live, the change must have held for twice the post-run's shortest side: the
-        # newest steps of a window are where a shared machine's hiccups sit
-        if not found or w.complete_steps - found[0].evidence["start_step"] < 2 * (
-            s.slowdown_min_side_steps
-        ):
-            return []
-        self._hold(shift_steps(found[0], w.first_step))
-        self._earliest = self._slowdown_onset or 0
-        return [self._slowdown_now(x)]
-
-    def _hold(self, f: Finding) -> None:
-        self._slowdown = f
-        self._slowdown_onset = int(f.evidence["start_step"])
-
-    def _slowdown_now(self, x: np.ndarray) -> Finding:
-        """The slowdown found, with its time lost grown to the present."""
-        assert self._slowdown is not None
-        onset = self._slowdown_onset or 0
-        before = self._slowdown.evidence.get("step_time_before_ms", 0) / 1e3
-        lost = float(np.nansum(np.maximum(x[onset:] - before, 0)))
-        now_ms = float(np.nanmedian(x[-RECENT_PACE_STEPS:])) * 1e3
-        evidence = {**self._slowdown.evidence, "step_time_now_ms": round(now_ms, 3)}
-        after = self._slowdown.evidence.get("step_time_after_ms", 0) / 1e3
-        severity = slowdown_severity(after / before if before > 0 else 1.0, lost, self.settings)
-        return replace(self._slowdown, time_lost_s=lost, evidence=evidence, severity=severity)
-
     # --- what it says ------------------------------------------------------------------
     def _append(self, t: Transition) -> None:
         if self.findings_file is None:
@@ -266,9 +204,16 @@ class LiveAnalysis:
         if f.kind == "slowdown":
             before = f.evidence.get("step_time_before_ms")
             now_ms = f.evidence.get("step_time_now_ms")
+            earlier = f.evidence.get("earlier_stages") or []
+            first = (
+                f" (slower since step {earlier[0]['start_step']}, "
+                f"{earlier[0]['step_time_before_ms']:.0f} ms before)"
+                if earlier
+                else ""
+            )
             return (
                 f"{head}, step time {before:.0f} ms -> {now_ms:.0f} ms since step "
-                f"{live.started_step}"
+                f"{live.started_step}{first}"
             )
         if share is not None:
             return f"{head}, {100 * share:.0f}% of each step lost since step {live.started_step}"

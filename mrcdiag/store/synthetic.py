@@ -29,6 +29,8 @@ class SyntheticSpec:
     allreduce_bytes: int = 100 << 20
     slow_ranks: tuple[int, ...] = ()
     slow_factor: float = 1.05  # compute time multiplier of the slow ranks
+    # job-wide changes of pace: (from step, every rank's compute time multiplier from then)
+    pace_changes: tuple[tuple[int, float], ...] = ()
     seed: int = 0
 
 
@@ -101,6 +103,10 @@ def _timeline(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         * factor[None, :]
         * rng.lognormal(0.0, spec.noise, size=(spec.steps, spec.ranks))
     )
+    pace = np.ones(spec.steps)
+    for from_step, multiplier in sorted(spec.pace_changes):
+        pace[from_step:] = multiplier
+    compute = compute * pace[:, None]
     step_start = np.zeros((spec.steps, spec.ranks))
     arrive = np.zeros((spec.steps, spec.ranks))
     end = np.zeros((spec.steps, spec.ranks))
