@@ -52,11 +52,22 @@ def main() -> None:
     p.add_argument("--slow-rank", type=int, default=-1)
     p.add_argument("--slow-ms", type=float, default=0.0)
     p.add_argument("--fr-dump-dir", default="")
+    p.add_argument(
+        "--comm-hook", choices=("none", "builtin", "python"), default="none",
+        help="register torch's own all-reduce comm hook (the C++ builtin or the Python "
+        "one) on the bare job: what any comm hook costs, mrcdiag's apart",
+    )  # fmt: skip
     args = p.parse_args()
     dist.init_process_group("gloo")
     torch.manual_seed(0)
     layers = [torch.nn.Linear(args.width, args.width) for _ in range(args.layers)]
     model = DDP(torch.nn.Sequential(*layers))
+    if args.comm_hook == "builtin":
+        model._register_builtin_comm_hook(dist.BuiltinCommHookType.ALLREDUCE)
+    elif args.comm_hook == "python":
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        model.register_comm_hook(None, allreduce_hook)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(args.batch, args.width)
     slow = dist.get_rank() == args.slow_rank and args.slow_ms > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -115,3 +116,30 @@ def test_compiled_collectives_still_compile_whole_under_mrcdiag(run_dir: Path) -
     result = launch(run_dir, 2, script("compiled_collectives.py"), timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+
+
+def test_nothing_of_mrcdiag_imports_pandas_into_the_job_or_the_agent(tmp_path: Path) -> None:
+    # pyarrow's pa.array() imports pandas where it is installed (most training
+    # environments): 0.26 s of CPU in each rank's writer thread during the first steps.
+    # A pandas that notes who imported it, then is not there, stands in for it.
+    tripwire = tmp_path / "tripwire" / "pandas"
+    tripwire.mkdir(parents=True)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tripwire / "__init__.py").write_text(
+        "import os, sys, traceback\n"
+        f"with open(os.path.join({str(marks)!r}, str(os.getpid())), 'w') as f:\n"
+        "    f.write(' '.join(sys.argv) + '\\n' + ''.join(traceback.format_stack()))\n"
+        "raise ImportError('pandas is not installed here')\n"
+    )
+    env = job_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tripwire.parent), env["PYTHONPATH"]])
+    run_dir = tmp_path / "run"
+    # 200 steps: past twice the live window, where the agent trims what it keeps
+    steps = 200
+    job = ["-m", "mrcdiag.demo_job", "--steps", str(steps), "--work-ms", "4"]
+    result = launch(run_dir, 2, job, env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(read_run(run_dir).steps) == 2 * steps  # it did record
+    imported = {p.name: p.read_text() for p in marks.iterdir()}
+    assert imported == {}, imported

@@ -25,6 +25,7 @@ from prometheus_client.core import (
 from mrcdiag import metrics
 from mrcdiag.metrics import SIZE_LABELS, size_bucket
 from mrcdiag.store import layout, schema
+from mrcdiag.store.arrays import numpy_of
 from mrcdiag.store.records import RankMeta
 from mrcdiag.store.tail import StreamTail
 
@@ -130,11 +131,11 @@ class RankCollector:
         self._discover()
         for state in self.ranks.values():
             for batch in state.steps.read_new():
-                start = batch.column("t_start_ns").to_numpy()
-                end = batch.column("t_end_ns").to_numpy()
+                start = numpy_of(batch.column("t_start_ns"))
+                end = numpy_of(batch.column("t_end_ns"))
                 state.step_hist.add((end - start) / 1e9)
-                state.data_wait_s += batch.column("data_wait_ns").to_numpy().sum() / 1e9
-                state.blocked_s += batch.column("comm_ns").to_numpy().sum() / 1e9
+                state.data_wait_s += numpy_of(batch.column("data_wait_ns")).sum() / 1e9
+                state.blocked_s += numpy_of(batch.column("comm_ns")).sum() / 1e9
                 state.n_steps += batch.num_rows
                 if batch.num_rows:
                     state.last_step_unix_s = (int(end.max()) + state.offset_unix_ns) / 1e9
@@ -144,10 +145,10 @@ class RankCollector:
                         if value is not None and value >= 0:
                             state.memory[name] = int(value)
             for batch in state.collectives.read_new():
-                ops = batch.column("op").to_numpy()
-                nbytes = batch.column("nbytes").to_numpy()
-                arrive = batch.column("t_arrive_ns").to_numpy()
-                end = batch.column("t_end_ns").to_numpy()
+                ops = numpy_of(batch.column("op"))
+                nbytes = numpy_of(batch.column("nbytes"))
+                arrive = numpy_of(batch.column("t_arrive_ns"))
+                end = numpy_of(batch.column("t_end_ns"))
                 done = end > 0
                 durations = np.where(done, end - arrive, 0) / 1e9
                 buckets = size_bucket(nbytes)

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from mrcdiag.store import layout, records, schema
+from mrcdiag.store.arrays import arrow_array, empty_table, numpy_of
 from mrcdiag.store.records import Event, GroupMeta, RankMeta, RunMeta, WorldMeta
 from mrcdiag.store.samples import read_samples
 from mrcdiag.store.tail import read_stream
@@ -380,11 +381,11 @@ def assemble(
                 group_ids[g.name] = len(groups)
                 groups.append(GroupInfo(g.name, g.ranks, g.backend, g.desc))
             local_to_global[g.index] = group_ids[g.name]
-        local_index = coll.column("group").to_numpy()
+        local_index = numpy_of(coll.column("group"))
         known = local_index < len(local_to_global)
         if not known.all():
             problems.append(f"rank {rank}: {int((~known).sum())} records name an unknown group")
-            coll = coll.filter(pa.array(known))
+            coll = coll.filter(arrow_array(known, pa.bool_()))
             local_index = local_index[known]
         coll_tables.append(coll)
         coll_rank.append(np.full(coll.num_rows, rank, dtype=np.int32))
@@ -457,10 +458,10 @@ def samples_columns(table: pa.Table, offset_ns: int) -> Columns:
     a rank on the same host)."""
     return Columns(
         {
-            "t_ns": table.column("t_ns").to_numpy() + offset_ns,
+            "t_ns": numpy_of(table.column("t_ns")) + offset_ns,
             "name": _strings(table.column("name")),
             "labels": _strings(table.column("labels")),
-            "value": table.column("value").to_numpy(),
+            "value": numpy_of(table.column("value")),
         }
     )
 
@@ -472,7 +473,7 @@ def _strings(column: pa.ChunkedArray) -> np.ndarray:
         column = column.dictionary_encode()
     encoded = column.combine_chunks()
     words = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-    return words[encoded.indices.to_numpy(zero_copy_only=False)] if len(words) else words
+    return words[numpy_of(encoded.indices)] if len(words) else words
 
 
 def series(samples: Columns, name: str, labels: str | None = None) -> tuple[np.ndarray, ...]:
@@ -551,9 +552,9 @@ def _rank_info(
     )
     last = 0
     if coll.num_rows:
-        last = max(last, int(np.max(coll.column("t_arrive_ns").to_numpy())) + offset)
+        last = max(last, int(np.max(numpy_of(coll.column("t_arrive_ns")))) + offset)
     if steps.num_rows:
-        last = max(last, int(np.max(steps.column("t_end_ns").to_numpy())) + offset)
+        last = max(last, int(np.max(numpy_of(steps.column("t_end_ns")))) + offset)
     return RankInfo(
         rank=rank,
         host=meta.host,
@@ -585,13 +586,13 @@ def _concat(tables: list[pa.Table], schema_: pa.Schema) -> Columns:
     """The parts' columns joined, one column at a time, each part's copy let go as its
     column is joined: the peak is the whole plus one column, not twice the whole."""
     if not tables:
-        table = schema_.empty_table()
-        return Columns({n: table.column(n).to_numpy(zero_copy_only=False) for n in schema_.names})
+        table = empty_table(schema_)
+        return Columns({n: numpy_of(table.column(n)) for n in schema_.names})
     columns = [[t.column(n) for n in schema_.names] for t in tables]
     tables.clear()
     out = {}
     for i, name in enumerate(schema_.names):
-        parts = [c[i].to_numpy(zero_copy_only=False) for c in columns]
+        parts = [numpy_of(c[i]) for c in columns]
         for c in columns:
             c[i] = None
         out[name] = np.concatenate(parts)

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from mrcdiag.store.arrays import arrow_array
 from mrcdiag.store.tail import read_stream
 from mrcdiag.store.writer import StreamTable
 
@@ -68,10 +69,10 @@ def plain_batch(t_ns: int, rows: Sequence[tuple[str, str, float]]) -> pa.RecordB
     names, labels, values = zip(*rows, strict=True) if rows else ((), (), ())
     return pa.RecordBatch.from_arrays(
         [
-            pa.array([t_ns] * len(rows), pa.int64()),
-            pa.array(names, pa.string()),
-            pa.array(labels, pa.string()),
-            pa.array(values, pa.float64()),
+            arrow_array([t_ns] * len(rows), pa.int64()),
+            arrow_array(names, pa.string()),
+            arrow_array(labels, pa.string()),
+            arrow_array(values, pa.float64()),
         ],
         schema=_PLAIN_SCHEMA,
     )

@@ -14,12 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from mrcdiag.store.arrays import arrow_array, empty_table
+
 
 def read_stream(path: Path, schema_: pa.Schema, problems: list[str]) -> pa.Table:
     """Every complete batch of an Arrow stream; a torn tail is noted, not fatal."""
     if not path.exists():
         problems.append(f"{path} is missing")
-        return schema_.empty_table()
+        return empty_table(schema_)
     batches: list[pa.RecordBatch] = []
     try:
         with pa.OSFile(str(path), "rb") as source:
@@ -36,7 +38,7 @@ def read_stream(path: Path, schema_: pa.Schema, problems: list[str]) -> pa.Table
                 f"({str(exc).splitlines()[0]}); the rows before it are used"
             )
     if not batches:
-        return schema_.empty_table()
+        return empty_table(schema_)
     table = pa.Table.from_batches(batches)
     if table.schema != schema_:
         table = _fill_missing(table, schema_).cast(schema_)
@@ -51,7 +53,7 @@ def _fill_missing(table: pa.Table, schema_: pa.Schema) -> pa.Table:
         if field.name in table.column_names:
             columns.append(table.column(field.name))
         elif pa.types.is_integer(field.type):
-            columns.append(pa.array(np.full(table.num_rows, -1), field.type))
+            columns.append(arrow_array(np.full(table.num_rows, -1), field.type))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.table(columns, schema=schema_)

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from mrcdiag.store import layout, schema
+from mrcdiag.store.arrays import arrow_array, empty_table, numpy_of
 from mrcdiag.store.reader import RankPart, RunData, assemble
 from mrcdiag.store.records import Event, GroupMeta, RankMeta, RunMeta, WorldMeta
 from mrcdiag.store.tail import StreamTail
@@ -99,7 +100,7 @@ class _RankFiles:
 
 def _table(batches: list[pa.RecordBatch], schema_: pa.Schema) -> pa.Table:
     if not batches:
-        return schema_.empty_table()
+        return empty_table(schema_)
     table = pa.Table.from_batches(batches)
     return table if table.schema == schema_ else table.select(schema_.names).cast(schema_)
 
@@ -266,13 +267,15 @@ class RunWindow:
                 w.collectives.append(d.collectives)
                 w.last_record_ns = max(
                     w.last_record_ns,
-                    int(np.max(d.collectives.column("t_arrive_ns"))),
-                    int(np.max(d.collectives.column("t_end_ns"))),
+                    int(np.max(numpy_of(d.collectives.column("t_arrive_ns")))),
+                    int(np.max(numpy_of(d.collectives.column("t_end_ns")))),
                 )
             if d.steps.num_rows:
                 w.steps.append(d.steps)
-                w.newest_step = max(w.newest_step, int(np.max(d.steps.column("step"))))
-                w.last_record_ns = max(w.last_record_ns, int(np.max(d.steps.column("t_end_ns"))))
+                w.newest_step = max(w.newest_step, int(np.max(numpy_of(d.steps.column("step")))))
+                w.last_record_ns = max(
+                    w.last_record_ns, int(np.max(numpy_of(d.steps.column("t_end_ns"))))
+                )
         self._trim()
 
     def _trim(self) -> None:
@@ -283,18 +286,18 @@ class RunWindow:
             if oldest <= 0 or w.oldest_step >= w.newest_step - 2 * self.keep_steps:
                 continue
             steps = _concat(w.steps, schema.STEP_SCHEMA)
-            kept = steps.filter(pa.array(steps.column("step").to_numpy() >= oldest))
+            kept = steps.filter(arrow_array(numpy_of(steps.column("step")) >= oldest, pa.bool_()))
             w.steps = [kept] if kept.num_rows else []
             w.oldest_step = oldest
             coll = _concat(w.collectives, schema.COLLECTIVE_SCHEMA)
             # Records outside any step (-1) stay as long as they are newer than the first
             # kept step's start
-            start = int(np.min(kept.column("t_start_ns"))) if kept.num_rows else 0
-            step_col = coll.column("step").to_numpy()
+            start = int(np.min(numpy_of(kept.column("t_start_ns")))) if kept.num_rows else 0
+            step_col = numpy_of(coll.column("step"))
             keep = (step_col >= oldest) | (
-                (step_col < 0) & (coll.column("t_arrive_ns").to_numpy() >= start)
+                (step_col < 0) & (numpy_of(coll.column("t_arrive_ns")) >= start)
             )
-            coll = coll.filter(pa.array(keep))
+            coll = coll.filter(arrow_array(keep, pa.bool_()))
             w.collectives = [coll] if coll.num_rows else []
 
     def window(self) -> Window:
@@ -331,7 +334,7 @@ class RunWindow:
 
 def _concat(tables: list[pa.Table], schema_: pa.Schema) -> pa.Table:
     if not tables:
-        return schema_.empty_table()
+        return empty_table(schema_)
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from mrcdiag.store.arrays import arrow_array
+
 
 class StreamTable:
     """One Arrow IPC stream file that grows by whole batches."""
@@ -40,7 +42,7 @@ class StreamTable:
             return
         columns = list(zip(*rows, strict=True))
         arrays = [
-            pa.array(column, type=field.type)
+            arrow_array(column, field.type)
             for column, field in zip(columns, self.schema, strict=True)
         ]
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
@@ -48,7 +50,7 @@ class StreamTable:
 
     def append_columns(self, columns: dict[str, Any]) -> None:
         """Write whole columns (arrays by field name) as one batch."""
-        arrays = [pa.array(columns[f.name], type=f.type) for f in self.schema]
+        arrays = [arrow_array(columns[f.name], f.type) for f in self.schema]
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self.schema))
         self._file.flush()
 
