@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,12 @@ import pytest
 from conftest import (
     REPO,
     demo_job,
+    job_env,
     launch,
+    launch_command,
     live_warnings_of_a_clean_run,
     report_json,
+    torchrun,
     warnings_of_a_clean_run,
 )
 
@@ -150,6 +154,60 @@ def test_job_that_slows_down_partway_is_one_slowdown_and_no_straggler(run_dir: P
     assert abs(slowdowns[0]["evidence"]["start_step"] - at) <= 3
     assert slowdowns[0]["cause"] == "slow_compute"
     assert not [f for f in warnings if f["kind"] == "straggler"]
+
+
+def _steps_recorded(run_dir: Path, rank: int) -> int:
+    from mrcdiag.store import layout, schema
+    from mrcdiag.store.tail import read_stream
+
+    path = layout.rank_dir(run_dir, rank) / layout.STEPS_FILE
+    return read_stream(path, schema.STEP_SCHEMA, []).num_rows if path.exists() else 0
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to pin ranks apart")
+def test_co_tenant_arriving_on_every_core_is_a_slowdown_from_host_contention(
+    run_dir: Path,
+) -> None:
+    # Another tenant's work lands on every core of the node partway through: the job
+    # slows down, and its threads' clocks say why (they wait for a CPU, they do not
+    # compute more). Two busy loops on each of the ranks' cores leave each rank a third.
+    onset_after_steps = 50
+    job = subprocess.Popen(
+        launch_command(
+            run_dir,
+            torchrun(2, demo_job("--steps", "160", "--work-ms", "0", "--fixed-work", "300",
+                                 "--pin")),
+        ),
+        env=job_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    hogs: list[subprocess.Popen] = []
+    try:
+        deadline = time.monotonic() + 120
+        while _steps_recorded(run_dir, 0) < onset_after_steps and job.poll() is None:
+            assert time.monotonic() < deadline, "the job recorded no steps"
+            time.sleep(0.1)  # polls what the job wrote; the hogs start once it is there
+        hogs = [
+            subprocess.Popen(
+                [sys.executable, "-c",
+                 f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"]
+            )
+            for core in (0, 1) for _ in range(2)
+        ]  # fmt: skip
+        _, stderr = job.communicate(timeout=300)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 0, stderr
+    slowdowns = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "slowdown"]
+    assert len(slowdowns) == 1, slowdowns
+    (slowdown,) = slowdowns
+    assert slowdown["cause"] == "host_contention", slowdown
+    assert slowdown["evidence"]["start_step"] >= onset_after_steps - 3, slowdown
+    evidence = slowdown["evidence"]
+    assert evidence["step_cpu_wait_ms_after"] > 2 * evidence["step_cpu_wait_ms_before"], evidence
 
 
 def test_killed_rank_is_a_hang_naming_it_and_where_the_others_wait(run_dir: Path) -> None:

@@ -4,12 +4,16 @@ The job's step time (the slowest rank's, per step) is smoothed with a running me
 and the change point is where the cumulative deviation from the overall median peaks
 (a CUSUM on the de-spiked series). A change counts when it is large (15% or more) and far outside the
 noise of both sides. If only one rank's own work grew, that is a straggler that started
-late, reported by the straggler analyzer, not a slowdown.
+late, reported by the straggler analyzer, not a slowdown. Where the ranks' own work grew,
+their training threads' clocks say why: more CPU (more work, slower CPUs), more waiting
+for a CPU at a higher wait per CPU second (another process arrived on the nodes), or
+neither (stopped from outside).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -135,6 +139,10 @@ def describe_slowdown(
                 "(PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, a smaller micro-batch, "
                 "activation checkpointing), or find what grew (sequence length, a cache)"
             )
+    clocks = thread_clocks(m, before, after)
+    detail = ""
+    if cause == "slow_compute" and clocks is not None:
+        cause, detail, advice = _compute_cause(clocks, compute_growth, advice, settings)
     finding = Finding(
         kind="slowdown",
         severity="critical" if a / b >= settings.slowdown_critical_ratio else "warning",
@@ -143,13 +151,23 @@ def describe_slowdown(
         ranks=tuple(int(r) for r in m.ranks),
         summary=f"from step {start_step} every rank got slower: step time "
         f"{b * 1e3:.1f} ms -> {a * 1e3:.1f} ms (+{100 * (a / b - 1):.0f}%), "
-        f"mostly in {grown.replace('_', ' ')}",
+        f"mostly in {grown.replace('_', ' ')}{detail}",
         evidence={
             "start_step": start_step,
             "step_time_before_ms": round(b * 1e3, 3),
             "step_time_after_ms": round(a * 1e3, 3),
             "growth_ms": {p: round(v * 1e3, 3) for p, v in parts.items()},
             "ranks_slower": int(np.sum(grew >= 0.5 * job_growth)),
+            **(
+                {
+                    "step_cpu_ms_before": round(clocks.cpu_before_s * 1e3, 3),
+                    "step_cpu_ms_after": round(clocks.cpu_after_s * 1e3, 3),
+                    "step_cpu_wait_ms_before": round(clocks.wait_before_s * 1e3, 3),
+                    "step_cpu_wait_ms_after": round(clocks.wait_after_s * 1e3, 3),
+                }
+                if clocks is not None
+                else {}
+            ),
             **(
                 {
                     "steps_with_alloc_retries_before": round(retries[0], 3),
@@ -162,6 +180,87 @@ def describe_slowdown(
         recommendation=advice,
     )
     return finding
+
+
+@dataclass(frozen=True)
+class ThreadClocks:
+    """The ranks' training threads per step, before and after the change (seconds, the
+    median over ranks of each rank's median): on a CPU, and waiting in a run queue."""
+
+    cpu_before_s: float
+    cpu_after_s: float
+    wait_before_s: float
+    wait_after_s: float
+
+    @property
+    def cpu_growth_s(self) -> float:
+        return self.cpu_after_s - self.cpu_before_s
+
+    @property
+    def wait_growth_s(self) -> float:
+        return self.wait_after_s - self.wait_before_s
+
+    def contended_more(self, ratio: float) -> bool:
+        """Whether each CPU second now costs more waiting: a job that merely does more
+        work on a shared machine waits more in proportion, another process arriving
+        raises the wait per CPU second."""
+        before = self.wait_before_s / max(self.cpu_before_s, 1e-9)
+        after = self.wait_after_s / max(self.cpu_after_s, 1e-9)
+        return after >= ratio * before
+
+
+def thread_clocks(m: RankStepMatrix, before: np.ndarray, after: np.ndarray) -> ThreadClocks | None:
+    """The threads' clocks around a change; None for runs recorded without them."""
+    if m.cpu_s is None or m.cpu_wait_s is None:
+        return None
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for a in (m.cpu_s, m.cpu_wait_s):
+            for cols in (before, after):
+                per_rank = np.nanmedian(a[:, cols], axis=1)
+                if not np.isfinite(per_rank).any():
+                    return None
+                out.append(float(np.nanmedian(per_rank)))
+    return ThreadClocks(*out)
+
+
+def _compute_cause(
+    clocks: ThreadClocks, compute_growth_s: float, advice: str, settings: Settings
+) -> tuple[str, str, str]:
+    """Why every rank's own work grew, from the threads' clocks, as for one straggling
+    rank (thread_time.ThreadTime.cause): more waiting for a CPU, at a higher wait per CPU
+    second, is another process on the nodes; more CPU is more work or slower CPUs;
+    neither is the ranks stopped from outside."""
+    cpu_s, wait_s = clocks.cpu_growth_s, clocks.wait_growth_s
+    explains = settings.cause_explains_lateness_ratio * max(compute_growth_s, 0.0)
+    if (
+        wait_s >= explains
+        and wait_s >= cpu_s
+        and clocks.contended_more(settings.contention_wait_per_cpu_ratio)
+    ):
+        return (
+            "host_contention",
+            f"; the ranks' threads wait {wait_s * 1e3:.1f} ms more per step for a CPU",
+            "another process took the ranks' CPUs from that step (a co-tenant, a daemon, a "
+            "build or data job on the nodes): find it with top or pidstat, give the ranks "
+            "their own cores (taskset, cgroups), or move the other work",
+        )
+    if cpu_s >= explains:
+        return (
+            "slow_compute",
+            f"; the ranks' threads compute {cpu_s * 1e3:.1f} ms more per step",
+            advice,
+        )
+    if compute_growth_s - max(cpu_s, 0.0) - max(wait_s, 0.0) >= explains:
+        return (
+            "unknown",
+            "; the ranks' threads were off the CPU without waiting for one: stopped from "
+            "outside (a hypervisor, SIGSTOP, a cgroup's CPU limit) or asleep",
+            "look at the nodes: CPU throttling (cpu.stat nr_throttled), steal time, "
+            "something that stops or suspends the job, sleeps in the training loop",
+        )
+    return "slow_compute", "", advice
 
 
 def _retry_shares(
