@@ -170,7 +170,9 @@ def test_co_tenant_arriving_on_every_core_is_a_slowdown_from_host_contention(
 ) -> None:
     # Another tenant's work lands on every core of the node partway through: the job
     # slows down, and its threads' clocks say why (they wait for a CPU, they do not
-    # compute more). Two busy loops on each of the ranks' cores leave each rank a third.
+    # compute more). Two busy loops on each of the ranks' cores, each in a session of its
+    # own as another tenant's would be (the kernel's autogroups share a core between
+    # sessions first), leave each rank a third.
     onset_after_steps = 50
     job = subprocess.Popen(
         launch_command(
@@ -189,7 +191,8 @@ def test_co_tenant_arriving_on_every_core_is_a_slowdown_from_host_contention(
         hogs = [
             subprocess.Popen(
                 [sys.executable, "-c",
-                 f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"]
+                 f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"],
+                start_new_session=True,
             )
             for core in (0, 1) for _ in range(2)
         ]  # fmt: skip

@@ -90,6 +90,10 @@ class Settings:
     slowdown_sigmas: float = 4.0  # the shift of medians against its standard error
     slowdown_step_sigmas: float = 2.0  # the shift against the noise of single steps
     slowdown_broad_ratio: float = 0.75  # share of ranks whose own work grew: job-wide
+    # host_contention: the threads waited more for a CPU while their CPU per step grew
+    # by less than this share of that (more work beside a steady co-tenant grows both
+    # alike; one arriving: wait +40 ms, CPU +0.5 ms)
+    slowdown_contention_cpu_share: float = 0.25
 
     # Live analysis (agent/live.py)
     live_window_steps: int = 60  # the recent steps each live analysis looks at

@@ -6,8 +6,8 @@ and the change point is where the cumulative deviation from the overall median p
 noise of both sides. If only one rank's own work grew, that is a straggler that started
 late, reported by the straggler analyzer, not a slowdown. Where the ranks' own work grew,
 their training threads' clocks say why: more CPU (more work, slower CPUs), more waiting
-for a CPU at a higher wait per CPU second (another process arrived on the nodes), or
-neither (stopped from outside).
+for a CPU with about the same CPU (another process arrived on the nodes), or neither
+(stopped from outside).
 """
 
 from __future__ import annotations
@@ -200,14 +200,6 @@ class ThreadClocks:
     def wait_growth_s(self) -> float:
         return self.wait_after_s - self.wait_before_s
 
-    def contended_more(self, ratio: float) -> bool:
-        """Whether each CPU second now costs more waiting: a job that merely does more
-        work on a shared machine waits more in proportion, another process arriving
-        raises the wait per CPU second."""
-        before = self.wait_before_s / max(self.cpu_before_s, 1e-9)
-        after = self.wait_after_s / max(self.cpu_after_s, 1e-9)
-        return after >= ratio * before
-
 
 def thread_clocks(m: RankStepMatrix, before: np.ndarray, after: np.ndarray) -> ThreadClocks | None:
     """The threads' clocks around a change; None for runs recorded without them."""
@@ -229,16 +221,13 @@ def _compute_cause(
     clocks: ThreadClocks, compute_growth_s: float, advice: str, settings: Settings
 ) -> tuple[str, str, str]:
     """Why every rank's own work grew, from the threads' clocks, as for one straggling
-    rank (thread_time.ThreadTime.cause): more waiting for a CPU, at a higher wait per CPU
-    second, is another process on the nodes; more CPU is more work or slower CPUs;
-    neither is the ranks stopped from outside."""
+    rank (thread_time.ThreadTime.cause): more waiting for a CPU with about the same CPU
+    per step is another process on the nodes (a job that does more work on a shared
+    machine waits more too, but computes more as well); more CPU is more work or slower
+    CPUs; neither is the ranks stopped from outside."""
     cpu_s, wait_s = clocks.cpu_growth_s, clocks.wait_growth_s
     explains = settings.cause_explains_lateness_ratio * max(compute_growth_s, 0.0)
-    if (
-        wait_s >= explains
-        and wait_s >= cpu_s
-        and clocks.contended_more(settings.contention_wait_per_cpu_ratio)
-    ):
+    if wait_s >= explains and cpu_s <= settings.slowdown_contention_cpu_share * wait_s:
         return (
             "host_contention",
             f"; the ranks' threads wait {wait_s * 1e3:.1f} ms more per step for a CPU",
