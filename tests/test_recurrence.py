@@ -44,3 +44,15 @@ def test_hits_at_random_steps_rarely_line_up() -> None:
         for _ in range(500)
     )
     assert periodic <= 5  # 1% at most
+
+
+def test_a_span_with_a_stray_hit_before_it_is_the_span() -> None:
+    # a rank late by chance once on a shared machine, then lagging from step 150 on
+    hits = np.concatenate([[104], np.arange(150, 162)])
+    costs = np.concatenate([[0.004], np.full(12, 0.030)])
+    assert step_pattern(hits, costs) == {"pattern": "span", "steps": "150-161"}
+    # but a rank late now and then is not made a span of its densest stretch
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        scattered = np.unique(rng.integers(0, 200, 40))
+        assert step_pattern(scattered)["pattern"] != "span", scattered

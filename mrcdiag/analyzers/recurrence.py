@@ -19,6 +19,8 @@ PERIODIC_MIN_EVENTS = 3
 PERIODIC_CHANCE = 0.01
 # Hits filling this share of their range are one span, not a rhythm.
 SPAN_DENSITY = 0.6
+# ... and, with stray hits far from it left out, this share.
+STRAY_SPAN_DENSITY = 0.8
 
 
 def step_pattern(hits: np.ndarray, costs: np.ndarray | None = None) -> dict[str, object]:
@@ -37,6 +39,9 @@ def step_pattern(hits: np.ndarray, costs: np.ndarray | None = None) -> dict[str,
     length = last - first + 1
     if len(hits) >= SPAN_DENSITY * length:
         return {"pattern": "span", "steps": f"{first}-{last}"}
+    span = _span_among_stray_hits(hits, weights)
+    if span is not None:
+        return {"pattern": "span", "steps": f"{span[0]}-{span[1]}"}
     best: tuple[float, int] | None = None
     hit_set = set(hits.tolist())
     for period in range(2, length // 2 + 1):
@@ -57,6 +62,37 @@ def step_pattern(hits: np.ndarray, costs: np.ndarray | None = None) -> dict[str,
     if best is not None:
         return {"pattern": "periodic", "every_steps": best[1]}
     return {"pattern": "intermittent", "steps_held_up": int(len(hits))}
+
+
+def _span_among_stray_hits(hits: np.ndarray, weights: np.ndarray) -> tuple[int, int] | None:
+    """One span in which the rank held the others up in nearly every step, holding most
+    of the cost, with stray hits far before or after it (the shared machine's jitter on
+    this rank before it began to lag): that span. Only hits at the ends are left out, at
+    most the cost share a periodic rhythm may leave, each at least the span's length
+    away from it (hits close by are part of the pattern, not strays)."""
+    n = len(hits)
+    share = np.concatenate([[0.0], np.cumsum(weights)]) / weights.sum()
+    best: tuple[int, int, int] | None = None  # (hits inside, first index, last index)
+    for k in range(n):
+        if share[k] > 1 - PERIODIC_COST_SHARE:
+            break
+        ends = np.arange(k + PERIODIC_MIN_EVENTS - 1, n)  # index of the span's last hit
+        if len(ends) == 0:
+            break
+        inside = ends - k + 1
+        length = hits[ends] - hits[k] + 1
+        dense = inside >= STRAY_SPAN_DENSITY * length
+        held = share[ends + 1] - share[k] >= PERIODIC_COST_SHARE
+        gap_before = hits[k] - hits[k - 1] if k > 0 else np.iinfo(np.int64).max
+        after = np.minimum(ends + 1, n - 1)
+        gap_after = np.where(ends + 1 < n, hits[after] - hits[ends], np.iinfo(np.int64).max)
+        apart = (gap_before > length) & (gap_after > length)
+        ok = np.flatnonzero(dense & held & apart)
+        if len(ok) and (best is None or inside[ok[-1]] > best[0]):
+            best = (int(inside[ok[-1]]), k, int(ends[ok[-1]]))
+    if best is None or best[0] == n:
+        return None
+    return int(hits[best[1]]), int(hits[best[2]])
 
 
 def _chance(n: int, k: int, period: int) -> float:

@@ -207,6 +207,9 @@ def _episodic(
         ):
             continue
         pattern = step_pattern(hits, _step_cost(m, int(row), hits))
+        if pattern["pattern"] == "span":  # stray hits around it, if any, are jitter
+            first, last = map(int, str(pattern["steps"]).split("-"))
+            hits = hits[(hits >= first) & (hits <= last)]
         span = cols[(cols >= hits.min()) & (cols <= hits.max())]
         if pattern["pattern"] == "span" and not _beyond_chance(m, int(row), span, settings):
             continue
