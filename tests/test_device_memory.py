@@ -60,8 +60,14 @@ def test_a_job_whose_allocators_all_start_retrying_slows_down_of_memory_pressure
     assert result.returncode == 0, result.stderr
     (slowdown,) = [f for f in report_json(run_dir)["findings"] if f["kind"] == "slowdown"]
     assert slowdown["cause"] == "memory_pressure", slowdown
-    assert abs(slowdown["evidence"]["start_step"] - 60) <= 5, slowdown["evidence"]
-    assert slowdown["evidence"]["steps_with_alloc_retries_after"] == 1.0
+    onset = slowdown["evidence"]["start_step"]
+    assert abs(onset - 60) <= 5, slowdown["evidence"]
+    # every step from 60 retries: the share after the onset found is all of them, less
+    # the steps before 60 that a change point placed early takes in (beside a busy core
+    # one was: 0.984)
+    expected = min(1.0, (120 - 60) / (120 - onset))
+    after = slowdown["evidence"]["steps_with_alloc_retries_after"]
+    assert after >= expected - 0.01, slowdown["evidence"]
 
 
 @pytest.mark.slow
