@@ -72,32 +72,32 @@ class PaceFollower:
             self.stages.pop()  # the pace came back from this stage
             self._earliest = _onset(self.stages[-1]) if self.stages else 0
             self._not_before = len(x)
+        found = find_slowdowns(m, settings)
         if not self.stages:
-            found = self._found(m, w, settings)
-            if found is None:
+            first = self._followed(found, w)
+            if first is None:
                 return []
-            self.stages = [found]
-            self._earliest = _onset(found)
+            self.stages = [first]
+            self._earliest = _onset(first)
             return [self._now(x)]
         held = self.stages[-1]
         young = len(x) - _onset(held) <= self.settings.live_window_steps // 2
-        found = find_slowdowns(m, settings)
         if young and found:  # more steps after it place its start better
             placed = shift_steps(found[0], w.first_step)
             if _onset(placed) >= self._earliest and self._same_stage(placed):
                 self.stages[-1] = placed
         elif not young:
-            deeper = self._found(m, w, settings)
+            deeper = self._followed(found, w)
             if deeper is not None and self._deepens(held, deeper):
                 self.stages.append(deeper)
                 self._earliest = _onset(deeper)
         return [self._now(x)]
 
-    def _found(self, m: Any, w: Window, settings: Settings) -> Finding | None:
-        """A slowdown in the window that has held long enough to be followed: live, the
-        change must have held for twice the post-run's shortest side (the newest steps
-        of a window are where a shared machine's hiccups sit)."""
-        found = find_slowdowns(m, settings)
+    def _followed(self, found: list[Finding], w: Window) -> Finding | None:
+        """The window's slowdown (`found`, in window steps), if it has held long enough
+        to be followed: live, the change must have held for twice the post-run's
+        shortest side (the newest steps of a window are where a shared machine's
+        hiccups sit); in the job's steps."""
         if not found or _onset(found[0]) + w.first_step < self._not_before:
             return None
         if w.complete_steps - _onset(found[0]) < 2 * self.settings.slowdown_min_side_steps:
