@@ -128,7 +128,7 @@ def test_no_module_imports_from_a_layer_above_it() -> None:
 
 
 def test_steps_written_before_the_thread_clocks_read_back_as_not_known(tmp_path: Path) -> None:
-    newer = ("cpu_ns", "cpu_wait_ns", *schema.STEP_MEMORY_FIELDS)
+    newer = ("cpu_ns", "cpu_wait_ns", "cpu_throttled_ns", *schema.STEP_MEMORY_FIELDS)
     older = pa.schema([f for f in schema.STEP_SCHEMA if f.name not in newer])
     rows = {"step": [0, 1], "t_start_ns": [10, 20], "t_end_ns": [20, 30]}
     rows |= {"data_wait_ns": [0, 0], "comm_ns": [1, 1], "n_collectives": [1, 1]}
@@ -141,4 +141,5 @@ def test_steps_written_before_the_thread_clocks_read_back_as_not_known(tmp_path:
     assert table.column("t_end_ns").to_pylist() == [20, 30]
     assert table.column("cpu_ns").to_pylist() == [-1, -1]
     assert table.column("cpu_wait_ns").to_pylist() == [-1, -1]
+    assert table.column("cpu_throttled_ns").to_pylist() == [-1, -1]
     assert all(table.column(name).to_pylist() == [-1, -1] for name in schema.STEP_MEMORY_FIELDS)

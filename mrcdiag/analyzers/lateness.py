@@ -51,6 +51,9 @@ class RankStepMatrix:
     # the stepping thread on a CPU, and waiting in a run queue for one (NaN: not known)
     cpu_s: np.ndarray | None = None
     cpu_wait_s: np.ndarray | None = None
+    # how long the rank's cgroup was held by its CPU limit in each step (NaN: not
+    # known); None where no step of the run knows it
+    cpu_throttled_s: np.ndarray | None = None
     # the device allocator: retries in each step (NaN: not known), and each rank's
     # highest reserved memory as a share of its device's (NaN: not known); None without
     # any device figure in the run
@@ -153,6 +156,12 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
         dense(np.where(steps[name] >= 0, steps[name] / 1e9, np.nan))
         for name in ("cpu_ns", "cpu_wait_ns")
     )
+    throttled_ns = steps.data.get("cpu_throttled_ns")
+    throttled = (
+        dense(np.where(throttled_ns >= 0, throttled_ns / 1e9, np.nan))
+        if throttled_ns is not None and (throttled_ns >= 0).any()
+        else None
+    )
     blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
     alloc_retries, peak_of_total = _device_memory(steps, dense)
     lateness = list(record_lateness(inst))  # late, own, excess: folded and let go
@@ -196,6 +205,7 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
         has_instances=has,
         cpu_s=cpu,
         cpu_wait_s=cpu_wait,
+        cpu_throttled_s=throttled,
         alloc_retries=alloc_retries,
         mem_peak_of_total=peak_of_total,
     )

@@ -65,7 +65,7 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
     others = np.array([m.row(r) for r in stages if r != rank])
     tt = thread_time(m, m.row(rank), others, cols)
     if tt is not None:
-        contended = tt.cause(excess, settings) == "host_contention"
+        contended = tt.cause(excess, settings) in ("host_contention", "cpu_throttled")
         heavier = tt.cpu_s >= settings.stage_imbalance_ratio * tt.cpu_others_s
     else:
         contended = cause_from_rates(run, m, rank, cols, excess, {}, settings) == "host_contention"

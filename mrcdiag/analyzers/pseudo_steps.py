@@ -62,6 +62,7 @@ def with_pseudo_steps(run: RunData) -> RunData:
             "n_collectives": np.ones(n, dtype=np.int32),
             "cpu_ns": np.full(n, -1, dtype=np.int64),
             "cpu_wait_ns": np.full(n, -1, dtype=np.int64),
+            "cpu_throttled_ns": np.full(n, -1, dtype=np.int64),
             **{name: np.full(n, -1, dtype=np.int64) for name in STEP_MEMORY_FIELDS},
             "rank": np.concatenate(rows["rank"]),
         }

@@ -38,7 +38,7 @@ class Settings:
     episodic_concentration: float = 3.0  # times any other rank's what-if saving
     episodic_min_events: int = 3  # steps in which it held the others up
     # a lasting straggler whose cost sits in fewer than this share of its steps is episodic
-    episodic_share_of_span_ratio: float = 0.3
+    episodic_share_of_span_ratio: float = 0.5
     episodic_quiet_ratio: float = 0.2  # ... and is late by less than this share elsewhere
     stall_of_typical_ratio: float = (
         5.0  # a lasting straggler's step costing this x its median is a stall
@@ -72,6 +72,11 @@ class Settings:
     # CPU there is not heavier work.
     contention_wait_per_cpu_ratio: float = 1.25
     contention_min_share_of_lateness: float = 0.25
+    # Contention is the cgroup's CPU limit (cpu_throttled) where the time the limit held
+    # the rank's process, beyond its peers', is at least this share of its extra
+    # run-queue wait: a throttled cgroup's threads wait in the run queue for the next
+    # period, with no other process on the CPU.
+    throttled_share_of_wait_ratio: float = 0.5
     # An episode with no rhythm and no span (now and then) warns only when each time it
     # holds the others up by this share of a step: smaller hiccups on one rank are a busy
     # process's jitter (rank 0 drawing a progress bar), told as info.

@@ -170,6 +170,14 @@ def describe_slowdown(
             ),
             **(
                 {
+                    "step_cpu_throttled_ms_before": round(clocks.throttled_before_s * 1e3, 3),
+                    "step_cpu_throttled_ms_after": round(clocks.throttled_after_s * 1e3, 3),
+                }
+                if clocks is not None and np.isfinite(clocks.throttled_growth_s)
+                else {}
+            ),
+            **(
+                {
                     "steps_with_alloc_retries_before": round(retries[0], 3),
                     "steps_with_alloc_retries_after": round(retries[1], 3),
                 }
@@ -191,6 +199,9 @@ class ThreadClocks:
     cpu_after_s: float
     wait_before_s: float
     wait_after_s: float
+    # of the wait, the cgroups' CPU limits holding the ranks (NaN: not known)
+    throttled_before_s: float = float("nan")
+    throttled_after_s: float = float("nan")
 
     @property
     def cpu_growth_s(self) -> float:
@@ -199,6 +210,10 @@ class ThreadClocks:
     @property
     def wait_growth_s(self) -> float:
         return self.wait_after_s - self.wait_before_s
+
+    @property
+    def throttled_growth_s(self) -> float:
+        return self.throttled_after_s - self.throttled_before_s
 
 
 def thread_clocks(m: RankStepMatrix, before: np.ndarray, after: np.ndarray) -> ThreadClocks | None:
@@ -214,6 +229,9 @@ def thread_clocks(m: RankStepMatrix, before: np.ndarray, after: np.ndarray) -> T
                 if not np.isfinite(per_rank).any():
                     return None
                 out.append(float(np.nanmedian(per_rank)))
+        if m.cpu_throttled_s is not None:  # NaN where not known
+            for cols in (before, after):
+                out.append(float(np.nanmedian(np.nanmedian(m.cpu_throttled_s[:, cols], axis=1))))
     return ThreadClocks(*out)
 
 
@@ -228,6 +246,18 @@ def _compute_cause(
     cpu_s, wait_s = clocks.cpu_growth_s, clocks.wait_growth_s
     explains = settings.cause_explains_lateness_ratio * max(compute_growth_s, 0.0)
     if wait_s >= explains and cpu_s <= settings.slowdown_contention_cpu_share * wait_s:
+        if clocks.throttled_growth_s >= settings.throttled_share_of_wait_ratio * wait_s:
+            return (
+                "cpu_throttled",
+                f"; the ranks' threads wait {wait_s * 1e3:.1f} ms more per step for a CPU, "
+                f"{clocks.throttled_growth_s * 1e3:.1f} ms of it held by their cgroups' CPU "
+                "limit",
+                "the ranks' containers use up their CPU quota from that step (CFS "
+                "bandwidth control; cpu.stat nr_throttled): raise or remove the CPU limit "
+                "(Kubernetes resources.limits.cpu, docker --cpus, systemd CPUQuota), or "
+                "find what began to use it (more DataLoader workers, threads, a sidecar "
+                "in the same container)",
+            )
         return (
             "host_contention",
             f"; the ranks' threads wait {wait_s * 1e3:.1f} ms more per step for a CPU",

@@ -549,7 +549,7 @@ def _cause(
         named = tt.cause(late_s, settings)
     else:
         named = cause_from_rates(run, m, rank, steps, late_s, evidence, settings)
-    if named == "host_contention" or (named and not throttle):
+    if named in ("host_contention", "cpu_throttled") or (named and not throttle):
         return named, *_cause_text(named, evidence)
     if throttle:
         return (
@@ -684,6 +684,16 @@ _CAUSE_TEXT = {
         "",
         "find what else runs on this rank's cores (top, ps -eLo psr), pin ranks and "
         "DataLoader workers to separate cores, or lower OMP_NUM_THREADS",
+    ),
+    "cpu_throttled": (
+        ("step_cpu_throttled_ms", "its cgroup's CPU limit held it {} ms per step (peers {})"),
+        ("step_cpu_throttled_ms", "its cgroup's CPU limit held it {} ms per step (peers {})"),
+        ": its container used up its CPU quota in those periods (CFS bandwidth control), "
+        "and no other process needed the CPU",
+        "raise or remove the CPU limit of this rank's container or cgroup (Kubernetes "
+        "resources.limits.cpu, docker --cpus, systemd CPUQuota; cpu.max or "
+        "cpu.cfs_quota_us): its DataLoader workers and framework threads count against "
+        "it too; or lower num_workers and OMP_NUM_THREADS to fit",
     ),
     "slow_compute": (
         ("step_cpu_ms", "its thread computes {} ms per step (peers {})"),

@@ -22,6 +22,9 @@ class ThreadTime:
     cpu_others_s: float
     wait_s: float
     wait_others_s: float
+    # of the wait, the cgroup's CPU limit holding the process (NaN: not known)
+    throttled_s: float = float("nan")
+    throttled_others_s: float = float("nan")
 
     @property
     def extra_cpu_s(self) -> float:
@@ -31,11 +34,25 @@ class ThreadTime:
     def extra_wait_s(self) -> float:
         return self.wait_s - self.wait_others_s
 
+    @property
+    def extra_throttled_s(self) -> float:
+        """NaN where the throttling is not known."""
+        return self.throttled_s - self.throttled_others_s
+
     def cause(self, late_s: float, settings: Settings) -> str:
         """What made a thread `late_s` slower than its peers, where its clocks tell:
         more run-queue wait (more than its extra CPU, or more per CPU second, since a
-        co-tenant on its core also inflates its CPU time) is "host_contention"; more CPU
-        is "slow_compute"; "" where neither explains the lateness."""
+        co-tenant on its core also inflates its CPU time) is "host_contention", or
+        "cpu_throttled" where its cgroup's CPU limit held it for most of that wait;
+        more CPU is "slow_compute"; "" where neither explains the lateness."""
+        contention = self._contention(late_s, settings)
+        if contention and self.extra_throttled_s >= settings.throttled_share_of_wait_ratio * max(
+            self.extra_wait_s, 1e-9
+        ):
+            return "cpu_throttled"
+        return contention
+
+    def _contention(self, late_s: float, settings: Settings) -> str:
         explains = settings.cause_explains_lateness_ratio * max(late_s, 0.0)
         if self.extra_wait_s >= explains and self.extra_wait_s >= self.extra_cpu_s:
             return "host_contention"
@@ -50,12 +67,16 @@ class ThreadTime:
         return ""
 
     def evidence(self) -> dict[str, float]:
-        return {
+        out = {
             "step_cpu_ms": round(self.cpu_s * 1e3, 3),
             "step_cpu_ms_others": round(self.cpu_others_s * 1e3, 3),
             "step_cpu_wait_ms": round(self.wait_s * 1e3, 3),
             "step_cpu_wait_ms_others": round(self.wait_others_s * 1e3, 3),
         }
+        if np.isfinite(self.extra_throttled_s):
+            out["step_cpu_throttled_ms"] = round(self.throttled_s * 1e3, 3)
+            out["step_cpu_throttled_ms_others"] = round(self.throttled_others_s * 1e3, 3)
+        return out
 
 
 def thread_time(
@@ -73,4 +94,12 @@ def thread_time(
     if not np.isfinite(values).all():
         return None
     cpu, wait, cpu_others, wait_others = values
-    return ThreadTime(cpu, cpu_others, wait, wait_others)
+    throttled = (np.nan, np.nan)
+    if m.cpu_throttled_s is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # not known: NaN, left so
+            throttled = (
+                float(np.nanmedian(m.cpu_throttled_s[row, steps])),
+                float(np.nanmedian(m.cpu_throttled_s[np.ix_(others, steps)])),
+            )
+    return ThreadTime(cpu, cpu_others, wait, wait_others, *throttled)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from mrcdiag.capture.cgroup_cpu import CgroupThrottle
 from mrcdiag.capture.device_memory import DeviceMemory
 from mrcdiag.capture.recorder import Recorder
 from mrcdiag.capture.thread_clock import UNKNOWN, ThreadClock
@@ -30,8 +31,10 @@ class StepTracker:
         self.comm_ns = 0
         self.n_collectives = 0
         self.clock = ThreadClock()
+        self.throttle = CgroupThrottle()
         self.memory = DeviceMemory()
         self.cpu_ns, self.cpu_wait_ns = self.clock.read()
+        self.throttle.since_last()
         self.manual = False
         self.in_manual_step = False
         self._optimizer_id: int | None = None
@@ -50,6 +53,7 @@ class StepTracker:
                 UNKNOWN
                 if UNKNOWN in (cpu_wait_ns, self.cpu_wait_ns)
                 else cpu_wait_ns - self.cpu_wait_ns,
+                self.throttle.since_last(),
                 *self.memory.read(),
             )
         )
@@ -61,7 +65,10 @@ class StepTracker:
 
     def _reset(self, t_start_ns: int, clocks: tuple[int, int] | None = None) -> None:
         self.t_start_ns = t_start_ns
-        self.cpu_ns, self.cpu_wait_ns = clocks or self.clock.read()
+        if clocks is None:
+            clocks = self.clock.read()
+            self.throttle.since_last()  # a step begun by hand counts from here
+        self.cpu_ns, self.cpu_wait_ns = clocks
         self.data_wait_ns = 0
         self.comm_ns = 0
         self.n_collectives = 0

@@ -136,6 +136,10 @@ STEP_SCHEMA = pa.schema(
         # waiting in a run queue for one; -1 where not known (older runs, no schedstat)
         ("cpu_ns", pa.int64()),
         ("cpu_wait_ns", pa.int64()),
+        # how long the process's cgroup was held by its CPU limit over the step (CFS
+        # bandwidth control: a container's CPU limit; capture/cgroup_cpu.py): 0 where
+        # no limit applies, -1 where not known
+        ("cpu_throttled_ns", pa.int64()),
         # the rank's device allocator at the step's end (torch.cuda.memory_stats; the
         # same on ROCm builds); -1 where not known (no GPU, CUDA not initialized, older
         # runs). Retries and OOMs count from the process's start.

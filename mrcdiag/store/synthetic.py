@@ -84,6 +84,7 @@ def write_synthetic_run(run_dir: Path, spec: SyntheticSpec) -> Path:
                 "n_collectives": np.ones(spec.steps, np.int32),
                 "cpu_ns": np.full(spec.steps, -1, np.int64),
                 "cpu_wait_ns": np.full(spec.steps, -1, np.int64),
+                "cpu_throttled_ns": np.full(spec.steps, -1, np.int64),
                 **{name: np.full(spec.steps, -1, np.int64) for name in schema.STEP_MEMORY_FIELDS},
             },
         )

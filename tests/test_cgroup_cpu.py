@@ -1,0 +1,83 @@
+"""A CPU limit on the rank's cgroup (a container's limit), read by the rank and named as
+the cause: `cpu_throttled`, not another process on its cores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cgroups import limited_cgroup
+from conftest import REPO, demo_job, job_env, launch_command, report_json, torchrun
+
+from mrcdiag.store import layout
+
+# a process that reads its cgroup's throttling as the step tracker does, busy for 2.5 s
+# after it was moved (a line on stdin says so), and prints what it read
+_CHILD = """
+import sys, time
+from mrcdiag.capture.cgroup_cpu import CgroupThrottle
+throttle = CgroupThrottle()
+before = throttle.since_last()
+sys.stdin.readline()
+total, t0 = 0, time.monotonic()
+while time.monotonic() - t0 < 2.5:
+    x = sum(range(2000))
+    total += max(throttle.since_last(), 0)
+print(before, total, flush=True)
+"""
+
+
+def test_a_process_moved_into_a_cpu_limited_cgroup_reads_how_long_it_was_held() -> None:
+    with limited_cgroup(quota_ms=30) as group:
+        if group is None:
+            pytest.skip("needs root and a writable cgroup hierarchy with the cpu controller")
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=job_env(),
+        )
+        group.add(child.pid)
+        held_before = group.throttled_ns()
+        out, _ = child.communicate("moved\n", timeout=60)
+        held_ns = group.throttled_ns() - held_before
+    before, total = map(int, out.split())
+    assert before == 0  # not limited before it was moved: held for nothing
+    # busy 2.5 s at 30 ms of every 100 ms, noticed within a second of the move
+    assert 0.3e9 <= total <= held_ns + 0.05e9, (total, held_ns)
+
+
+@pytest.mark.slow
+def test_a_rank_held_by_its_cgroups_cpu_limit_is_cpu_throttled(run_dir: Path) -> None:
+    """Rank 1 moved into a cgroup that may run 30 ms of every 100 ms, as a container's
+    CPU limit: it stalls for the rest of each period, and its thread waits in the run
+    queue meanwhile. The cause is the limit, not another process on its core."""
+    with limited_cgroup(quota_ms=30) as group:
+        if group is None:
+            pytest.skip("needs root and a writable cgroup hierarchy with the cpu controller")
+        cmd = launch_command(run_dir, torchrun(2, demo_job("--steps", "150", "--work-ms", "10")))
+        job = subprocess.Popen(
+            cmd, env=job_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        meta = layout.rank_dir(run_dir, 1) / layout.RANK_META_FILE
+        deadline = time.monotonic() + 120
+        while not meta.exists() and job.poll() is None:  # the rank attached: its pid
+            assert time.monotonic() < deadline, "rank 1 never attached"
+            time.sleep(0.05)
+        if job.poll() is None:
+            group.add(json.loads(meta.read_text())["pid"])
+        _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr
+    warnings = [f for f in report_json(run_dir)["findings"] if f["severity"] != "info"]
+    stragglers = [f for f in warnings if f["kind"] == "straggler"]
+    assert [f["ranks"] for f in stragglers] == [[1]], warnings
+    (finding,) = stragglers
+    assert finding["cause"] == "cpu_throttled", finding
+    evidence = finding["evidence"]
+    assert evidence["step_cpu_throttled_ms"] >= 0.5 * evidence["step_cpu_wait_ms"], evidence
+    assert evidence["step_cpu_throttled_ms_others"] < 1.0, evidence
