@@ -53,7 +53,10 @@ class Scenario:
     target: list[str]
     expected: Expected
     env: dict[str, str] = field(default_factory=dict)
-    outside: str = ""  # "hog:RANK", or "sigstop:RANK:STOPPED_MS:PERIOD_MS" (a duty cycle)
+    # "hog:RANK", "sigstop:RANK:STOPPED_MS:PERIOD_MS" (a duty cycle), or
+    # "cgroup:RANK[,RANK...]:QUOTA_MS" (moved into a cgroup that may run QUOTA_MS of every
+    # 100 ms as they attach: a container's CPU limit)
+    outside: str = ""
     hosts: int = 0  # >0: that many test hosts (network namespaces), nproc ranks on each
     slow_link: str = ""  # "HOST:RATE": that host's link shaped with tbf
 
@@ -105,6 +108,12 @@ SCENARIOS = [
              demo("--steps", "60", "--work-ms", "0", "--fixed-work", "300", "--pin"),
              Expected("straggler", (1,), ("host_contention",), or_nothing=True),
              outside="hog:1"),
+    Scenario("CPU limit on rank 1's container (30 ms of 100 ms)", 2,
+             demo("--steps", "150", "--work-ms", "10"),
+             Expected("straggler", (1,), ("cpu_throttled",)), outside="cgroup:1:30"),
+    Scenario("tight CPU limit on the whole job (40 ms of 100 ms)", 2,
+             demo("--steps", "150", "--work-ms", "10"),
+             Expected("idle_compute", (0, 1), ("cpu_throttled",)), outside="cgroup:0,1:40"),
     Scenario("job-wide slowdown", 2,
              demo(*WORK, "--slowdown-at-step", "30", "--slowdown-ms", "15"),
              Expected("slowdown")),
@@ -137,6 +146,8 @@ def _outside(spec: str, run_dir: Path, proc: subprocess.Popen) -> Callable[[], N
     if not spec:
         return lambda: None
     kind, rank, *duty_ms = spec.split(":")
+    if kind == "cgroup":
+        return _cgroup(run_dir, proc, [int(r) for r in rank.split(",")], int(duty_ms[0]))
     if kind == "hog":
         hog = subprocess.Popen(
             [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{rank}}})\nwhile 1: pass"]
@@ -164,6 +175,39 @@ def _outside(spec: str, run_dir: Path, proc: subprocess.Popen) -> Callable[[], N
     thread = threading.Thread(target=duty, daemon=True)
     thread.start()
     return lambda: (stop.set(), thread.join())
+
+
+def _cgroup(
+    run_dir: Path, proc: subprocess.Popen, ranks: list[int], quota_ms: int
+) -> Callable[[], None]:
+    """`ranks` moved into a CPU-limited cgroup as each attaches; removed at the end."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from cgroups import limited_cgroup
+
+    context = limited_cgroup(quota_ms)
+    group = context.__enter__()
+    if group is None:
+        context.__exit__(None, None, None)
+        raise RuntimeError("needs root and a writable cgroup hierarchy with the cpu controller")
+    stop = threading.Event()
+
+    def move() -> None:
+        for rank in ranks:
+            meta = run_dir / "ranks" / f"rank-{rank:05d}" / "rank.json"
+            while not meta.exists() and proc.poll() is None and not stop.is_set():
+                stop.wait(0.05)
+            if meta.exists():
+                group.add(json.loads(meta.read_text())["pid"])
+
+    thread = threading.Thread(target=move, daemon=True)
+    thread.start()
+
+    def end() -> None:
+        stop.set()
+        thread.join()
+        context.__exit__(None, None, None)
+
+    return end
 
 
 def run_on_hosts(scenario: Scenario, tmp: Path, env: dict[str, str]) -> list[Path]:
@@ -230,7 +274,11 @@ def judge(expected: Expected, warnings: list[dict]) -> str:
         and (not expected.ranks or set(expected.ranks) <= set(f["ranks"]))
         and (not expected.nodes or set(expected.nodes) <= set(f["nodes"]))
     ]
-    others = [f for f in warnings if f not in hits and f["kind"] != "idle_compute"]
+    others = [
+        f
+        for f in warnings
+        if f not in hits and (f["kind"] != "idle_compute" or f["cause"] == "cpu_throttled")
+    ]
     if expected.kind == "hang":  # the others' waits are the hang's consequence
         others = [f for f in others if f["kind"] not in ("straggler", "slowdown")]
     if not hits:

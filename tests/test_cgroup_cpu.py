@@ -81,3 +81,39 @@ def test_a_rank_held_by_its_cgroups_cpu_limit_is_cpu_throttled(run_dir: Path) ->
     evidence = finding["evidence"]
     assert evidence["step_cpu_throttled_ms"] >= 0.5 * evidence["step_cpu_wait_ms"], evidence
     assert evidence["step_cpu_throttled_ms_others"] < 1.0, evidence
+
+
+def _run_with_ranks_moved(run_dir: Path, group, ranks: list[int], nproc: int) -> str:
+    """The demo job with `ranks` moved into `group` as each attaches; its stderr."""
+    cmd = launch_command(run_dir, torchrun(nproc, demo_job("--steps", "150", "--work-ms", "10")))
+    job = subprocess.Popen(
+        cmd, env=job_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    for rank in ranks:
+        meta = layout.rank_dir(run_dir, rank) / layout.RANK_META_FILE
+        while not meta.exists() and job.poll() is None:  # the rank attached: its pid
+            assert time.monotonic() < deadline, f"rank {rank} never attached"
+            time.sleep(0.05)
+        if job.poll() is None:
+            group.add(json.loads(meta.read_text())["pid"])
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr
+    return stderr
+
+
+@pytest.mark.slow
+def test_a_job_whose_every_rank_runs_under_a_tight_cpu_limit_is_told_so(run_dir: Path) -> None:
+    """Both ranks in one cgroup that may run 40 ms of every 100 ms from their start, as
+    a pod whose CPU limit is too tight: no rank is behind the other and the pace never
+    changes, yet every step waits for the next period."""
+    with limited_cgroup(quota_ms=40) as group:
+        if group is None:
+            pytest.skip("needs root and a writable cgroup hierarchy with the cpu controller")
+        _run_with_ranks_moved(run_dir, group, [0, 1], 2)
+    findings = report_json(run_dir)["findings"]
+    limits = [f for f in findings if f["cause"] == "cpu_throttled"]
+    assert [(f["kind"], f["ranks"]) for f in limits] == [("idle_compute", [0, 1])], findings
+    assert limits[0]["severity"] in ("warning", "critical"), limits
+    others = [f for f in findings if f["severity"] != "info" and f["cause"] != "cpu_throttled"]
+    assert others == [], others

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrcdiag.analyzers.common import steady_columns
+from mrcdiag.analyzers.cpu_limit import find_cpu_limit
 from mrcdiag.analyzers.fabric import find_fabric_causes
 from mrcdiag.analyzers.findings import Finding, sort_findings, with_first_seen_live
 from mrcdiag.analyzers.flight import find_flight_divergence
@@ -84,6 +85,7 @@ def analyze(
     findings += find_stage_imbalance(run, matrix, settings)
     if live_now_ns is None:
         findings += find_slowdowns(matrix, settings)
+    findings = _with_cpu_limit(run, matrix, findings, settings)
     explained = tuple(sorted({r for f in stragglers if f.severity != "info" for r in f.ranks}))
     findings += find_idle(run, matrix, explained, settings)
     findings += find_interconnect(
@@ -106,6 +108,33 @@ def analyze(
         settings=settings,
         stack_groups=stack_groups(run) if live_now_ns is None else [],
     )
+
+
+def _with_cpu_limit(
+    run: RunData, m: RankStepMatrix, findings: list[Finding], settings: Settings
+) -> list[Finding]:
+    """The job held back by its containers' CPU limits, where no straggler or slowdown
+    already says so; it replaces the note that every rank of its hosts waits for a CPU
+    (the contention it would otherwise be taken for)."""
+    told = [f for f in findings if f.cause == "cpu_throttled"]
+    if any(f.kind == "slowdown" for f in told):
+        return findings
+    limit = find_cpu_limit(run, m, {r for f in told for r in f.ranks}, settings)
+    if not limit:
+        return findings
+    hosts = set(limit[0].nodes)
+    kept = [
+        f
+        for f in findings
+        if not (
+            f.kind == "straggler"
+            and f.cause == "host_contention"
+            and f.severity == "info"
+            and f.nodes
+            and set(f.nodes) <= hosts
+        )
+    ]
+    return kept + limit
 
 
 def _record_wait_ns(run: RunData, inst: Instances) -> np.ndarray:

@@ -77,6 +77,9 @@ class Settings:
     # run-queue wait: a throttled cgroup's threads wait in the run queue for the next
     # period, with no other process on the CPU.
     throttled_share_of_wait_ratio: float = 0.5
+    # A job whose ranks (half of them or more) were held by their cgroups' CPU limit for
+    # this share of their steps is told so (idle_compute/cpu_throttled)
+    cpu_limit_held_of_step_ratio: float = 0.05
     # An episode with no rhythm and no span (now and then) warns only when each time it
     # holds the others up by this share of a step: smaller hiccups on one rank are a busy
     # process's jitter (rank 0 drawing a progress bar), told as info.
