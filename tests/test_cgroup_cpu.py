@@ -13,7 +13,8 @@ import pytest
 from cgroups import limited_cgroup
 from conftest import REPO, demo_job, job_env, launch_command, report_json, torchrun
 
-from mrcdiag.store import layout
+from mrcdiag.store import layout, schema
+from mrcdiag.store.tail import read_stream
 
 # a process that reads its cgroup's throttling as the step tracker does, busy for 2.5 s
 # after it was moved (a line on stdin says so), and prints what it read
@@ -83,9 +84,19 @@ def test_a_rank_held_by_its_cgroups_cpu_limit_is_cpu_throttled(run_dir: Path) ->
     assert evidence["step_cpu_throttled_ms_others"] < 1.0, evidence
 
 
-def _run_with_ranks_moved(run_dir: Path, group, ranks: list[int], nproc: int) -> str:
-    """The demo job with `ranks` moved into `group` as each attaches; its stderr."""
-    cmd = launch_command(run_dir, torchrun(nproc, demo_job("--steps", "150", "--work-ms", "10")))
+def _steps_recorded(run_dir: Path, rank: int) -> int:
+    path = layout.rank_dir(run_dir, rank) / layout.STEPS_FILE
+    return read_stream(path, schema.STEP_SCHEMA, []).num_rows if path.exists() else 0
+
+
+def _run_with_ranks_moved(
+    run_dir: Path, group, ranks: list[int], nproc: int, after_steps: int = 0, steps: int = 150
+) -> str:
+    """The demo job with `ranks` moved into `group` as each attaches, or once rank 0
+    recorded `after_steps` steps; its stderr."""
+    cmd = launch_command(
+        run_dir, torchrun(nproc, demo_job("--steps", str(steps), "--work-ms", "10"))
+    )
     job = subprocess.Popen(
         cmd, env=job_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -95,7 +106,12 @@ def _run_with_ranks_moved(run_dir: Path, group, ranks: list[int], nproc: int) ->
         while not meta.exists() and job.poll() is None:  # the rank attached: its pid
             assert time.monotonic() < deadline, f"rank {rank} never attached"
             time.sleep(0.05)
+    while after_steps and _steps_recorded(run_dir, 0) < after_steps and job.poll() is None:
+        assert time.monotonic() < deadline, "the job recorded too few steps"
+        time.sleep(0.1)  # polls what the job wrote
+    for rank in ranks:
         if job.poll() is None:
+            meta = layout.rank_dir(run_dir, rank) / layout.RANK_META_FILE
             group.add(json.loads(meta.read_text())["pid"])
     _, stderr = job.communicate(timeout=300)
     assert job.returncode == 0, stderr
@@ -117,3 +133,21 @@ def test_a_job_whose_every_rank_runs_under_a_tight_cpu_limit_is_told_so(run_dir:
     assert limits[0]["severity"] in ("warning", "critical"), limits
     others = [f for f in findings if f["severity"] != "info" and f["cause"] != "cpu_throttled"]
     assert others == [], others
+
+
+@pytest.mark.slow
+def test_a_cpu_limit_that_begins_to_bite_partway_is_a_slowdown_from_it(run_dir: Path) -> None:
+    """Both ranks moved into a cgroup that may run 40 ms of every 100 ms once the job
+    has run 60 steps, as a limit lowered on a running pod: the job slows down there, and
+    the new wait for a CPU is the limit's."""
+    onset = 60
+    with limited_cgroup(quota_ms=40) as group:
+        if group is None:
+            pytest.skip("needs root and a writable cgroup hierarchy with the cpu controller")
+        _run_with_ranks_moved(run_dir, group, [0, 1], 2, after_steps=onset, steps=200)
+    findings = report_json(run_dir)["findings"]
+    warnings = [f for f in findings if f["severity"] != "info"]
+    assert [(f["kind"], f["cause"]) for f in warnings] == [("slowdown", "cpu_throttled")], findings
+    evidence = warnings[0]["evidence"]
+    assert evidence["start_step"] >= onset - 3, evidence
+    assert evidence["step_cpu_throttled_ms_after"] > 2 * evidence["step_cpu_throttled_ms_before"]

@@ -5,9 +5,9 @@ partway is a slowdown; both compare the ranks with their peers or their own past
 whose every rank runs under a limit too tight from the start (a pod with
 `resources.limits.cpu` below what its ranks, DataLoader workers and framework threads
 use) has neither: each step simply waits for the next CFS period. The step records say
-how long each rank's cgroup was held (capture/cgroup_cpu.py), and the training thread's
-run-queue wait says how much of it the thread was ready to run: the smaller of the two,
-per step, is time the rank lost to the limit.
+how long each rank's cgroup was held (capture/cgroup_cpu.py): as far as the training
+thread was off the CPU meanwhile (ready to run and held, or waiting for its helper
+threads or peers that the limit held), per step, that is time the rank lost to it.
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ def find_cpu_limit(
     run: RunData, m: RankStepMatrix, named: set[int], settings: Settings
 ) -> list[Finding]:
     """`named`: ranks whose throttling a straggler or slowdown finding already tells."""
-    if m.cpu_throttled_s is None or m.cpu_wait_s is None:
+    if m.cpu_throttled_s is None:
         return []
     cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if not len(cols):
         return []
-    # NaN where either is not known; the thread was held only while it was ready to run
-    held = np.minimum(m.cpu_throttled_s[:, cols], m.cpu_wait_s[:, cols])
+    if m.cpu_s is None:
+        return []
     duration = m.duration_s[:, cols]
+    # NaN where either is not known; held no longer than the thread was off the CPU
+    held = np.minimum(m.cpu_throttled_s[:, cols], np.maximum(duration - m.cpu_s[:, cols], 0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # ranks with nothing known
         share = np.nansum(held, axis=1) / np.nansum(
@@ -71,8 +73,8 @@ def find_cpu_limit(
             ranks=ranks,
             nodes=nodes,
             summary=f"the CPU limit of their containers held ranks {rank_ranges(list(ranks))} "
-            f"for {100 * typical:.0f}% of each step (median over ranks): they were ready to "
-            "run and waited for the next CFS period, with no other process on the CPU",
+            f"for {100 * typical:.0f}% of each step (median over ranks): their threads "
+            "waited for the next CFS period, with no other process on the CPU",
             evidence={
                 "held_share_of_step_per_rank": {
                     str(int(m.ranks[i])): round(float(share[i]), 3) for i in rows[:16]

@@ -252,11 +252,7 @@ def _compute_cause(
                 f"; the ranks' threads wait {wait_s * 1e3:.1f} ms more per step for a CPU, "
                 f"{clocks.throttled_growth_s * 1e3:.1f} ms of it held by their cgroups' CPU "
                 "limit",
-                "the ranks' containers use up their CPU quota from that step (CFS "
-                "bandwidth control; cpu.stat nr_throttled): raise or remove the CPU limit "
-                "(Kubernetes resources.limits.cpu, docker --cpus, systemd CPUQuota), or "
-                "find what began to use it (more DataLoader workers, threads, a sidecar "
-                "in the same container)",
+                _LIMIT_ADVICE,
             )
         return (
             "host_contention",
@@ -271,6 +267,14 @@ def _compute_cause(
             f"; the ranks' threads compute {cpu_s * 1e3:.1f} ms more per step",
             advice,
         )
+    if clocks.throttled_growth_s >= explains:  # NaN where not known
+        return (
+            "cpu_throttled",
+            f"; their cgroups' CPU limit held the ranks {clocks.throttled_growth_s * 1e3:.1f} "
+            "ms more per step (their threads waited off the CPU for peers and helper "
+            "threads the limit held)",
+            _LIMIT_ADVICE,
+        )
     if compute_growth_s - max(cpu_s, 0.0) - max(wait_s, 0.0) >= explains:
         return (
             "unknown",
@@ -280,6 +284,14 @@ def _compute_cause(
             "something that stops or suspends the job, sleeps in the training loop",
         )
     return "slow_compute", "", advice
+
+
+_LIMIT_ADVICE = (
+    "the ranks' containers use up their CPU quota from that step (CFS bandwidth control; "
+    "cpu.stat nr_throttled): raise or remove the CPU limit (Kubernetes "
+    "resources.limits.cpu, docker --cpus, systemd CPUQuota), or find what began to use it "
+    "(more DataLoader workers, threads, a sidecar in the same container)"
+)
 
 
 def _retry_shares(

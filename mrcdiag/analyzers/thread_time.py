@@ -42,13 +42,18 @@ class ThreadTime:
     def cause(self, late_s: float, settings: Settings) -> str:
         """What made a thread `late_s` slower than its peers, where its clocks tell:
         more run-queue wait (more than its extra CPU, or more per CPU second, since a
-        co-tenant on its core also inflates its CPU time) is "host_contention", or
-        "cpu_throttled" where its cgroup's CPU limit held it for most of that wait;
-        more CPU is "slow_compute"; "" where neither explains the lateness."""
+        co-tenant on its core also inflates its CPU time) is "host_contention"; more CPU
+        is "slow_compute"; "" where neither explains the lateness. Its cgroup's CPU limit
+        is "cpu_throttled" where the limit held the process for most of that extra wait,
+        or, where neither explains it, for half the lateness: the thread then waited,
+        off the run queue, for its own helper threads or peers that the limit held."""
         contention = self._contention(late_s, settings)
-        if contention and self.extra_throttled_s >= settings.throttled_share_of_wait_ratio * max(
-            self.extra_wait_s, 1e-9
+        held = self.extra_throttled_s  # NaN where not known: no comparison holds
+        if contention == "host_contention" and held >= (
+            settings.throttled_share_of_wait_ratio * self.extra_wait_s
         ):
+            return "cpu_throttled"
+        if not contention and held >= settings.cause_explains_lateness_ratio * max(late_s, 0.0):
             return "cpu_throttled"
         return contention
 
