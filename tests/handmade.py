@@ -21,7 +21,7 @@ def rank_info(rank: int, host: str = "h0", closed: bool = True, stuck=None) -> R
 def make_run(
     world: int,
     # (rank, step, start_ns, end_ns, data_wait_ns, comm_ns), and optionally the stepping
-    # thread's (cpu_ns, cpu_wait_ns)
+    # thread's (cpu_ns, cpu_wait_ns) and its cgroup's throttled ns
     steps: list[tuple],
     collectives: list[tuple],  # (rank, op, group, seq, nbytes, arrive_ns, end_ns, step, async)
     groups: list[tuple[int, ...]] | None = None,
@@ -76,6 +76,7 @@ def make_run(
                 "n_collectives": np.ones(len(s), np.int32),
                 "cpu_ns": s[:, 6] if width > 7 else np.full(len(s), -1),
                 "cpu_wait_ns": s[:, 7] if width > 7 else np.full(len(s), -1),
+                "cpu_throttled_ns": s[:, 8] if width > 8 else np.full(len(s), -1),
                 "rank": s[:, 0].astype(np.int32),
             }
         ),
@@ -94,12 +95,13 @@ def lockstep(
     seed: int = 0,
     end_late_ms: dict[int, float] | None = None,
     extra_ms: Callable[[int, int], float] | None = None,
-    thread_ms: Callable[[int, int], tuple[float, float]] | None = None,
+    thread_ms: Callable[[int, int], tuple[float, ...]] | None = None,
 ) -> RunData:
     """Synchronous steps: compute, then `buckets` collectives that end together, or, with
     `end_late_ms`, later for some ranks (a ring whose slow link delivers to them last).
     `extra_ms(rank, step)`: more work for a rank in some steps (stalls, spans).
-    `thread_ms(rank, step)`: the stepping thread's (ms on a CPU, ms in a run queue)."""
+    `thread_ms(rank, step)`: the stepping thread's (ms on a CPU, ms in a run queue), and
+    optionally the ms its cgroup was held by its CPU limit."""
     rng = np.random.default_rng(seed)
     members = group or tuple(range(world))
     steps, colls = [], []

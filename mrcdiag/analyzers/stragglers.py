@@ -832,6 +832,12 @@ def _slow_nodes(
         member_rows = [m.row(r) for r in ranks]
         late_s = float(np.nanmedian(m.own_late_s[np.ix_(member_rows, cols)]))
         lost_s = float(np.nansum(_set_excess(inst, set(ranks), m, cols)))
+        evidence: dict[str, object] = {
+            "median_lateness_ms": round(late_s * 1e3, 3),
+            "job_step_time_ms": round(step_s * 1e3, 3),
+            "ranks_on_node": len(ranks),
+        }
+        detail, advice = _node_reason(m, member_rows, cols, late_s, evidence, settings)
         out.append(
             Finding(
                 kind="straggler",
@@ -841,14 +847,42 @@ def _slow_nodes(
                 ranks=tuple(sorted(ranks)),
                 nodes=(host,),
                 summary=f"every rank of node {host} ({len(ranks)} ranks) arrives "
-                f"{late_s * 1e3:.1f} ms behind the other nodes' ranks",
-                evidence={
-                    "median_lateness_ms": round(late_s * 1e3, 3),
-                    "job_step_time_ms": round(step_s * 1e3, 3),
-                    "ranks_on_node": len(ranks),
-                },
-                recommendation="drain or inspect this node: CPU frequency and load, other "
-                "tenants, thermal state, memory errors; rerun without it to confirm",
+                f"{late_s * 1e3:.1f} ms behind the other nodes' ranks{detail}",
+                evidence=evidence,
+                recommendation=advice,
             )
         )
     return out
+
+
+def _node_reason(
+    m: RankStepMatrix,
+    member_rows: list[int],
+    cols: np.ndarray,
+    late_s: float,
+    evidence: dict[str, object],
+    settings: Settings,
+) -> tuple[str, str]:
+    """Why a node's ranks are behind, where their threads' clocks against the other
+    nodes' tell (a CPU limit on its pods, another tenant on its cores, slower work), as
+    for one rank; the detail for the summary and the advice."""
+    advice = (
+        "drain or inspect this node: CPU frequency and load, other tenants, thermal "
+        "state, memory errors; rerun without it to confirm"
+    )
+    others = np.setdiff1d(np.arange(len(m.ranks)), member_rows)
+    tt = thread_time(m, np.array(member_rows), others, cols) if len(others) else None
+    if tt is None:
+        return "", advice
+    why = tt.cause(late_s, settings)
+    evidence.update(tt.evidence())
+    if not why:
+        return "", advice
+    evidence["reason"] = why
+    detail, why_advice = _cause_text(why, evidence)
+    detail = detail.replace("its thread", "its ranks' threads").replace(
+        "its cgroup", "their cgroups"
+    )
+    return detail.replace(
+        "(peers ", "(other nodes "
+    ), advice if why == "slow_compute" else why_advice

@@ -85,17 +85,18 @@ class ThreadTime:
 
 
 def thread_time(
-    m: RankStepMatrix, row: int, others: np.ndarray, steps: np.ndarray
+    m: RankStepMatrix, row: int | np.ndarray, others: np.ndarray, steps: np.ndarray
 ) -> ThreadTime | None:
-    """`row`'s thread time against the rows `others` (a boolean mask or indices) over
-    `steps`; None where either side was not recorded."""
+    """`row`'s thread time (or that of the rows `row`, all their steps pooled: a node's
+    ranks) against the rows `others` (a boolean mask or indices) over `steps`; None
+    where either side was not recorded."""
     if m.cpu_s is None or m.cpu_wait_s is None or not len(steps):
         return None
+    rows = np.atleast_1d(row)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: None below
-        values = [float(np.nanmedian(a[row, steps])) for a in (m.cpu_s, m.cpu_wait_s)] + [
-            float(np.nanmedian(a[np.ix_(others, steps)])) for a in (m.cpu_s, m.cpu_wait_s)
-        ]
+        values = [float(np.nanmedian(a[np.ix_(rows, steps)])) for a in (m.cpu_s, m.cpu_wait_s)]
+        values += [float(np.nanmedian(a[np.ix_(others, steps)])) for a in (m.cpu_s, m.cpu_wait_s)]
     if not np.isfinite(values).all():
         return None
     cpu, wait, cpu_others, wait_others = values
@@ -104,7 +105,7 @@ def thread_time(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # not known: NaN, left so
             throttled = (
-                float(np.nanmedian(m.cpu_throttled_s[row, steps])),
+                float(np.nanmedian(m.cpu_throttled_s[np.ix_(rows, steps)])),
                 float(np.nanmedian(m.cpu_throttled_s[np.ix_(others, steps)])),
             )
     return ThreadTime(cpu, cpu_others, wait, wait_others, *throttled)
