@@ -4,7 +4,8 @@
 
 Each scenario runs a real job under `mrcdiag launch` (gloo, CPU, this host), with its
 fault injected the way it happens: extra work or a slow DataLoader inside the job; a busy
-loop pinned to a rank's core, or SIGSTOP/SIGCONT on a duty cycle, from outside it. The
+loop pinned to a rank's core, SIGSTOP/SIGCONT on a duty cycle, or a CPU-limited cgroup
+(a container's limit), from outside it. The
 report's findings of severity warning or above are then judged against what was
 injected:
 
