@@ -63,3 +63,20 @@ def test_a_job_held_alike_by_its_cpu_limit_is_told_and_a_free_one_is_not() -> No
     assert _serious(free) == []
     unknown = lockstep(4, 120, compute_ms=30.0, thread_ms=lambda r, k: (8.0, 0.5))
     assert [f for f in analyze(unknown).findings if f.cause == "cpu_throttled"] == []
+
+
+def test_a_rank_held_inside_its_collectives_is_a_straggler_of_its_limit() -> None:
+    # rank 2's container holds it 20 ms a step while its arrivals are on time (the limit
+    # held its collectives' threads: the others waited inside the collective), its peers
+    # are not held: the stragglers' arrival test has nothing, the held time tells
+    run = lockstep(
+        4, 120, compute_ms=30.0, thread_ms=lambda r, k: (8.0, 0.5, 20.0 if r == 2 else 0.0)
+    )
+    (finding,) = _serious(run)
+    assert (finding.kind, finding.cause, finding.ranks) == ("straggler", "cpu_throttled", (2,))
+    assert finding.evidence["held_share_of_step_others"] == 0, finding.evidence
+    # its peers held as much are the job's limit, not this rank's
+    alike = lockstep(
+        4, 120, compute_ms=30.0, thread_ms=lambda r, k: (8.0, 0.5, 20.0 if r >= 1 else 0.0)
+    )
+    assert [(f.kind, f.ranks) for f in _serious(alike)] == [("idle_compute", (1, 2, 3))]

@@ -113,25 +113,34 @@ def analyze(
 def _with_cpu_limit(
     run: RunData, m: RankStepMatrix, findings: list[Finding], settings: Settings
 ) -> list[Finding]:
-    """The job held back by its containers' CPU limits, where no straggler or slowdown
-    already says so; it replaces the note that every rank of its hosts waits for a CPU
-    (the contention it would otherwise be taken for)."""
-    told = [f for f in findings if f.cause == "cpu_throttled"]
-    if any(f.kind == "slowdown" for f in told):
+    """What the containers' CPU limits held, where no straggler or slowdown already says
+    so: the job (most ranks alike), which replaces the note that every rank of its hosts
+    waits for a CPU (the contention it would be taken for); or a rank that the stragglers'
+    arrival test missed, which replaces an info finding on that rank."""
+    if any(f.kind == "slowdown" and f.cause == "cpu_throttled" for f in findings):
         return findings
-    limit = find_cpu_limit(run, m, {r for f in told for r in f.ranks}, settings)
+    named = {
+        r
+        for f in findings
+        if f.kind in ("straggler", "slowdown")
+        and (f.cause == "cpu_throttled" or f.severity != "info")
+        for r in f.ranks
+    }
+    limit = find_cpu_limit(run, m, named, settings)
     if not limit:
         return findings
-    hosts = set(limit[0].nodes)
+    hosts = {h for f in limit if f.kind == "idle_compute" for h in f.nodes}
+    held_ranks = {r for f in limit if f.kind == "straggler" for r in f.ranks}
     kept = [
         f
         for f in findings
         if not (
             f.kind == "straggler"
-            and f.cause == "host_contention"
             and f.severity == "info"
-            and f.nodes
-            and set(f.nodes) <= hosts
+            and (
+                (f.cause == "host_contention" and f.nodes and set(f.nodes) <= hosts)
+                or (len(f.ranks) == 1 and f.ranks[0] in held_ranks)
+            )
         )
     ]
     return kept + limit

@@ -1,7 +1,12 @@
 """A job held back by its containers' CPU limits, on most of its ranks alike.
 
+Most: more than half of the ranks, and two at least; fewer are the stragglers' matter.
+
 One throttled rank is a straggler (cause cpu_throttled) and a limit that begins to bite
-partway is a slowdown; both compare the ranks with their peers or their own past. A job
+partway is a slowdown; both compare the ranks with their peers or their own past. A rank
+held while its peers are not, whose lateness the stragglers' arrival test misses (the
+limit holds its collectives' threads too, so the others wait inside the collective and
+its arrivals are not late), is told here as a straggler of that cause. A job
 whose every rank runs under a limit too tight from the start (a pod with
 `resources.limits.cpu` below what its ranks, DataLoader workers and framework threads
 use) has neither: each step simply waits for the next CFS period. The step records say
@@ -26,13 +31,11 @@ from mrcdiag.store.reader import RunData, rank_ranges
 def find_cpu_limit(
     run: RunData, m: RankStepMatrix, named: set[int], settings: Settings
 ) -> list[Finding]:
-    """`named`: ranks whose throttling a straggler or slowdown finding already tells."""
-    if m.cpu_throttled_s is None:
+    """`named`: ranks whose throttling, or lateness, a finding already tells."""
+    if m.cpu_throttled_s is None or m.cpu_s is None:
         return []
     cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if not len(cols):
-        return []
-    if m.cpu_s is None:
         return []
     duration = m.duration_s[:, cols]
     # NaN where either is not known; held no longer than the thread was off the CPU
@@ -42,48 +45,105 @@ def find_cpu_limit(
         share = np.nansum(held, axis=1) / np.nansum(
             np.where(np.isnan(held), np.nan, duration), axis=1
         )
-    rows = [
-        i
-        for i, rank in enumerate(m.ranks)
-        if int(rank) not in named and share[i] >= settings.cpu_limit_held_of_step_ratio
+    share = np.nan_to_num(share)
+    rows = [i for i in range(len(m.ranks)) if share[i] >= settings.cpu_limit_held_of_step_ratio]
+    run_s = float(np.nansum(job_step_time(duration)))
+    if len(rows) >= 2 and len(rows) > 0.5 * len(m.ranks):
+        rows = [i for i in rows if int(m.ranks[i]) not in named]
+        return [_job_held(run, m, rows, held, share, len(cols), run_s, settings)] if rows else []
+    # A few ranks held while their peers are not: each is why the others wait, inside
+    # collectives too (a collective's threads are held with the rest of the process), where
+    # its arrivals need not be late at all
+    peers_share = float(np.median(np.delete(share, rows))) if len(rows) < len(share) else 0.0
+    return [
+        _rank_held(run, m, i, held, share, peers_share, run_s, settings)
+        for i in rows
+        if int(m.ranks[i]) not in named
+        and peers_share <= settings.cpu_limit_peers_held_ratio * share[i]
     ]
-    if not rows or len(rows) < 0.5 * len(m.ranks):
-        return []
+
+
+def _severity(lost_s: float, run_s: float, settings: Settings) -> str:
+    lost_share = lost_s / run_s if run_s > 0 else 0.0
+    if lost_s < settings.min_warning_lost_s:
+        return "info"
+    if lost_share >= settings.critical_lost_of_run_ratio:
+        return "critical"
+    return "warning" if lost_share >= settings.warning_lost_of_run_ratio else "info"
+
+
+_ADVICE = (
+    "raise or remove the CPU limit of {whose} (Kubernetes resources.limits.cpu, docker "
+    "--cpus, systemd CPUQuota; cpu.max or cpu.cfs_quota_us): it must cover each rank's "
+    "threads, its DataLoader workers and the framework's threads; or lower num_workers and "
+    "OMP_NUM_THREADS to fit"
+)
+
+
+def _rank_held(
+    run: RunData,
+    m: RankStepMatrix,
+    row: int,
+    held: np.ndarray,
+    share: np.ndarray,
+    peers_share: float,
+    run_s: float,
+    settings: Settings,
+) -> Finding:
+    rank = int(m.ranks[row])
+    lost_s = float(np.nansum(held[row]))
+    host = run.host_of(rank)
+    return Finding(
+        kind="straggler",
+        severity=_severity(lost_s, run_s, settings),
+        cause="cpu_throttled",
+        time_lost_s=lost_s,
+        ranks=(rank,),
+        nodes=(host,),
+        summary=f"rank {rank} on {host} was held by its container's CPU limit for "
+        f"{100 * share[row]:.0f}% of each step (peers {100 * peers_share:.0f}%): its threads, "
+        "those of its collectives included, waited for the next CFS period, and the others "
+        "waited for it",
+        evidence={
+            "held_share_of_step": round(float(share[row]), 3),
+            "held_share_of_step_others": round(peers_share, 3),
+            "held_ms_per_step": round(lost_s / held.shape[1] * 1e3, 3),
+        },
+        recommendation=_ADVICE.format(whose="this rank's container or cgroup"),
+    )
+
+
+def _job_held(
+    run: RunData,
+    m: RankStepMatrix,
+    rows: list[int],
+    held: np.ndarray,
+    share: np.ndarray,
+    n_steps: int,
+    run_s: float,
+    settings: Settings,
+) -> Finding:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         per_step = np.nanmedian(held[rows], axis=0)
     lost_s = float(np.nansum(per_step))
-    run_s = float(np.nansum(job_step_time(duration)))
-    lost_share = lost_s / run_s if run_s > 0 else 0.0
-    severity = "info"
-    if lost_s >= settings.min_warning_lost_s:
-        if lost_share >= settings.critical_lost_of_run_ratio:
-            severity = "critical"
-        elif lost_share >= settings.warning_lost_of_run_ratio:
-            severity = "warning"
     ranks = tuple(int(m.ranks[i]) for i in rows)
-    nodes = tuple(sorted({run.host_of(r) for r in ranks}))
-    typical = float(np.nanmedian(share[rows]))
-    return [
-        Finding(
-            kind="idle_compute",
-            severity=severity,
-            cause="cpu_throttled",
-            time_lost_s=lost_s,
-            ranks=ranks,
-            nodes=nodes,
-            summary=f"the CPU limit of their containers held ranks {rank_ranges(list(ranks))} "
-            f"for {100 * typical:.0f}% of each step (median over ranks): their threads "
-            "waited for the next CFS period, with no other process on the CPU",
-            evidence={
-                "held_share_of_step_per_rank": {
-                    str(int(m.ranks[i])): round(float(share[i]), 3) for i in rows[:16]
-                },
-                "held_ms_per_step": round(lost_s / len(cols) * 1e3, 3),
+    typical = float(np.median(share[rows]))
+    return Finding(
+        kind="idle_compute",
+        severity=_severity(lost_s, run_s, settings),
+        cause="cpu_throttled",
+        time_lost_s=lost_s,
+        ranks=ranks,
+        nodes=tuple(sorted({run.host_of(r) for r in ranks})),
+        summary=f"the CPU limit of their containers held ranks {rank_ranges(list(ranks))} "
+        f"for {100 * typical:.0f}% of each step (median over ranks): their threads "
+        "waited for the next CFS period, with no other process on the CPU",
+        evidence={
+            "held_share_of_step_per_rank": {
+                str(int(m.ranks[i])): round(float(share[i]), 3) for i in rows[:16]
             },
-            recommendation="raise or remove the CPU limit of the ranks' containers "
-            "(Kubernetes resources.limits.cpu, docker --cpus, systemd CPUQuota; cpu.max or "
-            "cpu.cfs_quota_us): it must cover each rank's threads, its DataLoader workers "
-            "and the framework's threads; or lower num_workers and OMP_NUM_THREADS to fit",
-        )
-    ]
+            "held_ms_per_step": round(lost_s / n_steps * 1e3, 3),
+        },
+        recommendation=_ADVICE.format(whose="the ranks' containers"),
+    )

@@ -80,6 +80,9 @@ class Settings:
     # A job whose ranks (half of them or more) were held by their cgroups' CPU limit for
     # this share of their steps is told so (idle_compute/cpu_throttled)
     cpu_limit_held_of_step_ratio: float = 0.05
+    # ... and fewer ranks so held are stragglers where their peers were held for at most
+    # this share of theirs
+    cpu_limit_peers_held_ratio: float = 0.25
     # An episode with no rhythm and no span (now and then) warns only when each time it
     # holds the others up by this share of a step: smaller hiccups on one rank are a busy
     # process's jitter (rank 0 drawing a progress bar), told as info.
