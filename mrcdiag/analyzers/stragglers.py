@@ -698,9 +698,11 @@ _CAUSE_TEXT = {
     "slow_compute": (
         ("step_cpu_ms", "its thread computes {} ms per step (peers {})"),
         ("cpu_s_per_s", "it burns more CPU than its peers ({:.2f} s per second, peers {:.2f})"),
-        ": its own work is heavier",
+        ": its own work takes more CPU (heavier work, or a slower CPU)",
         "compare this rank's work with its peers' (uneven batch or sequence lengths, an "
-        "extra role such as logging or checkpointing on this rank)",
+        "extra role such as logging or checkpointing on this rank); if the work is the "
+        "same, its CPU is slower: its clock (thermal or power capping, cpupower "
+        "frequency-info) or another tenant's cache and memory traffic on its socket",
     ),
 }
 
@@ -880,9 +882,18 @@ def _node_reason(
         return "", advice
     evidence["reason"] = why
     detail, why_advice = _cause_text(why, evidence)
-    detail = detail.replace("its thread", "its ranks' threads").replace(
-        "its cgroup", "their cgroups"
+    for one, node in (
+        ("its thread ", "its ranks' threads "),
+        ("its cgroup's CPU limit held it", "their cgroups' CPU limit held them"),
+        ("its container used up its", "their containers used up their"),
+        ("threads computes", "threads compute"),
+        (": its own work takes more CPU (heavier work, or a slower CPU)", ": the same work "
+         "takes more CPU there"),
+        ("(peers ", "(other nodes "),
+    ):  # fmt: skip
+        detail = detail.replace(one, node)
+    if why == "slow_compute":
+        return detail, advice
+    return detail, why_advice.replace("container or cgroup", "containers or cgroups").replace(
+        "this rank's", "its ranks'"
     )
-    return detail.replace(
-        "(peers ", "(other nodes "
-    ), advice if why == "slow_compute" else why_advice
