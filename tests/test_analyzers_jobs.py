@@ -335,44 +335,14 @@ def test_a_rank_stopped_from_outside_on_a_duty_cycle_is_found(run_dir: Path) -> 
     no change to the job, and nothing in the rank's own signals says why. Two ranks, one
     per core: with three on two cores every rank waits for a CPU, and an unexplained
     straggler costing under a tenth of the run is rightly told as the host's contention."""
-    import json
-    import signal
-    import threading
-    import time
-
-    from conftest import REPO, job_env, launch_command, torchrun
-
-    from mrcdiag.store import layout
+    from outside import stopped_on_a_duty_cycle
 
     cmd = launch_command(run_dir, torchrun(2, demo_job("--steps", "150", "--work-ms", "10")))
     proc = subprocess.Popen(
         cmd, env=job_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    meta = layout.rank_dir(run_dir, 1) / layout.RANK_META_FILE
-    stop = threading.Event()
-
-    def duty_cycle() -> None:
-        while not meta.exists() and proc.poll() is None:  # the rank attached: its pid
-            stop.wait(0.05)
-        if proc.poll() is not None:
-            return
-        pid = json.loads(meta.read_text())["pid"]
-        while not stop.is_set():
-            try:
-                os.kill(pid, signal.SIGSTOP)
-                time.sleep(0.04)  # the fault itself: stopped 40 ms ...
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                return
-            stop.wait(0.06)  # ... of every 100 ms
-
-    thread = threading.Thread(target=duty_cycle, daemon=True)
-    thread.start()
-    try:
+    with stopped_on_a_duty_cycle(run_dir, 1, proc, 0.04, 0.1):
         _, stderr = proc.communicate(timeout=180)
-    finally:
-        stop.set()
-        thread.join()
     assert proc.returncode == 0, stderr
     stragglers = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "straggler"]
     assert [f["ranks"] for f in stragglers] == [[1]], stragglers

@@ -186,6 +186,31 @@ def test_a_pipeline_stage_with_more_layers_is_stage_imbalance(run_dir: Path) -> 
     ], serious
 
 
+def test_a_pipeline_stage_stopped_from_outside_now_and_then_is_named(run_dir: Path) -> None:
+    """SIGSTOP 40 ms of every 100 ms on stage 1, as a throttled VM: no stage works more in
+    most steps (no imbalance), no collective to arrive late at; stage 1's own work jumps
+    now and then while stage 0 waits in its receives."""
+    import subprocess
+
+    from conftest import REPO, launch_command, torchrun
+    from outside import stopped_on_a_duty_cycle
+
+    env = job_env(STACK_SCHEDULE="1f1b", STACK_STEPS="200", STACK_PROFILE="0")
+    cmd = launch_command(run_dir, torchrun(2, script("stacks/pipeline.py")))
+    job = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    with stopped_on_a_duty_cycle(run_dir, 1, job, 0.04, 0.1):
+        _, stderr = job.communicate(timeout=240)
+    assert job.returncode == 0, stderr[-3000:]
+    serious = [f for f in report_json(run_dir)["findings"] if f["severity"] != "info"]
+    assert [(f["kind"], f["ranks"]) for f in serious] == [("straggler", [1])], serious
+    (finding,) = serious
+    # its own clocks: off the CPU without waiting for one (or, on 2 busy cores, waiting)
+    assert finding["cause"] in ("unknown", "host_contention"), finding
+    assert finding["evidence"]["steps_held_up"] >= 5, finding["evidence"]
+
+
 def test_a_slow_rank_in_a_device_mesh_job_is_named(run_dir: Path) -> None:
     result = launch(
         run_dir,

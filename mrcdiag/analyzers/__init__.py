@@ -27,7 +27,7 @@ from mrcdiag.analyzers.link_rates import find_degraded_links
 from mrcdiag.analyzers.numa import find_numa_mismatch
 from mrcdiag.analyzers.p2p import find_no_p2p
 from mrcdiag.analyzers.pcie import find_pcie_degraded
-from mrcdiag.analyzers.pipeline import find_stage_imbalance
+from mrcdiag.analyzers.pipeline import find_stage_imbalance, find_stage_stalls
 from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.analyzers.slowdown import find_slowdowns
@@ -83,6 +83,9 @@ def analyze(
     findings += find_numa_mismatch(run, stragglers)
     findings += find_no_p2p(run, instances, busbw)
     findings += find_stage_imbalance(run, matrix, settings)
+    findings += find_stage_stalls(
+        run, matrix, {r for f in findings if f.kind == "straggler" for r in f.ranks}, settings
+    )
     if live_now_ns is None:
         findings += find_slowdowns(matrix, settings)
     findings = _with_cpu_limit(run, matrix, findings, settings)

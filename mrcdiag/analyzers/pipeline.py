@@ -7,6 +7,13 @@ stage's own work: its step time less the time it sat blocked in point-to-point a
 collective calls and in its DataLoader. A stage whose own work clearly exceeds the
 others' (an uneven split of layers, a slower device) is the bottleneck: one finding,
 `stage_imbalance`, for that stage, not a straggler of every rank.
+
+A stage that is held now and then (stopped from outside, a stall every N steps, a
+co-tenant's bursts) moves no median: its own work jumps above its usual in a minority of
+steps while the other stages wait in their receives. Each stage's excess over its own
+usual work, step by step, is what the pipeline waited for it; where one stage holds
+nearly all of it, that stage is an episodic straggler (`find_stage_stalls`), judged by
+the stragglers' rules for episodes (what it cost, its rhythm, why).
 """
 
 from __future__ import annotations
@@ -19,8 +26,14 @@ from mrcdiag.analyzers.common import job_step_time, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.instances import P2P_CODES
 from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.recurrence import step_pattern
 from mrcdiag.analyzers.settings import Settings
-from mrcdiag.analyzers.stragglers import cause_from_rates
+from mrcdiag.analyzers.stragglers import (
+    cause_from_rates,
+    holding_up,
+    lateness_cause,
+    straggler_severity,
+)
 from mrcdiag.analyzers.thread_time import thread_time
 from mrcdiag.store.reader import RunData
 
@@ -103,5 +116,80 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
             },
             recommendation="rebalance the layers between stages (split by measured time, "
             "not by layer count), or give this stage's device a lighter share",
+        )
+    ]
+
+
+def _stages(run: RunData, m: RankStepMatrix, settings: Settings) -> tuple[list[int], np.ndarray]:
+    """The ranks that send or receive point to point, and the steady steps."""
+    c = run.collectives
+    if not len(c):
+        return [], np.zeros(0, dtype=np.int64)
+    stages = sorted({int(r) for r in c["rank"][np.isin(c["op"], P2P_CODES)]})
+    return stages, steady_columns(m.duration_s.shape[1], settings.warmup_steps)
+
+
+def find_stage_stalls(
+    run: RunData, m: RankStepMatrix, named: set[int], settings: Settings
+) -> list[Finding]:
+    """A pipeline stage held now and then; `named`: ranks another finding already blames."""
+    stages, cols = _stages(run, m, settings)
+    if len(stages) < 2 or len(cols) < 3:
+        return []
+    rows = [m.row(r) for r in stages]
+    own = (m.duration_s - m.blocked_s - m.data_wait_s)[np.ix_(rows, cols)]
+    job = job_step_time(m.duration_s[:, cols])
+    run_s, step_s = float(np.nansum(job)), float(np.nanmedian(job))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        usual = np.nanmedian(own, axis=1, keepdims=True)
+    floor = max(settings.min_lateness_of_step_ratio * step_s, settings.min_lateness_s)
+    cost = np.nan_to_num(np.maximum(own - usual, 0.0))
+    cost[cost < floor] = 0.0
+    totals = cost.sum(axis=1)
+    best = int(np.argmax(totals))
+    rank = stages[best]
+    others = np.delete(totals, best)
+    hits = cols[holding_up(cost[best], floor)]
+    if (
+        rank in named
+        or totals[best] < settings.episodic_min_lost_of_run_ratio * run_s
+        or totals[best] < settings.episodic_concentration * float(np.max(others))
+        or len(hits) < settings.episodic_min_events
+        or len(hits) >= settings.episodic_share_of_span_ratio * len(cols)
+    ):
+        return []
+    hit_cost = cost[best][np.isin(cols, hits)]
+    pattern = step_pattern(hits, hit_cost)
+    late_s = float(np.median(hit_cost))
+    lost_s = float(hit_cost.sum())
+    row = m.row(rank)
+    peers = np.array([m.row(r) for r in stages if r != rank])
+    evidence: dict[str, object] = {
+        "stall_ms": round(late_s * 1e3, 3),
+        "usual_own_work_ms": round(float(usual[best, 0]) * 1e3, 3),
+        "job_step_time_ms": round(step_s * 1e3, 3),
+        "straggling_steps": f"{int(hits.min())}-{int(hits.max())}",
+        **pattern,
+    }
+    cause, detail, advice = lateness_cause(
+        run, m, row, peers, hits, late_s, step_s, evidence, settings
+    )
+    host = run.host_of(rank)
+    return [
+        Finding(
+            kind="straggler",
+            severity=straggler_severity(
+                settings, late_s, lost_s, step_s, run_s, len(hits) / len(cols), pattern
+            ),
+            cause=cause,
+            time_lost_s=lost_s,
+            ranks=(rank,),
+            nodes=(host,),
+            summary=f"pipeline stage on rank {rank} ({host}) holds the pipeline up now and "
+            f"then ({len(hits)} of {len(cols)} steps, {late_s * 1e3:.1f} ms beyond its usual "
+            f"work each time){detail}; the other stages waited for it in their receives",
+            evidence=evidence,
+            recommendation=advice,
         )
     ]

@@ -199,7 +199,7 @@ def _episodic(
         if row in persistent_rows or totals[row] <= 0:
             continue
         others = np.delete(totals, row)
-        hits = cols[_holding_up(costs[row], floor)]
+        hits = cols[holding_up(costs[row], floor)]
         if (
             totals[row] < settings.episodic_min_lost_of_run_ratio * run_s
             or totals[row] < settings.episodic_concentration * float(np.max(others))
@@ -322,7 +322,7 @@ def _host_contention(run: RunData, findings: list[Finding], settings: Settings) 
     return out
 
 
-def _holding_up(cost: np.ndarray, floor: float) -> np.ndarray:
+def holding_up(cost: np.ndarray, floor: float) -> np.ndarray:
     """The steps that make up a rank's cost: the fewest that hold 80% of it, and any as
     large as half the least of those (timer noise elsewhere does not count as a step)."""
     order = np.argsort(-cost)
@@ -349,7 +349,7 @@ def _cross_host(run: RunData) -> bool:
     return any(i.clock_method == "ping_pong" for i in run.ranks.values())
 
 
-def _severity(
+def straggler_severity(
     settings: Settings,
     late_s: float,
     lost_s: float,
@@ -395,7 +395,7 @@ def _is_episode(m: RankStepMatrix, row: int, steps: np.ndarray, settings: Settin
     rank late by as much in every step, whose cost only shows where the others' jitter
     does not hide it (one slow rank among many)."""
     cost = _step_cost(m, row, steps)
-    held = _holding_up(cost, settings.min_lateness_s)
+    held = holding_up(cost, settings.min_lateness_s)
     hits = steps[held]
     quiet = float(np.nanmedian(m.own_late_s[row, steps[~held]])) if (~held).any() else 0.0
     loud = float(np.nanmedian(m.own_late_s[row, hits])) if len(hits) else 0.0
@@ -460,11 +460,13 @@ def _rank_finding(
             lost_s += float(_step_cost(m, row, rest).sum())
             evidence["behind_in_other_steps_ms"] = round(behind_s * 1e3, 3)
             between = f", and {behind_s * 1e3:.1f} ms behind in the other steps"
-    cause, detail, advice = _cause(run, m, row, others, steps, late_s, step_s, evidence, settings)
+    cause, detail, advice = lateness_cause(
+        run, m, row, others, steps, late_s, step_s, evidence, settings
+    )
     host = run.host_of(rank)
     share = len(steps) / len(cols)
     # an episode is judged by what it cost alone
-    severity = _severity(settings, late_s, lost_s, step_s, run_s, share, pattern)
+    severity = straggler_severity(settings, late_s, lost_s, step_s, run_s, share, pattern)
     return Finding(
         kind="straggler",
         severity=severity,
@@ -512,7 +514,7 @@ def _summary(
     )
 
 
-def _cause(
+def lateness_cause(
     run: RunData,
     m: RankStepMatrix,
     row: int,
@@ -843,7 +845,7 @@ def _slow_nodes(
         out.append(
             Finding(
                 kind="straggler",
-                severity=_severity(settings, late_s, lost_s, step_s, run_s),
+                severity=straggler_severity(settings, late_s, lost_s, step_s, run_s),
                 cause="slow_node",
                 time_lost_s=lost_s,
                 ranks=tuple(sorted(ranks)),
