@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,27 +169,12 @@ def _outside(spec: str, run_dir: Path, proc: subprocess.Popen) -> Callable[[], N
         )
         return lambda: (hog.kill(), hog.wait())
     stopped_s, period_s = (float(v) / 1e3 for v in duty_ms)
-    stop = threading.Event()
-    meta = run_dir / "ranks" / f"rank-{int(rank):05d}" / "rank.json"
+    sys.path.insert(0, str(REPO / "tests"))
+    from outside import stopped_on_a_duty_cycle
 
-    def duty() -> None:
-        while not meta.exists() and proc.poll() is None and not stop.is_set():
-            stop.wait(0.05)
-        if not meta.exists():
-            return
-        pid = json.loads(meta.read_text())["pid"]
-        while not stop.is_set():
-            try:
-                os.kill(pid, signal.SIGSTOP)
-                time.sleep(stopped_s)
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                return
-            stop.wait(period_s - stopped_s)
-
-    thread = threading.Thread(target=duty, daemon=True)
-    thread.start()
-    return lambda: (stop.set(), thread.join())
+    context = stopped_on_a_duty_cycle(run_dir, int(rank), proc, stopped_s, period_s)
+    context.__enter__()
+    return lambda: context.__exit__(None, None, None)
 
 
 def _cgroup(
