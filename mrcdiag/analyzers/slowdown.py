@@ -246,7 +246,9 @@ def _compute_cause(
     cpu_s, wait_s = clocks.cpu_growth_s, clocks.wait_growth_s
     explains = settings.cause_explains_lateness_ratio * max(compute_growth_s, 0.0)
     if wait_s >= explains and cpu_s <= settings.slowdown_contention_cpu_share * wait_s:
-        if clocks.throttled_growth_s >= settings.throttled_share_of_wait_ratio * wait_s:
+        if clocks.throttled_growth_s >= max(
+            settings.throttled_share_of_wait_ratio * wait_s, settings.min_lateness_s
+        ):
             return (
                 "cpu_throttled",
                 f"; the ranks' threads wait {wait_s * 1e3:.1f} ms more per step for a CPU, "
@@ -267,7 +269,7 @@ def _compute_cause(
             f"; the ranks' threads compute {cpu_s * 1e3:.1f} ms more per step",
             advice,
         )
-    if clocks.throttled_growth_s >= explains:  # NaN where not known
+    if clocks.throttled_growth_s >= max(explains, settings.min_lateness_s):  # NaN: not known
         return (
             "cpu_throttled",
             f"; their cgroups' CPU limit held the ranks {clocks.throttled_growth_s * 1e3:.1f} "

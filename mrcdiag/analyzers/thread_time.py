@@ -49,6 +49,8 @@ class ThreadTime:
         off the run queue, for its own helper threads or peers that the limit held."""
         contention = self._contention(late_s, settings)
         held = self.extra_throttled_s  # NaN where not known: no comparison holds
+        if not held > settings.min_lateness_s:  # held no longer than its peers
+            return contention
         if contention == "host_contention" and held >= (
             settings.throttled_share_of_wait_ratio * self.extra_wait_s
         ):
