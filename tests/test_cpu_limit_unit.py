@@ -80,3 +80,9 @@ def test_a_rank_held_inside_its_collectives_is_a_straggler_of_its_limit() -> Non
         4, 120, compute_ms=30.0, thread_ms=lambda r, k: (8.0, 0.5, 20.0 if r >= 1 else 0.0)
     )
     assert [(f.kind, f.ranks) for f in _serious(alike)] == [("idle_compute", (1, 2, 3))]
+
+
+def test_a_one_rank_job_held_by_its_limit_is_the_jobs_finding() -> None:
+    run = lockstep(1, 120, compute_ms=30.0, thread_ms=lambda r, k: (8.0, 0.5, 20.0))
+    (finding,) = _serious(run)
+    assert (finding.kind, finding.cause, finding.ranks) == ("idle_compute", "cpu_throttled", (0,))

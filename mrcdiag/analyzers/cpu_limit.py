@@ -1,6 +1,7 @@
 """A job held back by its containers' CPU limits, on most of its ranks alike.
 
-Most: more than half of the ranks, and two at least; fewer are the stragglers' matter.
+Most: more than half of the ranks, and two at least (or the one rank of a one-rank job);
+fewer are the stragglers' matter.
 
 One throttled rank is a straggler (cause cpu_throttled) and a limit that begins to bite
 partway is a slowdown; both compare the ranks with their peers or their own past. A rank
@@ -48,9 +49,11 @@ def find_cpu_limit(
     share = np.nan_to_num(share)
     rows = [i for i in range(len(m.ranks)) if share[i] >= settings.cpu_limit_held_of_step_ratio]
     run_s = float(np.nansum(job_step_time(duration)))
-    if len(rows) >= 2 and len(rows) > 0.5 * len(m.ranks):
+    if rows and len(rows) > 0.5 * len(m.ranks) and (len(rows) >= 2 or len(m.ranks) == 1):
         rows = [i for i in rows if int(m.ranks[i]) not in named]
         return [_job_held(run, m, rows, held, share, len(cols), run_s, settings)] if rows else []
+    if len(m.ranks) < 2:
+        return []
     # A few ranks held while their peers are not: each is why the others wait, inside
     # collectives too (a collective's threads are held with the rest of the process), where
     # its arrivals need not be late at all
