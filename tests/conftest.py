@@ -145,3 +145,12 @@ def live_warnings_of_a_clean_run(run_dir: Path) -> list[dict]:
         for x in lines
         if x["event"] in ("start", "change") and not tenant_explains(x["finding"])
     ]
+
+
+def steps_recorded(run_dir: Path, rank: int) -> int:
+    """How many steps `rank` of a running job has written so far (for polling)."""
+    from mrcdiag.store import layout, schema
+    from mrcdiag.store.tail import read_stream
+
+    path = layout.rank_dir(run_dir, rank) / layout.STEPS_FILE
+    return read_stream(path, schema.STEP_SCHEMA, []).num_rows if path.exists() else 0

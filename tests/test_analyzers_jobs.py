@@ -19,6 +19,7 @@ from conftest import (
     launch_command,
     live_warnings_of_a_clean_run,
     report_json,
+    steps_recorded,
     torchrun,
     warnings_of_a_clean_run,
 )
@@ -156,14 +157,6 @@ def test_job_that_slows_down_partway_is_one_slowdown_and_no_straggler(run_dir: P
     assert not [f for f in warnings if f["kind"] == "straggler"]
 
 
-def _steps_recorded(run_dir: Path, rank: int) -> int:
-    from mrcdiag.store import layout, schema
-    from mrcdiag.store.tail import read_stream
-
-    path = layout.rank_dir(run_dir, rank) / layout.STEPS_FILE
-    return read_stream(path, schema.STEP_SCHEMA, []).num_rows if path.exists() else 0
-
-
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to pin ranks apart")
 def test_co_tenant_arriving_on_every_core_is_a_slowdown_from_host_contention(
     run_dir: Path,
@@ -185,7 +178,7 @@ def test_co_tenant_arriving_on_every_core_is_a_slowdown_from_host_contention(
     hogs: list[subprocess.Popen] = []
     try:
         deadline = time.monotonic() + 120
-        while _steps_recorded(run_dir, 0) < onset_after_steps and job.poll() is None:
+        while steps_recorded(run_dir, 0) < onset_after_steps and job.poll() is None:
             assert time.monotonic() < deadline, "the job recorded no steps"
             time.sleep(0.1)  # polls what the job wrote; the hogs start once it is there
         hogs = [

@@ -11,10 +11,17 @@ from pathlib import Path
 
 import pytest
 from cgroups import limited_cgroup
-from conftest import REPO, demo_job, job_env, launch_command, report_json, torchrun
+from conftest import (
+    REPO,
+    demo_job,
+    job_env,
+    launch_command,
+    report_json,
+    steps_recorded,
+    torchrun,
+)
 
-from mrcdiag.store import layout, schema
-from mrcdiag.store.tail import read_stream
+from mrcdiag.store import layout
 
 # a process that reads its cgroup's throttling as the step tracker does, busy for 2.5 s
 # after it was moved (a line on stdin says so), and prints what it read
@@ -84,11 +91,6 @@ def test_a_rank_held_by_its_cgroups_cpu_limit_is_cpu_throttled(run_dir: Path) ->
     assert evidence["step_cpu_throttled_ms_others"] < 1.0, evidence
 
 
-def _steps_recorded(run_dir: Path, rank: int) -> int:
-    path = layout.rank_dir(run_dir, rank) / layout.STEPS_FILE
-    return read_stream(path, schema.STEP_SCHEMA, []).num_rows if path.exists() else 0
-
-
 def _run_with_ranks_moved(
     run_dir: Path, group, ranks: list[int], nproc: int, after_steps: int = 0, steps: int = 150
 ) -> str:
@@ -106,7 +108,7 @@ def _run_with_ranks_moved(
         while not meta.exists() and job.poll() is None:  # the rank attached: its pid
             assert time.monotonic() < deadline, f"rank {rank} never attached"
             time.sleep(0.05)
-    while after_steps and _steps_recorded(run_dir, 0) < after_steps and job.poll() is None:
+    while after_steps and steps_recorded(run_dir, 0) < after_steps and job.poll() is None:
         assert time.monotonic() < deadline, "the job recorded too few steps"
         time.sleep(0.1)  # polls what the job wrote
     for rank in ranks:

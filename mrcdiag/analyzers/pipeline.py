@@ -39,15 +39,9 @@ from mrcdiag.store.reader import RunData
 
 
 def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) -> list[Finding]:
-    c = run.collectives
-    if not len(c):
-        return []
-    stages = sorted({int(r) for r in c["rank"][np.isin(c["op"], P2P_CODES)]})
-    cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
+    stages, cols, own = _stage_work(run, m, settings)
     if len(stages) < 2 or len(cols) < 3:
         return []
-    rows = [m.row(r) for r in stages]
-    own = (m.duration_s - m.blocked_s - m.data_wait_s)[np.ix_(rows, cols)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         per_stage = np.nanmedian(own, axis=1)
@@ -120,24 +114,27 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
     ]
 
 
-def _stages(run: RunData, m: RankStepMatrix, settings: Settings) -> tuple[list[int], np.ndarray]:
-    """The ranks that send or receive point to point, and the steady steps."""
+def _stage_work(
+    run: RunData, m: RankStepMatrix, settings: Settings
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """The ranks that send or receive point to point, the steady steps, and each such
+    stage's own work in them ([stage, step]: step time less its time blocked in sends,
+    receives, collectives and its DataLoader)."""
     c = run.collectives
-    if not len(c):
-        return [], np.zeros(0, dtype=np.int64)
-    stages = sorted({int(r) for r in c["rank"][np.isin(c["op"], P2P_CODES)]})
-    return stages, steady_columns(m.duration_s.shape[1], settings.warmup_steps)
+    cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
+    stages = sorted({int(r) for r in c["rank"][np.isin(c["op"], P2P_CODES)]}) if len(c) else []
+    rows = [m.row(r) for r in stages]
+    own = (m.duration_s - m.blocked_s - m.data_wait_s)[np.ix_(rows, cols)]
+    return stages, cols, own
 
 
 def find_stage_stalls(
     run: RunData, m: RankStepMatrix, named: set[int], settings: Settings
 ) -> list[Finding]:
     """A pipeline stage held now and then; `named`: ranks another finding already blames."""
-    stages, cols = _stages(run, m, settings)
+    stages, cols, own = _stage_work(run, m, settings)
     if len(stages) < 2 or len(cols) < 3:
         return []
-    rows = [m.row(r) for r in stages]
-    own = (m.duration_s - m.blocked_s - m.data_wait_s)[np.ix_(rows, cols)]
     job = job_step_time(m.duration_s[:, cols])
     run_s, step_s = float(np.nansum(job)), float(np.nanmedian(job))
     with warnings.catch_warnings():
