@@ -43,6 +43,7 @@ def write_synthetic_run(run_dir: Path, spec: SyntheticSpec) -> Path:
     world = WorldMeta.of_hosts(hosts, backend="synthetic", torch_version="")
     write_json_atomic(run_dir / layout.WORLD_FILE, world.to_json())
     step_start, arrive, end = _timeline(spec)
+    cpu_s, cpu_wait_s, data_wait_s = _thread_clocks(spec, arrive - step_start)
     to_ns = lambda a: (a * 1e9).astype(np.int64) + _BASE_NS  # noqa: E731
     group = GroupMeta(0, "0", tuple(range(spec.ranks)), "synthetic")
     for r in range(spec.ranks):
@@ -79,12 +80,12 @@ def write_synthetic_run(run_dir: Path, spec: SyntheticSpec) -> Path:
                 "step": np.arange(spec.steps, dtype=np.int32),
                 "t_start_ns": to_ns(step_start[:, r]),
                 "t_end_ns": to_ns(end[:, r]),
-                "data_wait_ns": np.zeros(spec.steps, np.int64),
+                "data_wait_ns": (data_wait_s[:, r] * 1e9).astype(np.int64),
                 "comm_ns": ((end[:, r] - arrive[:, r]) * 1e9).astype(np.int64),
                 "n_collectives": np.ones(spec.steps, np.int32),
-                "cpu_ns": np.full(spec.steps, -1, np.int64),
-                "cpu_wait_ns": np.full(spec.steps, -1, np.int64),
-                "cpu_throttled_ns": np.full(spec.steps, -1, np.int64),
+                "cpu_ns": (cpu_s[:, r] * 1e9).astype(np.int64),
+                "cpu_wait_ns": (cpu_wait_s[:, r] * 1e9).astype(np.int64),
+                "cpu_throttled_ns": np.zeros(spec.steps, np.int64),  # no CPU limit
                 **{name: np.full(spec.steps, -1, np.int64) for name in schema.STEP_MEMORY_FIELDS},
             },
         )
@@ -119,6 +120,21 @@ def _timeline(spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         end[k] = done + rng.uniform(0, 2e-5, size=spec.ranks)  # completion jitter
         t = end[k]
     return step_start, arrive, end
+
+
+def _thread_clocks(
+    spec: SyntheticSpec, compute_s: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[step, rank] seconds of the stepping thread on a CPU and waiting for one, and
+    waiting for the DataLoader, as a healthy host's would read: most of the compute on
+    the CPU, tens of microseconds in a run queue, a fraction of a millisecond of data
+    wait (inside the compute time)."""
+    rng = np.random.default_rng(spec.seed + 1)
+    shape = compute_s.shape
+    cpu = compute_s * rng.uniform(0.95, 0.99, size=shape)
+    cpu_wait = 5e-5 * rng.lognormal(0.0, 0.5, size=shape)
+    data_wait = 2e-4 * rng.lognormal(0.0, 0.5, size=shape)
+    return cpu, cpu_wait, data_wait
 
 
 def _collective_columns(

@@ -17,14 +17,22 @@ import pyarrow.ipc as ipc
 from mrcdiag.store.arrays import arrow_array, empty_table
 
 
-def read_stream(path: Path, schema_: pa.Schema, problems: list[str]) -> pa.Table:
-    """Every complete batch of an Arrow stream; a torn tail is noted, not fatal."""
+def read_stream(
+    path: Path, schema_: pa.Schema, problems: list[str], mapped: bool = False
+) -> pa.Table:
+    """Every complete batch of an Arrow stream; a torn tail is noted, not fatal.
+
+    `mapped`: the table's columns are the file's own pages (memory-mapped, zero-copy),
+    not a copy on the heap: reading costs no memory until a column is read, and the
+    pages go back when the table is let go (the report reads thousands of rank files
+    and copies each once into the run's columns). For files that are only appended to,
+    as the rank streams are."""
     if not path.exists():
         problems.append(f"{path} is missing")
         return empty_table(schema_)
     batches: list[pa.RecordBatch] = []
     try:
-        with pa.OSFile(str(path), "rb") as source:
+        with pa.memory_map(str(path), "r") if mapped else pa.OSFile(str(path), "rb") as source:
             reader = ipc.open_stream(source)
             while True:
                 try:
