@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from mrcdiag.store import layout, records, schema
-from mrcdiag.store.arrays import arrow_array, empty_table, numpy_of
+from mrcdiag.store.arrays import arrow_array, numpy_of
 from mrcdiag.store.records import Event, GroupMeta, RankMeta, RunMeta, WorldMeta
 from mrcdiag.store.samples import read_samples
 from mrcdiag.store.tail import read_stream
