@@ -285,7 +285,10 @@ def report(
     from mrcdiag.analyzers import analyze
     from mrcdiag.analyzers.findings import severity_rank
     from mrcdiag.report.progress import reading_progress
+    from mrcdiag.store.allocator import reuse_freed_memory
     from mrcdiag.store.reader import RunDirError, read_run
+
+    reuse_freed_memory()
 
     try:
         with reading_progress() as progress:

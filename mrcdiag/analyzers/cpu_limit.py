@@ -33,8 +33,8 @@ def find_cpu_limit(
     run: RunData, m: RankStepMatrix, named: set[int], settings: Settings
 ) -> list[Finding]:
     """`named`: ranks whose throttling, or lateness, a finding already tells."""
-    if m.cpu_throttled_s is None or m.cpu_s is None:
-        return []
+    if m.cpu_throttled_s is None or m.cpu_s is None or not (m.cpu_throttled_s > 0).any():
+        return []  # no limit held any rank (NaN > 0 is False)
     cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if not len(cols):
         return []

@@ -65,14 +65,20 @@ class RankStepMatrix:
 
 
 def _leave_one_out(arrivals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """median and max of the others, for a dense [instances, members] array."""
+    """median and max of the others, for a dense [instances, members] array (no NaN)."""
     n = arrivals.shape[1]
+    if n > 8:  # one member hardly moves the median of many
+        # one selection gives the two largest and the middle: no sort of every row
+        mid = sorted({(n - 1) // 2, n // 2, n - 2, n - 1})
+        order = np.partition(arrivals, mid, axis=1)
+        top, second = order[:, -1:], order[:, -2:-1]
+        med = (order[:, (n - 1) // 2] + order[:, n // 2])[:, None] / 2.0
+        del order
+        max_others = np.where(arrivals >= top, second, top)
+        return np.broadcast_to(med, arrivals.shape), max_others
     order = np.sort(arrivals, axis=1)
     top, second = order[:, -1:], order[:, -2:-1] if n > 1 else order[:, -1:]
     max_others = np.where(arrivals >= top, second, top)
-    if n > 8:  # one member hardly moves the median of many
-        med = np.median(arrivals, axis=1, keepdims=True)
-        return np.broadcast_to(med, arrivals.shape), max_others
     med_others = np.empty_like(arrivals, dtype=np.float64)
     for j in range(n):
         med_others[:, j] = np.median(np.delete(arrivals, j, axis=1), axis=1)
@@ -136,7 +142,23 @@ def record_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return late, own, excess
 
 
-def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
+@dataclass(frozen=True)
+class StepMatrices:
+    """The [rank, step] matrices that come from the step records alone (and DDP's wait):
+    built apart from the collective instances, and at the same time."""
+
+    ranks: np.ndarray
+    duration_s: np.ndarray
+    data_wait_s: np.ndarray
+    blocked_s: np.ndarray
+    cpu_s: np.ndarray
+    cpu_wait_s: np.ndarray
+    cpu_throttled_s: np.ndarray | None
+    alloc_retries: np.ndarray | None
+    mem_peak_of_total: np.ndarray | None
+
+
+def step_matrices(run: RunData) -> StepMatrices:
     ranks = np.array(sorted(run.ranks), dtype=np.int64)
     steps = run.steps
     n_steps = int(steps["step"].max()) + 1 if len(steps) else 0
@@ -164,6 +186,19 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     )
     blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
     alloc_retries, peak_of_total = _device_memory(steps, dense)
+    return StepMatrices(
+        ranks, duration, data_wait, blocked, cpu, cpu_wait, throttled, alloc_retries, peak_of_total
+    )
+
+
+def rank_step_matrix(
+    run: RunData, inst: Instances, from_steps: StepMatrices | None = None
+) -> RankStepMatrix:
+    """`from_steps`: step_matrices(run), where already made."""
+    sm = from_steps if from_steps is not None else step_matrices(run)
+    ranks = sm.ranks
+    shape = sm.duration_s.shape
+    n_steps = shape[1]
     lateness = list(record_lateness(inst))  # late, own, excess: folded and let go
     rec = inst.records
     valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(lateness[0])
@@ -195,19 +230,19 @@ def rank_step_matrix(run: RunData, inst: Instances) -> RankStepMatrix:
     return RankStepMatrix(
         ranks=ranks,
         steps=np.arange(n_steps),
-        duration_s=duration,
-        data_wait_s=data_wait,
-        blocked_s=blocked,
+        duration_s=sm.duration_s,
+        data_wait_s=sm.data_wait_s,
+        blocked_s=sm.blocked_s,
         late_s=matrices[0],
         own_late_s=matrices[1],
         excess_s=matrices[2],
         wait_s=wait,
         has_instances=has,
-        cpu_s=cpu,
-        cpu_wait_s=cpu_wait,
-        cpu_throttled_s=throttled,
-        alloc_retries=alloc_retries,
-        mem_peak_of_total=peak_of_total,
+        cpu_s=sm.cpu_s,
+        cpu_wait_s=sm.cpu_wait_s,
+        cpu_throttled_s=sm.cpu_throttled_s,
+        alloc_retries=sm.alloc_retries,
+        mem_peak_of_total=sm.mem_peak_of_total,
     )
 
 
@@ -247,17 +282,43 @@ def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.n
     the completion of the last one the thread can only wait."""
     out = np.zeros(shape)
     c = run.collectives
-    if not len(c) or not shape[1]:
+    if not len(c) or not shape[1] or not len(ranks):
         return out
     sel = (c["source"] == SOURCE_CODE["ddp"]) & (c["step"] >= 0) & (c["step"] < shape[1])
-    sel &= np.isin(c["rank"], ranks)
     if not sel.any():
         return out
-    at = (row_of(ranks, c["rank"][sel]), c["step"][sel])
-    last_arrive = np.full(shape, -np.inf)
-    last_end = np.full(shape, -np.inf)
-    np.maximum.at(last_arrive, at, c["t_arrive_ns"][sel].astype(np.float64))
-    np.maximum.at(last_end, at, c["t_end_ns"][sel].astype(np.float64))
+    known = np.zeros(max(int(ranks.max()), int(c["rank"].max())) + 1, dtype=bool)
+    known[ranks] = True
+    sel &= known[c["rank"]]
+    if not sel.any():
+        return out
+    every = bool(sel.all())  # a plain DDP job: no copies of its columns
+
+    def pick(name: str) -> np.ndarray:
+        return c[name] if every else c[name][sel]
+
+    cell = row_of(ranks, pick("rank")) * shape[1] + pick("step")
+    last_arrive = _max_by_cell(cell, pick("t_arrive_ns"), shape)
+    last_end = _max_by_cell(cell, pick("t_end_ns"), shape)
     has = np.isfinite(last_arrive)  # set together with last_end
     out[has] = np.clip(last_end[has] - last_arrive[has], 0, None) / 1e9
+    return out
+
+
+def _max_by_cell(cell: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Per cell of a [rank, step] matrix, the largest of its values (-inf: none). A run's
+    records come rank by rank, step after step, so their cells rarely go back: then each
+    cell's values are one run of rows and one pass finds every maximum; otherwise one
+    unbuffered scatter does."""
+    out = np.full(shape, -np.inf)
+    if not len(cell):
+        return out
+    rises = np.diff(cell)
+    if bool((rises > 0).all()):  # one record a cell (one bucket a step)
+        out.ravel()[cell] = values
+    elif bool((rises >= 0).all()):
+        starts = np.r_[0, np.flatnonzero(rises) + 1]
+        out.ravel()[cell[starts]] = np.maximum.reduceat(values, starts).astype(np.float64)
+    else:
+        np.maximum.at(out.ravel(), cell, values.astype(np.float64))
     return out

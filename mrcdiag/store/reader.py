@@ -10,6 +10,7 @@ with one line that says what to do.
 from __future__ import annotations
 
 import json
+import mmap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -630,6 +631,18 @@ def _join(pieces: list[_Piece], schema_: pa.Schema, shifted: dict[str, bool]) ->
     return Columns({name: out[name] for name in names})
 
 
+def _fresh(n: int, dtype: np.dtype) -> np.ndarray:
+    """An array of `n` for a column of the whole run, from its own anonymous mapping: numpy
+    asks for transparent huge pages on large arrays, and a fresh process filling its
+    first gigabyte with them waited on the kernel's compaction (4x slower here than
+    small pages: 1.06 vs 0.28 s for 460 MB)."""
+    try:
+        buffer = mmap.mmap(-1, max(n * dtype.itemsize, 1))
+    except (OSError, ValueError):  # no mappings to be had: numpy's own allocation
+        return np.empty(n, dtype)
+    return np.frombuffer(buffer, dtype=dtype, count=n)
+
+
 def _column_dtype(type_: pa.DataType) -> np.dtype:
     return np.dtype(bool) if pa.types.is_boolean(type_) else numpy_of(pa.array([], type_)).dtype
 
@@ -664,7 +677,7 @@ def _put(
         known = single.setdefault(name, first)
         if first == known and (scalar or bool((values == first).all())):
             return
-        column = out[name] = np.empty(total, dtypes[name])
+        column = out[name] = _fresh(total, dtypes[name])
         column[:at] = known
     column[at : at + n] = values
 
