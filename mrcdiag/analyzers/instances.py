@@ -45,8 +45,23 @@ class Instances:
     def members(self, instances: np.ndarray, count: int) -> np.ndarray:
         """[len(instances), count] rows of `records`: the members, by rank, of instances
         that all have `count` of them."""
+        if len(instances) and _one_stretch(self.member_start, instances, count):
+            # instances in a row, all of `count` members: their members lie in a row too
+            start = int(self.member_start[instances[0]])
+            return self.member_order[start : start + len(instances) * count].reshape(-1, count)
         at = self.member_start[instances][:, None] + np.arange(count)[None, :]
         return self.member_order[at]
+
+
+def _one_stretch(member_start: np.ndarray, instances: np.ndarray, count: int) -> bool:
+    """Whether `instances` are consecutive ids in order whose members (`count` each) are
+    one stretch of member_order."""
+    n = len(instances)
+    return (
+        int(instances[-1]) - int(instances[0]) == n - 1
+        and bool((np.diff(instances) == 1).all())
+        and int(member_start[instances[-1]]) - int(member_start[instances[0]]) == (n - 1) * count
+    )
 
 
 def collective_instances(run: RunData) -> Instances:
@@ -66,13 +81,16 @@ def collective_instances(run: RunData) -> Instances:
     member_order = _member_order(records["rank"], inverse)
     member_start = np.cumsum(counts) - counts
     # last rank: among records whose arrival equals the instance's last arrival
-    is_last = arrive == last[inverse]
+    last_each = last[inverse]
+    is_last = arrive == last_each
     last_rank = np.full(n, -1, dtype=np.int32)
     last_rank[inverse[is_last]] = records["rank"][is_last]
-    wait = last[inverse] - arrive
+    wait = last_each - arrive
     end = records["t_end_ns"]
-    transfer_each = np.where(end > 0, end - last[inverse], -1).astype(np.float64)
-    transfer_each[transfer_each < 0] = np.nan
+    # from the last arrival to this member's end; NaN where its end is unknown or before
+    transfer_each = np.subtract(end, last_each).astype(np.float64)  # exact in int64 first
+    del last_each
+    transfer_each[(end <= 0) | (transfer_each < 0)] = np.nan
     first_index = member_order[member_start] if n else np.zeros(0, np.int64)
     step = np.zeros(n, dtype=np.int32)
     step[inverse[is_last]] = records["step"][is_last]
@@ -107,22 +125,27 @@ def _instance_ids(group: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, ...]:
     if not len(group):
         return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
     n_groups = int(group.max()) + 1
-    lo = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
-    hi = np.full(n_groups, -1, dtype=np.int64)
-    np.minimum.at(lo, group, seq)
-    np.maximum.at(hi, group, seq)
+    if n_groups == 1 and int(group.min()) == 0:  # one group: no scatter per record
+        lo, hi = np.array([seq.min()], np.int64), np.array([seq.max()], np.int64)
+    else:
+        lo = np.full(n_groups, np.iinfo(np.int64).max, dtype=np.int64)
+        hi = np.full(n_groups, -1, dtype=np.int64)
+        np.minimum.at(lo, group, seq)
+        np.maximum.at(hi, group, seq)
     span = np.where(hi >= lo, hi - lo + 1, 0)
     if int(group.min()) < 0 or int(span.sum()) > 4 * len(group) + 1024:
         key = group.astype(np.int64) << 40 | seq.astype(np.int64)
         uniq, inverse = np.unique(key, return_inverse=True)
         return inverse, (uniq >> 40).astype(np.int32), uniq & ((1 << 40) - 1)
     base = np.cumsum(span) - span
-    slot = base[group] + (seq - lo[group])
+    # one group (a plain DDP job): no lookups per record
+    slot = seq - lo[0] if n_groups == 1 else base[group] + (seq - lo[group])
     present = np.bincount(slot, minlength=int(span.sum())) > 0
-    renumber = np.cumsum(present) - 1
     slots = np.flatnonzero(present)
     slot_group = np.searchsorted(base + span, slots, side="right").astype(np.int32)
-    return renumber[slot], slot_group, (slots - base[slot_group] + lo[slot_group])
+    # every slot taken (no sequence number missing): each slot is its instance
+    inverse = slot if len(slots) == len(present) else (np.cumsum(present) - 1)[slot]
+    return inverse, slot_group, (slots - base[slot_group] + lo[slot_group])
 
 
 def _member_order(rank: np.ndarray, inverse: np.ndarray) -> np.ndarray:

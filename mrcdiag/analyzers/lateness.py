@@ -301,8 +301,11 @@ def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.n
     last_arrive = _max_by_cell(cell, pick("t_arrive_ns"), shape)
     last_end = _max_by_cell(cell, pick("t_end_ns"), shape)
     has = np.isfinite(last_arrive)  # set together with last_end
-    out[has] = np.clip(last_end[has] - last_arrive[has], 0, None) / 1e9
-    return out
+    with np.errstate(invalid="ignore"):  # -inf - -inf: NaN where neither is set
+        waited = np.subtract(last_end, last_arrive, out=last_end)
+    np.clip(waited, 0, None, out=waited)
+    waited /= 1e9
+    return np.where(has, waited, out)
 
 
 def _max_by_cell(cell: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
