@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -43,6 +44,24 @@ def job_step_time(duration: np.ndarray) -> np.ndarray:
 def binomial_tail(n: int, k: int, p: float) -> float:
     """How likely `k` or more of `n` independent trials succeed, each with chance `p`."""
     return float(sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(max(k, 0), n + 1)))
+
+
+def nan_median_rows(values: np.ndarray) -> np.ndarray:
+    """np.nanmedian(values, axis=1), the same numbers, without its loop over rows: numpy
+    medians each row of more than 600 columns in its own Python call (a quarter of a
+    second at 4096 ranks). Rows without NaN are one selection; only rows with NaN go
+    through nanmedian."""
+    if values.ndim != 2 or not values.shape[1]:
+        return np.nanmedian(values, axis=1)
+    holes = np.isnan(values).any(axis=1)
+    if not holes.any():
+        return np.median(values, axis=1)
+    out = np.empty(len(values))
+    out[~holes] = np.median(values[~holes], axis=1)
+    with warnings.catch_warnings():  # a row of nothing but NaN is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out[holes] = np.nanmedian(values[holes], axis=1)
+    return out
 
 
 def nan_percentile_rows(values: np.ndarray, q: float) -> np.ndarray:

@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from mrcdiag.analyzers.common import job_step_time, steady_columns
+from mrcdiag.analyzers.common import job_step_time, nan_median_rows, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.instances import P2P_CODES
 from mrcdiag.analyzers.lateness import RankStepMatrix
@@ -44,7 +44,7 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        per_stage = np.nanmedian(own, axis=1)
+        per_stage = nan_median_rows(own)
     if not np.isfinite(per_stage).all():
         return []
     order = np.argsort(-per_stage)

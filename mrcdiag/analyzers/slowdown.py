@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrcdiag.analyzers.common import job_step_time, robust_sigma, steady_columns
+from mrcdiag.analyzers.common import job_step_time, nan_median_rows, robust_sigma, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
@@ -94,7 +94,7 @@ def describe_slowdown(
     b, a = float(np.nanmedian(job[:k])), float(np.nanmedian(job[k:]))
     # Whose own work grew? busy = step - waiting for peers - data wait
     busy = m.duration_s[:, cols] - m.wait_s[:, cols] - m.data_wait_s[:, cols]
-    grew = np.nanmedian(busy[:, k:], axis=1) - np.nanmedian(busy[:, :k], axis=1)
+    grew = nan_median_rows(busy[:, k:]) - nan_median_rows(busy[:, :k])
     job_growth = a - b
     data_growth = float(
         np.nanmedian(m.data_wait_s[:, cols][:, k:]) - np.nanmedian(m.data_wait_s[:, cols][:, :k])
@@ -225,13 +225,13 @@ def thread_clocks(m: RankStepMatrix, before: np.ndarray, after: np.ndarray) -> T
         warnings.simplefilter("ignore", RuntimeWarning)
         for a in (m.cpu_s, m.cpu_wait_s):
             for cols in (before, after):
-                per_rank = np.nanmedian(a[:, cols], axis=1)
+                per_rank = nan_median_rows(a[:, cols])
                 if not np.isfinite(per_rank).any():
                     return None
                 out.append(float(np.nanmedian(per_rank)))
         if m.cpu_throttled_s is not None:  # NaN where not known
             for cols in (before, after):
-                out.append(float(np.nanmedian(np.nanmedian(m.cpu_throttled_s[:, cols], axis=1))))
+                out.append(float(np.nanmedian(nan_median_rows(m.cpu_throttled_s[:, cols]))))
     return ThreadClocks(*out)
 
 

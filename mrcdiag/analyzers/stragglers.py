@@ -21,6 +21,7 @@ import numpy as np
 from mrcdiag.analyzers.common import (
     binomial_tail,
     job_step_time,
+    nan_median_rows,
     robust_sigma,
     steady_columns,
     windows,
@@ -69,10 +70,10 @@ def find_stragglers(
         arrival = m.late_s[:, window]
         with warnings.catch_warnings():  # ranks outside every group have all-NaN rows
             warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(late, axis=1)
+            med = nan_median_rows(late)
             behind = np.nanmean(np.where(np.isnan(late), np.nan, late > 0), axis=1)
             # the others must wait for it: its arrivals are late too, not only its work
-            arrives_late = np.nanmedian(arrival, axis=1) > 0
+            arrives_late = nan_median_rows(arrival) > 0
         behind_by_window.append(behind)
         median_by_window.append(med)
         candidate = (med >= floor) & (behind >= settings.persistence_ratio) & arrives_late

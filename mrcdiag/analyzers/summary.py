@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrcdiag.analyzers.common import nan_percentile_rows
+from mrcdiag.analyzers.common import nan_median_rows, nan_percentile_rows
 from mrcdiag.analyzers.instances import P2P_CODES, Instances
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData
@@ -117,7 +117,7 @@ def summarize(
     per_rank = []
     with warnings.catch_warnings():  # ranks with no steady step have all-NaN rows
         warnings.simplefilter("ignore", RuntimeWarning)
-        p50 = np.nanmedian(duration, axis=1)
+        p50 = nan_median_rows(duration)
         p90 = nan_percentile_rows(duration, 90) if duration.size else np.zeros(len(duration))
         total = np.nansum(duration, axis=1)
         counts = np.sum(~np.isnan(duration), axis=1)
