@@ -70,7 +70,8 @@ def analyze(
     `flight_dumps` are PyTorch's flight recorder dumps by rank, where the job has them."""
     run = with_pseudo_steps(run)
     # Two threads, numpy's big loops running outside the GIL: the matrices of the step
-    # records beside the collective instances, then the summary beside the findings
+    # records beside the collective instances, the own lateness beside the arrivals'
+    # lateness, then the summary beside the findings
     # (4096 ranks x 2000 steps: 14 -> 10 s on 2 cores). numpy's "empty slice" warnings
     # are silenced for the whole of it, as the analyzers do one by one: warning filters
     # are process-wide, and two threads setting and restoring them could leave either
@@ -79,7 +80,7 @@ def analyze(
         warnings.simplefilter("ignore", RuntimeWarning)
         from_steps = beside.submit(step_matrices, run)
         instances = collective_instances(run)
-        matrix = rank_step_matrix(run, instances, from_steps.result())
+        matrix = rank_step_matrix(run, instances, from_steps.result(), beside)
         steady = steady_columns(matrix.duration_s.shape[1], settings.warmup_steps)
         busbw = busbw_gbps(instances, group_sizes(run, instances.group))
         summary_job = beside.submit(summarize, run, instances, matrix, steady, busbw)

@@ -24,6 +24,8 @@ Face or Lightning run).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,30 +118,47 @@ def _ready_ns(rec: Columns) -> np.ndarray:
     return ready
 
 
-def record_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(late_ns, own_late_ns, excess_ns) per record of inst.records; NaN for incomplete
-    instances. own_late falls back to late where a member has no earlier completion."""
+def _blocks(inst: Instances) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(rows of inst.records, arrivals as [instance, member] floats) for each size of
+    complete instance: instances of n members as one block, members by rank."""
     rec = inst.records
-    late = np.full(len(rec), np.nan)
-    own = np.full(len(rec), np.nan)
-    excess = np.full(len(rec), np.nan)
-    if inst.n_instances == 0:
-        return late, own, excess
-    gap = rec["t_arrive_ns"].astype(np.float64) - _ready_ns(rec)
-    for n in np.unique(inst.n_arrived):
+    for n in np.unique(inst.n_arrived) if inst.n_instances else []:
         if n < 2:
             continue
-        # instances of n members as one [instance, member] block, members by rank
         order = inst.members(np.flatnonzero(inst.n_arrived == n), int(n)).ravel()
-        arrivals = rec["t_arrive_ns"][order].astype(np.float64).reshape(-1, n)
+        yield order, rec["t_arrive_ns"][order].astype(np.float64).reshape(-1, n)
+
+
+def arrival_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray]:
+    """(late_ns, excess_ns) per record of inst.records; NaN for incomplete instances."""
+    late = np.full(len(inst.records), np.nan)
+    excess = np.full(len(inst.records), np.nan)
+    for order, arrivals in _blocks(inst):
         med_others, max_others = _leave_one_out(arrivals)
         late[order] = (arrivals - med_others).ravel()
         excess[order] = np.maximum(arrivals - max_others, 0).ravel()
+    return late, excess
+
+
+def own_lateness(inst: Instances) -> np.ndarray:
+    """own_late_ns per record of inst.records (NaN for incomplete instances): its gap
+    against the others' gaps; its lateness where a member has no earlier completion."""
+    rec = inst.records
+    own = np.full(len(rec), np.nan)
+    if inst.n_instances == 0:
+        return own
+    gap = rec["t_arrive_ns"].astype(np.float64) - _ready_ns(rec)
+    for order, arrivals in _blocks(inst):
+        n = arrivals.shape[1]
         gaps = gap[order].reshape(-1, n)
-        known = ~np.isnan(gaps).any(axis=1, keepdims=True)
-        gap_others, _ = _leave_one_out(np.where(known, gaps, 0.0))
-        own[order] = np.where(known, gaps - gap_others, arrivals - med_others).ravel()
-    return late, own, excess
+        known = ~np.isnan(gaps).any(axis=1)
+        gap_others, _ = _leave_one_out(np.where(known[:, None], gaps, 0.0))
+        mine = gaps - gap_others
+        if not known.all():  # the instance's lateness (leave-one-out works row by row)
+            med_others, _ = _leave_one_out(arrivals[~known])
+            mine[~known] = arrivals[~known] - med_others
+        own[order] = mine.ravel()
+    return own
 
 
 @dataclass(frozen=True)
@@ -192,16 +211,21 @@ def step_matrices(run: RunData) -> StepMatrices:
 
 
 def rank_step_matrix(
-    run: RunData, inst: Instances, from_steps: StepMatrices | None = None
+    run: RunData,
+    inst: Instances,
+    from_steps: StepMatrices | None = None,
+    beside: Executor | None = None,
 ) -> RankStepMatrix:
-    """`from_steps`: step_matrices(run), where already made."""
+    """`from_steps`: step_matrices(run), where already made; `beside`: a thread that
+    works out the own lateness meanwhile."""
     sm = from_steps if from_steps is not None else step_matrices(run)
     ranks = sm.ranks
     shape = sm.duration_s.shape
     n_steps = shape[1]
-    lateness = list(record_lateness(inst))  # late, own, excess: folded and let go
     rec = inst.records
-    valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(lateness[0])
+    own_job = beside.submit(own_lateness, inst) if beside is not None else None
+    late, excess = arrival_lateness(inst)
+    valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(late)
     cells = row_of(ranks, rec["rank"][valid]) * n_steps + rec["step"][valid]
     is_async = rec["is_async"][valid]
     n_cells = shape[0] * shape[1]
@@ -223,19 +247,21 @@ def rank_step_matrix(
         out[~has] = absent
         return out
 
-    matrices = []
-    while lateness:
-        matrices.append(fold(lateness.pop(0), np.nan))
+    late_m = fold(late, np.nan)
+    del late
+    excess_m = fold(excess, np.nan)
+    del excess
     wait = fold(inst.wait_ns, 0.0)
+    own_m = fold(own_job.result() if own_job is not None else own_lateness(inst), np.nan)
     return RankStepMatrix(
         ranks=ranks,
         steps=np.arange(n_steps),
         duration_s=sm.duration_s,
         data_wait_s=sm.data_wait_s,
         blocked_s=sm.blocked_s,
-        late_s=matrices[0],
-        own_late_s=matrices[1],
-        excess_s=matrices[2],
+        late_s=late_m,
+        own_late_s=own_m,
+        excess_s=excess_m,
         wait_s=wait,
         has_instances=has,
         cpu_s=sm.cpu_s,
