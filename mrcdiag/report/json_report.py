@@ -25,6 +25,12 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _row(record: Any) -> dict[str, Any]:
+    """A flat dataclass as a dict: asdict copies every value deeply, a second per
+    8,000 rows at 4096 ranks; nested values are still copied (and cleaned by _clean)."""
+    return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
 def report_dict(analysis: Analysis, diff: Comparison | None = None) -> dict[str, Any]:
     run, summary = analysis.run, analysis.summary
     out = _clean(
@@ -48,10 +54,10 @@ def report_dict(analysis: Analysis, diff: Comparison | None = None) -> dict[str,
                 "comm_fraction": summary.comm_fraction,
                 "data_wait_fraction": summary.data_wait_fraction,
                 "gpu_utilization": None,
-                "per_rank": [dataclasses.asdict(r) for r in summary.per_rank],
-                "per_op": [dataclasses.asdict(o) for o in summary.per_op],
-                "per_peer": [dataclasses.asdict(p) for p in summary.per_peer],
-                "time_split": [dataclasses.asdict(r) for r in summary.time_split],
+                "per_rank": [_row(r) for r in summary.per_rank],
+                "per_op": [_row(o) for o in summary.per_op],
+                "per_peer": [_row(p) for p in summary.per_peer],
+                "time_split": [_row(r) for r in summary.time_split],
                 "capture": dataclasses.asdict(summary.coverage),
             },
             "findings": [f.as_json() for f in analysis.findings],

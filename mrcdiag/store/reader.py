@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,21 +252,31 @@ def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
     except (RunDirError, KeyError, ValueError, TypeError) as exc:
         problems.append(f"{meta_path} is damaged ({exc}); skipped that rank")
         return None
+    try:  # one listing instead of a lookup per file that a rank may not have written
+        present = set(os.listdir(rank_dir))
+    except OSError:
+        present = None
+
+    def optional(name: str, read: Callable[[Path], Any]) -> Any:
+        return read(rank_dir / name) if present is None or name in present else None
+
     return RankPart(
         meta=meta,
-        groups=_read_groups(rank_dir / layout.GROUPS_FILE, problems),
+        groups=optional(layout.GROUPS_FILE, lambda path: _read_groups(path, problems)) or [],
         collectives=read_stream(
             rank_dir / layout.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems, mapped=True
         ),
         steps=read_stream(rank_dir / layout.STEPS_FILE, schema.STEP_SCHEMA, problems, mapped=True),
         events=[
-            Event.from_json(e) for e in _read_json_lines(rank_dir / layout.EVENTS_FILE, problems)
+            Event.from_json(e)
+            for e in optional(layout.EVENTS_FILE, lambda path: _read_json_lines(path, problems))
+            or []
         ],
         where=str(rank_dir),
-        stacks=_read_stacks(rank_dir / layout.STACKS_FILE, problems),
-        native=_read_native(rank_dir / layout.NATIVE_STACKS_FILE, problems),
-        fatal=read_fatal(rank_dir / layout.FATAL_FILE),
-        exit=_read_exit(rank_dir / layout.EXIT_FILE, problems),
+        stacks=optional(layout.STACKS_FILE, lambda path: _read_stacks(path, problems)),
+        native=optional(layout.NATIVE_STACKS_FILE, lambda path: _read_native(path, problems)),
+        fatal=optional(layout.FATAL_FILE, read_fatal),
+        exit=optional(layout.EXIT_FILE, lambda path: _read_exit(path, problems)),
     )
 
 
