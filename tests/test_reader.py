@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.ipc as ipc
 import pytest
 
-from mrcdiag.store import layout, schema
+from mrcdiag.store import layout, reader, schema
 from mrcdiag.store.reader import is_single, read_run
 from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
 from mrcdiag.store.writer import StreamTable
@@ -35,8 +35,10 @@ def _rewrite(path: Path, table_schema, columns: dict[str, np.ndarray]) -> None:
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    """4 ranks, two of them with clock offsets; rank 3 alone held by a CPU limit, and one
-    of rank 1's collectives never seen to end (t_end_ns 0)."""
+    """4 ranks, two of them with clock offsets; rank 3 alone held by a CPU limit, one of
+    rank 1's collectives never seen to end (t_end_ns 0), and rank 2 numbering its groups
+    its own way (a group of its own first, the world second) with half its records in
+    its own group."""
     run = write_synthetic_run(tmp_path / "run", SyntheticSpec(ranks=4, steps=30))
     for rank, offset in OFFSET_NS.items():
         meta_path = layout.rank_dir(run, rank) / layout.RANK_META_FILE
@@ -51,11 +53,26 @@ def run_dir(tmp_path: Path) -> Path:
     coll = _file_rows(coll_path)
     coll["t_end_ns"][5] = 0
     _rewrite(coll_path, schema.COLLECTIVE_SCHEMA, coll)
+    groups_path = layout.rank_dir(run, 2) / layout.GROUPS_FILE
+    world = json.loads(groups_path.read_text().splitlines()[0])
+    own = {**world, "index": 0, "name": "own", "ranks": [2]}
+    groups_path.write_text(json.dumps(own) + "\n" + json.dumps({**world, "index": 1}) + "\n")
+    coll_path = layout.rank_dir(run, 2) / layout.COLLECTIVES_FILE
+    coll = _file_rows(coll_path)
+    coll["group"] = np.arange(len(coll["group"])) % 2  # own, world, own, ...
+    _rewrite(coll_path, schema.COLLECTIVE_SCHEMA, coll)
     return run
 
 
-def test_every_row_of_every_rank_is_read_on_rank_0s_clock(run_dir: Path) -> None:
+@pytest.mark.parametrize("ranks_at_a_time", [1, 3, 1024])
+def test_every_row_of_every_rank_is_read_on_rank_0s_clock(
+    run_dir: Path, ranks_at_a_time: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the reader joins the ranks' tables a batch at a time: batches of one rank, of
+    # some but not all, and of all of them
+    monkeypatch.setattr(reader, "_BATCH_PIECES", ranks_at_a_time)
     run = read_run(run_dir)
+    assert [g.name for g in run.groups] == ["0", "own"]
     for kind, file_name, times in (
         (run.collectives, layout.COLLECTIVES_FILE, ("t_arrive_ns", "t_end_ns")),
         (run.steps, layout.STEPS_FILE, ("t_start_ns", "t_end_ns")),
@@ -69,8 +86,8 @@ def test_every_row_of_every_rank_is_read_on_rank_0s_clock(run_dir: Path) -> None
                 if name in times:
                     shift = OFFSET_NS.get(rank, 0)
                     expected = np.where(values != 0, values + shift, 0)
-                if name == "group":
-                    expected = np.zeros_like(values)  # the one group's global id
+                if name == "group":  # global ids: the world first seen (0), rank 2's own 1
+                    expected = np.where((rank == 2) & (values == 0), 1, 0)
                 np.testing.assert_array_equal(mine[name], expected, err_msg=f"{name} {rank}")
     # the collective whose end was never seen stays unseen, not "ended at the offset"
     ends = run.collectives.where(run.collectives["rank"] == 1)["t_end_ns"]
