@@ -96,12 +96,14 @@ def lockstep(
     end_late_ms: dict[int, float] | None = None,
     extra_ms: Callable[[int, int], float] | None = None,
     thread_ms: Callable[[int, int], tuple[float, ...]] | None = None,
+    transfer_ms: Callable[[int], float] | None = None,
 ) -> RunData:
     """Synchronous steps: compute, then `buckets` collectives that end together, or, with
     `end_late_ms`, later for some ranks (a ring whose slow link delivers to them last).
     `extra_ms(rank, step)`: more work for a rank in some steps (stalls, spans).
     `thread_ms(rank, step)`: the stepping thread's (ms on a CPU, ms in a run queue), and
-    optionally the ms its cgroup was held by its CPU limit."""
+    optionally the ms its cgroup was held by its CPU limit. `transfer_ms(step)`: how long
+    the collectives take after the last arrival (2 ms)."""
     rng = np.random.default_rng(seed)
     members = group or tuple(range(world))
     steps, colls = [], []
@@ -115,7 +117,10 @@ def lockstep(
             extra = extra_ms(r, k) if extra_ms is not None else 0.0
             arrive[r] = start[r] + int((base + d + extra + abs(rng.normal(0, noise_ms))) * MS)
         last = max(arrive[r] for r in members)
-        ends = {r: last + int((2 + (end_late_ms or {}).get(r, 0.0)) * MS) for r in range(world)}
+        transfer = transfer_ms(k) if transfer_ms is not None else 2.0
+        ends = {
+            r: last + int((transfer + (end_late_ms or {}).get(r, 0.0)) * MS) for r in range(world)
+        }
         for b in range(buckets):
             seq += 1
             for r in members:

@@ -529,3 +529,28 @@ def test_row_medians_are_numpys_own_without_its_loop() -> None:
             warnings.simplefilter("ignore", RuntimeWarning)
             expected = np.nanmedian(values, axis=1)
         np.testing.assert_array_equal(nan_median_rows(values), expected)
+
+
+@pytest.mark.parametrize("contended", [True, False])
+def test_a_slowdown_in_communication_is_the_cpus_where_the_threads_wait_for_them(
+    contended: bool,
+) -> None:
+    # From step 60 every rank computes 4 ms more and its collectives take 6 ms more.
+    # With the stepping threads waiting 8 ms more a step in a run queue (no more CPU),
+    # the CPUs were taken (gloo's transfers need them too); without that wait, the link.
+    def threads(rank: int, step: int) -> tuple[float, float]:
+        return 9.0, 8.1 if contended and step >= 60 else 0.1
+
+    run = lockstep(
+        3,
+        120,
+        extra_ms=lambda r, k: 4.0 if k >= 60 else 0.0,
+        transfer_ms=lambda k: 8.0 if k >= 60 else 2.0,
+        thread_ms=threads,
+    )
+    (slowdown,) = [f for f in analyze(run).findings if f.kind == "slowdown"]
+    assert abs(slowdown.evidence["start_step"] - 60) <= 2
+    assert (
+        slowdown.evidence["growth_ms"]["communication"] > slowdown.evidence["growth_ms"]["compute"]
+    )
+    assert slowdown.cause == ("host_contention" if contended else "slow_link"), slowdown
