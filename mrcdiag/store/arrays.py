@@ -76,6 +76,16 @@ def arrow_array(values: Sequence[Any] | np.ndarray, type_: pa.DataType) -> pa.Ar
 _BOOL_ID = pa.bool_().id
 
 
+def column_dtype(type_: pa.DataType) -> np.dtype:
+    """The numpy dtype numpy_of gives a column of `type_` (fixed-width numbers, booleans)."""
+    if type_.id == _BOOL_ID:
+        return np.dtype(bool)
+    dtype = _numpy_dtype(type_)
+    if dtype is None:
+        raise TypeError(f"no fixed-width numpy dtype for {type_}")
+    return dtype
+
+
 def numpy_of(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """An Arrow column as numpy, read from its buffers (`to_numpy()` also imports pandas):
     fixed-width numbers without nulls as a view where the column is one chunk (read-only,

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from mrcdiag.store import layout, records, schema
-from mrcdiag.store.arrays import arrow_array, numpy_of
+from mrcdiag.store.arrays import arrow_array, column_dtype, numpy_of
 from mrcdiag.store.records import Event, GroupMeta, RankMeta, RunMeta, WorldMeta
 from mrcdiag.store.samples import read_samples
 from mrcdiag.store.tail import read_stream
@@ -621,7 +621,7 @@ def _join(pieces: list[_Piece], schema_: pa.Schema, shifted: dict[str, bool]) ->
     at 16384 ranks each such column of the steps is 260 MB."""
     total = sum(p.table.num_rows for p in pieces)
     names = [*schema_.names, "rank"]
-    dtypes = {f.name: _column_dtype(f.type) for f in schema_}
+    dtypes = {f.name: column_dtype(f.type) for f in schema_}
     dtypes["rank"] = np.dtype(np.int32)
     out: dict[str, np.ndarray] = {}
     single: dict[str, Any] = {}  # columns with one value so far: that value
@@ -661,10 +661,6 @@ def _fresh(n: int, dtype: np.dtype) -> np.ndarray:
     except (OSError, ValueError):  # no mappings to be had: numpy's own allocation
         return np.empty(n, dtype)
     return np.frombuffer(buffer, dtype=dtype, count=n)
-
-
-def _column_dtype(type_: pa.DataType) -> np.dtype:
-    return np.dtype(bool) if pa.types.is_boolean(type_) else numpy_of(pa.array([], type_)).dtype
 
 
 # pieces joined at a time: enough rows that the Python per batch is nothing, few enough
