@@ -9,6 +9,7 @@ shared basis of the straggler, idle and interconnect analyzers.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +66,17 @@ def _one_stretch(member_start: np.ndarray, instances: np.ndarray, count: int) ->
 
 
 def collective_instances(run: RunData) -> Instances:
+    inst, transfer = instances_and_transfer(run)
+    inst.transfer_ns = transfer.result()
+    return inst
+
+
+def instances_and_transfer(
+    run: RunData, beside: Executor | None = None
+) -> tuple[Instances, Future[np.ndarray]]:
+    """The instances, and their transfer times (per instance, the median over members of
+    end - last arrival) worked out on `beside` where given (inst.transfer_ns is NaN
+    until the caller sets it from the future), or here."""
     coll = run.collectives
     mask = ~np.isin(coll["op"], P2P_CODES) if len(coll) else np.zeros(0, dtype=bool)
     # a new set of columns (for "instance"), copied only where some rows are left out
@@ -113,8 +125,11 @@ def collective_instances(run: RunData) -> Instances:
         member_order=member_order,
         member_start=member_start,
     )
-    out.transfer_ns = median_of_members(out, transfer_each)
-    return out
+    if beside is not None:
+        return out, beside.submit(median_of_members, out, transfer_each)
+    done: Future[np.ndarray] = Future()
+    done.set_result(median_of_members(out, transfer_each))
+    return out, done
 
 
 def _instance_ids(group: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, ...]:
