@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,14 +69,16 @@ def analyze(
     (agent/live.py), which holds one it found after the window has slid past it.
     `flight_dumps` are PyTorch's flight recorder dumps by rank, where the job has them."""
     run = with_pseudo_steps(run)
-    # Two threads, numpy's big loops running outside the GIL: the matrices of the step
-    # records beside the collective instances, their transfer times and the own
-    # lateness beside the arrivals' lateness, then the summary beside the findings
-    # (4096 ranks x 2000 steps: 14 -> 10 s on 2 cores). numpy's "empty slice" warnings
-    # are silenced for the whole of it, as the analyzers do one by one: warning filters
-    # are process-wide, and two threads setting and restoring them could leave either
-    # state behind.
-    with warnings.catch_warnings(), ThreadPoolExecutor(1, "mrcdiag-analysis") as beside:
+    # After the run, two threads, numpy's big loops running outside the GIL: the
+    # matrices of the step records beside the collective instances, their transfer
+    # times and the own lateness beside the arrivals' lateness, then the summary beside
+    # the findings (4096 ranks x 2000 steps: 14 -> 10 s on 2 cores). Live, beside a
+    # training job, one thread: a second core taken in bursts slows the job's own
+    # threads (gloo's among them) more than the tick's saved time is worth. numpy's
+    # "empty slice" warnings are silenced for the whole of it, as the analyzers do one
+    # by one: warning filters are process-wide, and two threads setting and restoring
+    # them could leave either state behind.
+    with warnings.catch_warnings(), _executor(live_now_ns is None) as beside:
         warnings.simplefilter("ignore", RuntimeWarning)
         from_steps = beside.submit(step_matrices, run)
         instances, transfer = instances_and_transfer(run, beside)
@@ -107,6 +109,22 @@ def analyze(
         settings=settings,
         stack_groups=stack_groups(run) if live_now_ns is None else [],
     )
+
+
+class _Inline(Executor):
+    """An executor that runs each call where it is submitted."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
+            done.set_exception(exc)
+        return done
+
+
+def _executor(threads: bool) -> Executor:
+    return ThreadPoolExecutor(1, "mrcdiag-analysis") if threads else _Inline()
 
 
 def _findings(
