@@ -158,7 +158,7 @@ def test_job_that_slows_down_partway_is_one_slowdown_and_no_straggler(run_dir: P
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to pin ranks apart")
-def test_co_tenant_arriving_on_every_core_is_a_slowdown_from_host_contention(
+def test_co_tenant_arriving_on_every_core_is_told_as_host_contention(
     run_dir: Path,
 ) -> None:
     # Another tenant's work lands on every core of the node partway through: the job
@@ -197,13 +197,23 @@ def test_co_tenant_arriving_on_every_core_is_a_slowdown_from_host_contention(
         if job.poll() is None:
             job.kill()
     assert job.returncode == 0, stderr
-    slowdowns = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "slowdown"]
-    assert len(slowdowns) == 1, slowdowns
-    (slowdown,) = slowdowns
-    assert slowdown["cause"] == "host_contention", slowdown
-    assert slowdown["evidence"]["start_step"] >= onset_after_steps - 3, slowdown
-    evidence = slowdown["evidence"]
-    assert evidence["step_cpu_wait_ms_after"] > 2 * evidence["step_cpu_wait_ms_before"], evidence
+    # The tenant's CPUs are what the report blames, from where they arrived, and nothing
+    # else: as a job-wide slowdown, or as one rank straggling from then where the
+    # scheduler let that rank take the waiting. Ranks with the same work take turns being
+    # behind; the one ahead sleeps in the collective, and on waking gets its core back
+    # first (CFS favours a thread that slept), so the one behind stays behind and does all
+    # the waiting for a CPU (a CI run: rank 1 waited 13.6 ms a step, rank 0 0.14 ms).
+    warnings = _warnings(report_json(run_dir))
+    assert warnings and {f["cause"] for f in warnings} == {"host_contention"}, warnings
+    assert {f["kind"] for f in warnings} <= {"slowdown", "straggler"}, warnings
+    for finding in warnings:
+        evidence = finding["evidence"]
+        if finding["kind"] == "slowdown":
+            assert evidence["start_step"] >= onset_after_steps - 3, finding
+            assert evidence["step_cpu_wait_ms_after"] > 2 * evidence["step_cpu_wait_ms_before"]
+        else:  # its steps: the windows it was behind in, which may begin before the tenant
+            # waiting for a CPU, where an uncontended step of this job waits ~0.2 ms
+            assert evidence["step_cpu_wait_ms"] > 2.0, finding
 
 
 def test_killed_rank_is_a_hang_naming_it_and_where_the_others_wait(run_dir: Path) -> None:
