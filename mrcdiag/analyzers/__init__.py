@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from mrcdiag.analyzers.common import steady_columns
 from mrcdiag.analyzers.cpu_limit import find_cpu_limit
+from mrcdiag.analyzers.executor import analysis_executor
 from mrcdiag.analyzers.fabric import find_fabric_causes
 from mrcdiag.analyzers.findings import Finding, sort_findings, with_first_seen_live
 from mrcdiag.analyzers.flight import find_flight_divergence
@@ -78,7 +78,7 @@ def analyze(
     # "empty slice" warnings are silenced for the whole of it, as the analyzers do one
     # by one: warning filters are process-wide, and two threads setting and restoring
     # them could leave either state behind.
-    with warnings.catch_warnings(), _executor(live_now_ns is None) as beside:
+    with warnings.catch_warnings(), analysis_executor(live_now_ns is None) as beside:
         warnings.simplefilter("ignore", RuntimeWarning)
         from_steps = beside.submit(step_matrices, run)
         instances, transfer = instances_and_transfer(run, beside)
@@ -109,22 +109,6 @@ def analyze(
         settings=settings,
         stack_groups=stack_groups(run) if live_now_ns is None else [],
     )
-
-
-class _Inline(Executor):
-    """An executor that runs each call where it is submitted."""
-
-    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-        done: Future = Future()
-        try:
-            done.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on it
-            done.set_exception(exc)
-        return done
-
-
-def _executor(threads: bool) -> Executor:
-    return ThreadPoolExecutor(1, "mrcdiag-analysis") if threads else _Inline()
 
 
 def _findings(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mrcdiag.analyzers.executor import INLINE
 from mrcdiag.store.reader import Columns, RunData
 from mrcdiag.store.schema import OP_CODE, POINT_TO_POINT_OPS
 
@@ -72,11 +73,11 @@ def collective_instances(run: RunData) -> Instances:
 
 
 def instances_and_transfer(
-    run: RunData, beside: Executor | None = None
+    run: RunData, beside: Executor = INLINE
 ) -> tuple[Instances, Future[np.ndarray]]:
     """The instances, and their transfer times (per instance, the median over members of
-    end - last arrival) worked out on `beside` where given (inst.transfer_ns is NaN
-    until the caller sets it from the future), or here."""
+    end - last arrival) worked out on `beside` (inst.transfer_ns is NaN until the caller
+    sets it from the future)."""
     coll = run.collectives
     mask = ~np.isin(coll["op"], P2P_CODES) if len(coll) else np.zeros(0, dtype=bool)
     # a new set of columns (for "instance"), copied only where some rows are left out
@@ -125,11 +126,7 @@ def instances_and_transfer(
         member_order=member_order,
         member_start=member_start,
     )
-    if beside is not None:
-        return out, beside.submit(median_of_members, out, transfer_each)
-    done: Future[np.ndarray] = Future()
-    done.set_result(median_of_members(out, transfer_each))
-    return out, done
+    return out, beside.submit(median_of_members, out, transfer_each)
 
 
 def _instance_ids(group: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, ...]:

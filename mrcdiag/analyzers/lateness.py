@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from mrcdiag.analyzers.executor import INLINE
 from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.store.reader import Columns, RunData
 from mrcdiag.store.schema import SOURCE_CODE
@@ -214,16 +215,16 @@ def rank_step_matrix(
     run: RunData,
     inst: Instances,
     from_steps: StepMatrices | None = None,
-    beside: Executor | None = None,
+    beside: Executor = INLINE,
 ) -> RankStepMatrix:
-    """`from_steps`: step_matrices(run), where already made; `beside`: a thread that
-    works out the own lateness meanwhile."""
+    """`from_steps`: step_matrices(run), where already made; `beside`: where the own
+    lateness is worked out meanwhile."""
     sm = from_steps if from_steps is not None else step_matrices(run)
     ranks = sm.ranks
     shape = sm.duration_s.shape
     n_steps = shape[1]
     rec = inst.records
-    own_job = beside.submit(own_lateness, inst) if beside is not None else None
+    own_job = beside.submit(own_lateness, inst)
     late, excess = arrival_lateness(inst)
     valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(late)
     cells = row_of(ranks, rec["rank"][valid]) * n_steps + rec["step"][valid]
@@ -252,7 +253,7 @@ def rank_step_matrix(
     excess_m = fold(excess, np.nan)
     del excess
     wait = fold(inst.wait_ns, 0.0)
-    own_m = fold(own_job.result() if own_job is not None else own_lateness(inst), np.nan)
+    own_m = fold(own_job.result(), np.nan)
     return RankStepMatrix(
         ranks=ranks,
         steps=np.arange(n_steps),

@@ -679,9 +679,8 @@ def _batch_values(
             return ranks.pop()
         return np.repeat(np.array([p.rank for p in batch], dtype=np.int32), counts)
     values = numpy_of(joined.column(name).combine_chunks())
-    if name == "group" and any(p.group_ids is not None for p in batch):
-        # each piece's own table of group index -> global id, all of them end to end
-        tables = [p.group_ids if p.group_ids is not None else np.zeros(0, np.int32) for p in batch]
+    if name == "group":  # collectives: each piece's group index -> global id, end to end
+        tables = [p.group_ids for p in batch if p.group_ids is not None]
         sizes = np.array([len(t) for t in tables], dtype=np.int64)
         start = np.repeat(np.cumsum(sizes) - sizes, counts)
         return np.concatenate(tables)[start + values]
