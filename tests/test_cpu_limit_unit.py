@@ -3,9 +3,12 @@ every rank is, and the clocks that tell them from heavier work."""
 
 from __future__ import annotations
 
+import numpy as np
 from handmade import lockstep
 
 from mrcdiag.analyzers import analyze
+from mrcdiag.analyzers.instances import collective_instances
+from mrcdiag.analyzers.lateness import rank_step_matrix
 
 
 def _nodes(run, per_host: int = 2):
@@ -86,3 +89,19 @@ def test_a_one_rank_job_held_by_its_limit_is_the_jobs_finding() -> None:
     run = lockstep(1, 120, compute_ms=30.0, thread_ms=lambda r, k: (8.0, 0.5, 20.0))
     (finding,) = _serious(run)
     assert (finding.kind, finding.cause, finding.ranks) == ("idle_compute", "cpu_throttled", (0,))
+
+
+def test_a_cgroups_held_time_summed_over_its_cpus_counts_as_no_more_than_the_step() -> None:
+    # Four ranks of one pod held together: the kernel adds the held time up over the CPUs
+    # it held them on, 4 x 20 ms a step. Each rank was off the CPU for about 24 ms of its
+    # ~32 ms step (8 ms on a CPU), and held no longer than that.
+    run = lockstep(4, 120, compute_ms=30.0, thread_ms=lambda r, k: (8.0, 0.5, 80.0))
+    m = rank_step_matrix(run, collective_instances(run))
+    off_cpu = m.duration_s - m.cpu_s
+    assert np.nanmax(m.cpu_throttled_s - off_cpu) <= 1e-9
+    assert np.nanmedian(m.cpu_throttled_s) > 0.02  # the whole off-CPU time
+    (finding,) = _serious(run)
+    assert (finding.kind, finding.cause) == ("idle_compute", "cpu_throttled")
+    share = finding.evidence["held_share_of_step_per_rank"]
+    assert all(0.5 < v <= 1.0 for v in share.values()), share
+    assert finding.evidence["held_ms_per_step"] < 32, finding.evidence

@@ -39,8 +39,7 @@ def find_cpu_limit(
     if not len(cols):
         return []
     duration = m.duration_s[:, cols]
-    # NaN where either is not known; held no longer than the thread was off the CPU
-    held = np.minimum(m.cpu_throttled_s[:, cols], np.maximum(duration - m.cpu_s[:, cols], 0))
+    held = m.cpu_throttled_s[:, cols]  # NaN where not known; within the off-CPU time
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # ranks with nothing known
         share = np.nansum(held, axis=1) / np.nansum(

@@ -54,8 +54,9 @@ class RankStepMatrix:
     # the stepping thread on a CPU, and waiting in a run queue for one (NaN: not known)
     cpu_s: np.ndarray | None = None
     cpu_wait_s: np.ndarray | None = None
-    # how long the rank's cgroup was held by its CPU limit in each step (NaN: not
-    # known); None where no step of the run knows it
+    # how long the rank's cgroup was held by its CPU limit in each step, within the
+    # time its thread was off the CPU (NaN: not known); None where no step of the run
+    # knows it
     cpu_throttled_s: np.ndarray | None = None
     # the device allocator: retries in each step (NaN: not known), and each rank's
     # highest reserved memory as a share of its device's (NaN: not known); None without
@@ -204,6 +205,11 @@ def step_matrices(run: RunData) -> StepMatrices:
         if throttled_ns is not None and (throttled_ns >= 0).any()
         else None
     )
+    if throttled is not None:
+        # The kernel sums a cgroup's held time over the CPUs it was held on (two ranks
+        # of one pod, held together for 70 ms, read 140 ms): the rank was held no longer
+        # than its thread was off the CPU in that step (where its CPU time is known).
+        np.minimum(throttled, np.maximum(duration - np.nan_to_num(cpu), 0), out=throttled)
     blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
     alloc_retries, peak_of_total = _device_memory(steps, dense)
     return StepMatrices(

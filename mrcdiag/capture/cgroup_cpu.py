@@ -10,7 +10,14 @@ cgroup in `cpu.stat`: `throttled_usec` (cgroup v2), `throttled_time` in ns (v1).
 limit may be the process's own cgroup's or one above it (a Kubernetes pod's), so each
 level up to the hierarchy's root that has a limit is read, and the largest growth counts.
 Which cgroup the process is in, and which levels have a limit, is looked at again every
-second (a process moved into another cgroup, a limit set or resized while it runs).
+100 ms (a process moved into another cgroup, a limit set or resized while it runs): a
+limit that begins to bite is counted from within a tenth of a second, not missed for
+a second's worth of steps.
+
+The kernel adds up the held time per CPU the cgroup was held on, so a cgroup with
+several busy threads (a rank's, its peers' in the same pod) counts more than the wall
+time per period; the analyzers take no more of it as a rank's than its thread was off
+the CPU in that step.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 from pathlib import Path
 
 UNKNOWN = -1
-RECHECK_NS = 1_000_000_000  # about 20 us a second: /proc/self/cgroup and the limits
+RECHECK_NS = 100_000_000  # about 35 us each: /proc/self/cgroup and the limits (0.035%)
 
 
 def _membership() -> tuple[str | None, str | None]:
