@@ -297,6 +297,7 @@ def report(
                 run,
                 expected_busbw_gbps=expected_busbw,
                 flight_dumps=_flight_dumps(run_dirs, flight_recorder, run.problems),
+                release_step_rows=fmt != "perfetto",  # only the timeline draws them
             )
             baseline = (
                 analyze(read_run([compare_to], progress), expected_busbw_gbps=expected_busbw)

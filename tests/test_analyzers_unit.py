@@ -10,8 +10,10 @@ from handmade import MS, lockstep, make_run, node_samples
 
 from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.common import nan_median_rows
-from mrcdiag.analyzers.slowdown import change_point
+from mrcdiag.analyzers.settings import DEFAULTS
+from mrcdiag.analyzers.slowdown import change_point, is_slower
 from mrcdiag.capture.probe import _fastest_clean_round
+from mrcdiag.store.reader import RunData
 
 
 def kinds(analysis) -> list[tuple[str, str, tuple]]:
@@ -554,3 +556,54 @@ def test_a_slowdown_in_communication_is_the_cpus_where_the_threads_wait_for_them
         slowdown.evidence["growth_ms"]["communication"] > slowdown.evidence["growth_ms"]["compute"]
     )
     assert slowdown.cause == ("host_contention" if contended else "slow_link"), slowdown
+
+
+def _lost_rank_with_steps() -> RunData:
+    """Rank 2 stops after step 6 (killed), the others wait in the next all-reduce."""
+    steps, colls = [], []
+    for k in range(10):
+        for r in range(3):
+            if r == 2 and k > 6:
+                continue
+            steps.append((r, k, k * 10 * MS, (k + 1) * 10 * MS - MS, 0, MS))
+            colls.append(
+                (r, "all_reduce", 0, k + 1, 4096, k * 10 * MS + 8 * MS, (k + 1) * 10 * MS, k, False)
+            )
+    stuck = {r: {"op": "all_reduce", "group_name": "0", "seq": 11, "nbytes": 4096} for r in (0, 1)}
+    return make_run(3, steps, colls, closed={0: False, 1: False, 2: False}, stuck=stuck)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        # a straggler with stalls every 10 steps, and slow stretches of the job
+        lambda: lockstep(4, 120, extra_ms=lambda r, k: 40.0 if r == 1 and k % 10 == 0 else 0),
+        # a job-wide slowdown from step 60, every rank held by its CPU limit
+        lambda: lockstep(
+            4, 120, thread_ms=lambda r, k: (8.0, 0.5, 30.0 if k >= 60 else 0.0),
+            extra_ms=lambda r, k: 30.0 if k >= 60 else 0.0,
+        ),
+        _lost_rank_with_steps,
+    ],
+)  # fmt: skip
+def test_the_step_rows_let_go_after_the_matrices_change_no_finding(build) -> None:
+    """`mrcdiag report` lets the step rows go once the matrices and spans are made of
+    them: every finding is the same as with the rows kept, and the rows are gone."""
+    kept = analyze(build())
+    released_run = build()
+    released = analyze(released_run, release_step_rows=True)
+    assert kept.findings and released.findings == kept.findings
+    assert len(released_run.steps) == 0 and len(kept.run.steps) > 0
+
+
+def test_a_change_of_pace_that_brings_noise_with_it_is_slower_and_noise_alone_is_not() -> None:
+    rng = np.random.default_rng(3)
+    calm = 9.8 + rng.normal(0, 0.5, 80)
+    # a co-tenant's bursts: steps of about 20 or 42 ms, as the tenant's loops come and go
+    bursts = np.where(rng.random(75) < 0.5, 19.0, 42.0) + rng.normal(0, 1.0, 75)
+    assert is_slower(calm, bursts, DEFAULTS)
+    # the same noise on both sides, about the same pace: no change
+    noisy = 10.0 + np.abs(rng.normal(0, 4.0, 160))
+    assert not is_slower(noisy[:80], noisy[80:], DEFAULTS)
+    # a few steps of bursts against many calm ones: their median is not known well enough
+    assert not is_slower(calm, np.array([9.0, 40.0, 12.0, 38.0, 11.5]), DEFAULTS)

@@ -37,7 +37,7 @@ from mrcdiag.analyzers.stacks import stack_groups
 from mrcdiag.analyzers.stragglers import find_stragglers
 from mrcdiag.analyzers.summary import Summary, busbw_gbps, group_sizes, summarize
 from mrcdiag.store.flight_recorder import FlightDump
-from mrcdiag.store.reader import RunData
+from mrcdiag.store.reader import Columns, RunData
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,18 @@ class Analysis:
     findings: list[Finding]
     steady_steps: np.ndarray  # step columns after warm-up, what the statistics use
     busbw_gbps: np.ndarray  # per instance (NaN where the transfer time is unknown)
-    record_wait_ns: np.ndarray  # per row of run.collectives: waiting for the last arrival
     notes: list[str]  # on the data: what is missing, torn, dropped or disabled
     settings: Settings
     # ranks grouped by identical stacks, where they wrote them (a hang, a stopped job)
     stack_groups: list[dict] = dataclasses.field(default_factory=list)
+
+    def record_wait_ns(self) -> np.ndarray:
+        """Per row of run.collectives: its wait for the instance's last arrival (0 for
+        point-to-point rows); made when asked (a row's worth of int64: 260 MB at 16384
+        ranks x 2000 steps, which only the timeline export draws)."""
+        out = np.zeros(len(self.run.collectives), dtype=np.int64)
+        out[self.instances.record_index] = self.instances.wait_ns
+        return out
 
 
 def analyze(
@@ -62,12 +69,17 @@ def analyze(
     settings: Settings = DEFAULTS,
     live_now_ns: int | None = None,
     flight_dumps: dict[int, FlightDump] | None = None,
+    release_step_rows: bool = False,
 ) -> Analysis:
     """Everything the renderers show. With `live_now_ns` (the present on the run's aligned
     clock) `run` is the recent window of a job that still runs: hangs are judged by how
     long ranks have waited until now, and slowdowns are left to the live analysis
     (agent/live.py), which holds one it found after the window has slid past it.
-    `flight_dumps` are PyTorch's flight recorder dumps by rank, where the job has them."""
+    `flight_dumps` are PyTorch's flight recorder dumps by rank, where the job has them.
+    `release_step_rows`: let go of run.steps' rows once the [rank, step] matrices and
+    the step spans are made of them (run.steps is then empty: the analyzers and the
+    renderers but the timeline export need no more of them), for a caller that has no
+    other use for them: at 16384 ranks x 2000 steps they are 1.8 GB."""
     run = with_pseudo_steps(run)
     # After the run, two threads, numpy's big loops running outside the GIL: the
     # matrices of the step records beside the collective instances, their transfer
@@ -82,7 +94,11 @@ def analyze(
         warnings.simplefilter("ignore", RuntimeWarning)
         from_steps = beside.submit(step_matrices, run)
         instances, transfer = instances_and_transfer(run, beside)
-        matrix = rank_step_matrix(run, instances, from_steps.result(), beside)
+        made = from_steps.result()
+        if release_step_rows:
+            run.steps = Columns({name: rows[:0] for name, rows in run.steps.data.items()})
+        matrix = rank_step_matrix(run, instances, made, beside)
+        del made
         instances.transfer_ns = transfer.result()
         steady = steady_columns(matrix.duration_s.shape[1], settings.warmup_steps)
         busbw = busbw_gbps(instances, group_sizes(run, instances.group))
@@ -104,7 +120,6 @@ def analyze(
         findings=with_first_seen_live(sort_findings(findings), run.live_findings),
         steady_steps=steady,
         busbw_gbps=busbw,
-        record_wait_ns=_record_wait_ns(run, instances),
         notes=data_notes(run),
         settings=settings,
         stack_groups=stack_groups(run) if live_now_ns is None else [],
@@ -123,7 +138,7 @@ def _findings(
     stages, slowdowns, CPU limits, idle compute."""
     findings: list[Finding] = []
     if live_now_ns is None:
-        findings += find_hangs(run)
+        findings += find_hangs(run, matrix.spans)
     else:
         findings += find_live_hangs(run, live_now_ns, settings.hang_after_s)
     stragglers = find_stragglers(run, instances, matrix, settings)
@@ -177,13 +192,6 @@ def _with_cpu_limit(
         )
     ]
     return kept + limit
-
-
-def _record_wait_ns(run: RunData, inst: Instances) -> np.ndarray:
-    """inst.wait_ns placed on the rows of run.collectives (0 for point-to-point rows)."""
-    out = np.zeros(len(run.collectives), dtype=np.int64)
-    out[inst.record_index] = inst.wait_ns
-    return out
 
 
 def data_notes(run: RunData) -> list[str]:

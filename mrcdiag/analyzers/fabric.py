@@ -14,6 +14,7 @@ from mrcdiag.analyzers.common import job_step_time, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.settings import Settings
+from mrcdiag.analyzers.step_spans import spans_of_matrix
 from mrcdiag.metrics import (
     FABRIC_HW_COUNTER,
     FABRIC_PORT_ERRORS,
@@ -66,7 +67,7 @@ def slow_stretches(
     job = job_step_time(m.duration_s[:, cols])
     median = float(np.nanmedian(job))
     slow = job > settings.slow_step_ratio * median
-    steps = run.steps
+    spans = spans_of_matrix(m, run)
     out = []
     i = 0
     while i < len(cols):
@@ -77,12 +78,10 @@ def slow_stretches(
         while j + 1 < len(cols) and slow[j + 1]:
             j += 1
         first, last = cols[i], cols[j]
-        in_range = (steps["step"] >= first) & (steps["step"] <= last)
-        start = int(steps["t_start_ns"][in_range].min())
-        end = int(steps["t_end_ns"][in_range].max())
+        span = spans.span_ns(np.arange(first, last + 1))  # some rank recorded them
         excess = float(np.nansum(job[i : j + 1] - median))
-        if excess >= 2 * median:  # a stretch worth a cause, not one noisy step
-            out.append((start, end, excess))
+        if span is not None and excess >= 2 * median:  # a cause's worth, not one noisy step
+            out.append((*span, excess))
         i = j + 1
     return out
 

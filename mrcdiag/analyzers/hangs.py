@@ -13,13 +13,16 @@ import numpy as np
 
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.stacks import stack_groups, where_each_rank_is
+from mrcdiag.analyzers.step_spans import StepSpans, spans_of
 from mrcdiag.store.reader import RunData
 from mrcdiag.store.schema import OP_CODE, OPS, POINT_TO_POINT_OPS
 
 _P2P = [OP_CODE[n] for n in POINT_TO_POINT_OPS]
 
 
-def find_hangs(run: RunData) -> list[Finding]:
+def find_hangs(run: RunData, spans: StepSpans | None = None) -> list[Finding]:
+    """`spans`: the run's step spans where already made (analyze lets the step rows go
+    once they are)."""
     if not run.ranks:
         return []
     coll = run.collectives
@@ -115,7 +118,7 @@ def find_hangs(run: RunData) -> list[Finding]:
             time_lost_s=max(0.0, (last_seen - end_of_lost) / 1e9) if end_of_lost else 0.0,
             ranks=tuple(lost),
             nodes=tuple(sorted({run.host_of(r) for r in lost if r in run.ranks})),
-            summary=_how_they_ended(run, lost) + where,
+            summary=_how_they_ended(run, lost, spans) + where,
             evidence={
                 "stopped": lost_desc,
                 "waiting": waiting_desc,
@@ -144,19 +147,20 @@ def _root_causes(run: RunData, lost: list[int]) -> list[int]:
     return [r for r in lost if r not in failed or int(failed[r].get("t_ns", 0)) <= first_ns + 10**9]
 
 
-def _how_they_ended(run: RunData, lost: list[int]) -> str:
+def _how_they_ended(run: RunData, lost: list[int], spans: StepSpans | None) -> str:
     """One clause per lost rank: the exception it died of, or that it left no trace (a
     signal no process can catch: SIGKILL, most often the kernel's OOM killer, or a crash
     in native code), with the step it was in."""
     parts = []
     last_ops = _last_op(run, lost)
+    if spans is None:
+        spans = spans_of(run.steps, np.array(sorted(run.ranks), dtype=np.int64))
     for r in lost:
         info = run.ranks.get(r)
         if info is None:
             parts.append(f"rank {r} never recorded")
             continue
-        mine = run.steps["rank"] == r
-        last = int(run.steps["step"][mine].max()) if mine.any() else -1
+        last = spans.last_step_of(r)  # -1: it recorded no step
         # after its last recorded step, and the last collective it reached
         after = f"after step {last}" + (
             f" (its last collective {last_ops[str(r)]})" if str(r) in last_ops else ""

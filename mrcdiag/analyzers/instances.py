@@ -38,9 +38,12 @@ class Instances:
     transfer_ns: np.ndarray  # median over ranks of end - last arrival; NaN if unknown
     wait_ns: np.ndarray  # per record: last arrival - own arrival
     step: np.ndarray  # per instance: the step of the last arrival
-    record_index: np.ndarray  # per record: its row in run.collectives
+    # per record: its row in run.collectives (a whole slice where every row is a
+    # collective, as in a job without point-to-point: no row-sized array of them)
+    record_index: np.ndarray | slice
     # the records instance by instance, each instance's by rank: rows of `records`;
     # instance i's members are member_order[member_start[i] : member_start[i] + n_arrived[i]]
+    # (int32 below 2**31 records: 4 bytes a record, 130 MB at 16384 ranks x 2000 steps)
     member_order: np.ndarray
     member_start: np.ndarray
 
@@ -82,7 +85,7 @@ def instances_and_transfer(
     mask = ~np.isin(coll["op"], P2P_CODES) if len(coll) else np.zeros(0, dtype=bool)
     # a new set of columns (for "instance"), copied only where some rows are left out
     records = Columns(dict(coll.data)) if mask.all() else coll.where(mask)
-    record_index = np.flatnonzero(mask)
+    record_index = slice(None) if mask.all() else np.flatnonzero(mask)
     inverse, group, seq = _instance_ids(records["group"], records["seq"])
     n = len(group)
     arrive = records["t_arrive_ns"]
@@ -107,7 +110,7 @@ def instances_and_transfer(
     first_index = member_order[member_start] if n else np.zeros(0, np.int64)
     step = np.zeros(n, dtype=np.int32)
     step[inverse[is_last]] = records["step"][is_last]
-    records.data["instance"] = inverse.astype(np.int64)
+    records.data["instance"] = inverse.astype(_index_dtype(n), copy=False)
     out = Instances(
         records=records,
         n_instances=n,
@@ -160,13 +163,20 @@ def _instance_ids(group: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, ...]:
     return inverse, slot_group, (slots - base[slot_group] + lo[slot_group])
 
 
+def _index_dtype(n: int) -> type:
+    """The narrowest of int32 and int64 that holds indices below `n`."""
+    return np.int32 if n < 2**31 else np.int64
+
+
 def _member_order(rank: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     """Rows by instance, then by rank: one stable sort of the instance ids of rows that
     come rank after rank (as a run's records do; others are put so first)."""
     if len(rank) and not bool(np.all(rank[1:] >= rank[:-1])):
         by_rank = np.argsort(rank, kind="stable")
-        return by_rank[np.argsort(inverse[by_rank], kind="stable")]
-    return np.argsort(inverse, kind="stable")
+        order = by_rank[np.argsort(inverse[by_rank], kind="stable")]
+    else:
+        order = np.argsort(inverse, kind="stable")
+    return order.astype(_index_dtype(len(rank)), copy=False)
 
 
 def median_of_members(inst: Instances, values: np.ndarray) -> np.ndarray:

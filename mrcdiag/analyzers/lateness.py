@@ -33,6 +33,7 @@ import numpy as np
 
 from mrcdiag.analyzers.executor import INLINE
 from mrcdiag.analyzers.instances import Instances, median_by
+from mrcdiag.analyzers.step_spans import StepSpans, step_spans
 from mrcdiag.store.reader import Columns, RunData
 from mrcdiag.store.schema import SOURCE_CODE
 
@@ -63,6 +64,9 @@ class RankStepMatrix:
     # any device figure in the run
     alloc_retries: np.ndarray | None = None
     mem_peak_of_total: np.ndarray | None = None
+    # when each step began and ended over the ranks, each rank's last step: what is
+    # needed of the step rows besides these matrices
+    spans: StepSpans | None = None
 
     def row(self, rank: int) -> int:
         return int(np.searchsorted(self.ranks, rank))
@@ -177,6 +181,7 @@ class StepMatrices:
     cpu_throttled_s: np.ndarray | None
     alloc_retries: np.ndarray | None
     mem_peak_of_total: np.ndarray | None
+    spans: StepSpans
 
 
 def step_matrices(run: RunData) -> StepMatrices:
@@ -185,7 +190,10 @@ def step_matrices(run: RunData) -> StepMatrices:
     n_steps = int(steps["step"].max()) + 1 if len(steps) else 0
     shape = (len(ranks), n_steps)
 
-    step_cell = row_of(ranks, steps["rank"]) * n_steps + steps["step"]
+    rows = row_of(ranks, steps["rank"])
+    spans = step_spans(steps, ranks, rows, n_steps)
+    step_cell = rows * n_steps + steps["step"]
+    del rows
 
     def dense(values: np.ndarray) -> np.ndarray:
         out = np.full(shape, np.nan)
@@ -213,7 +221,16 @@ def step_matrices(run: RunData) -> StepMatrices:
     blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
     alloc_retries, peak_of_total = _device_memory(steps, dense)
     return StepMatrices(
-        ranks, duration, data_wait, blocked, cpu, cpu_wait, throttled, alloc_retries, peak_of_total
+        ranks,
+        duration,
+        data_wait,
+        blocked,
+        cpu,
+        cpu_wait,
+        throttled,
+        alloc_retries,
+        peak_of_total,
+        spans,
     )
 
 
@@ -276,6 +293,7 @@ def rank_step_matrix(
         cpu_throttled_s=sm.cpu_throttled_s,
         alloc_retries=sm.alloc_retries,
         mem_peak_of_total=sm.mem_peak_of_total,
+        spans=sm.spans,
     )
 
 

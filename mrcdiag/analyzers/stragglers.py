@@ -32,6 +32,7 @@ from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.recurrence import step_pattern
 from mrcdiag.analyzers.settings import Settings
+from mrcdiag.analyzers.step_spans import spans_of_matrix
 from mrcdiag.analyzers.thread_time import thread_time
 from mrcdiag.metrics import (
     GPU_CLOCK_EVENT_ACTIVE,
@@ -127,7 +128,7 @@ def find_stragglers(
         elif int(m.ranks[row]) not in in_node:
             findings.append(_rank_finding(run, m, row, steps, cols, step_s, run_s, settings))
     findings += _episodic(run, m, lasting, cols, floor, step_s, run_s, settings)
-    return [_where_waited(run, inst, f) for f in _host_contention(run, findings, settings)]
+    return [_where_waited(run, inst, f) for f in _host_contention(run, m, findings, settings)]
 
 
 def _peers_spread(med: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
@@ -268,7 +269,9 @@ def _own_work_lateness(run: RunData, m: RankStepMatrix, settings: Settings) -> n
     return out
 
 
-def _host_contention(run: RunData, findings: list[Finding], settings: Settings) -> list[Finding]:
+def _host_contention(
+    run: RunData, m: RankStepMatrix, findings: list[Finding], settings: Settings
+) -> list[Finding]:
     """Where every rank of a host waits for a CPU (more ranks and threads than cores, a
     noisy neighbour on the whole host), say so once for the host: a rank there that
     straggles for no other measured reason is not at fault itself."""
@@ -278,7 +281,7 @@ def _host_contention(run: RunData, findings: list[Finding], settings: Settings) 
         # A rank of such a host that straggles because it waited for a CPU (or for no
         # measured reason), and costs less than a tenth of the run, is that scheduling;
         # one that costs more (stopped from outside, say) stays a finding of its own.
-        run_s = _steady_run_s(run, settings)
+        run_s = _steady_run_s(run, m, settings)
         folded = [
             f
             for f in out
@@ -334,16 +337,12 @@ def holding_up(cost: np.ndarray, floor: float) -> np.ndarray:
     return cost >= max(floor, 0.5 * float(cost[core].min()))
 
 
-def _steady_run_s(run: RunData, settings: Settings) -> float:
+def _steady_run_s(run: RunData, m: RankStepMatrix, settings: Settings) -> float:
     """The steady steps' duration, from the ranks' step records."""
-    steps = run.steps
-    if not len(steps):
-        return 0.0
-    cut = steady_columns(int(steps["step"].max()) + 1, settings.warmup_steps)
-    keep = np.isin(steps["step"], cut)
-    if not keep.any():
-        return 0.0
-    return float((steps["t_end_ns"][keep].max() - steps["t_start_ns"][keep].min()) / 1e9)
+    spans = spans_of_matrix(m, run)
+    cut = steady_columns(len(spans.first_start_ns), settings.warmup_steps)
+    span = spans.span_ns(cut)
+    return 0.0 if span is None else float((span[1] - span[0]) / 1e9)
 
 
 def _cross_host(run: RunData) -> bool:

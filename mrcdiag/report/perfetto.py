@@ -92,11 +92,12 @@ def _collectives(analysis: Analysis, us: Any) -> list[dict[str, Any]]:
     coll = run.collectives
     out = []
     ended = np.flatnonzero(coll["t_end_ns"] > 0)
+    record_wait_ns = analysis.record_wait_ns()
     for i in ended:
         rank, group, seq = int(coll["rank"][i]), int(coll["group"][i]), int(coll["seq"][i])
         op = OPS[int(coll["op"][i])]
         start, end = int(coll["t_arrive_ns"][i]), int(coll["t_end_ns"][i])
-        wait = min(float(analysis.record_wait_ns[i]), end - start)
+        wait = min(float(record_wait_ns[i]), end - start)
         args = {
             "op": op,
             "bytes": int(coll["nbytes"][i]),
