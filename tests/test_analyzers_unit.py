@@ -594,6 +594,8 @@ def test_the_step_rows_let_go_after_the_matrices_change_no_finding(build) -> Non
     released = analyze(released_run, release_step_rows=True)
     assert kept.findings and released.findings == kept.findings
     assert len(released_run.steps) == 0 and len(kept.run.steps) > 0
+    # and their memory with them: no view of the rows is left
+    assert all(v.base is None for v in released_run.steps.data.values())
 
 
 def test_a_change_of_pace_that_brings_noise_with_it_is_slower_and_noise_alone_is_not() -> None:

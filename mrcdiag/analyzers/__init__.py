@@ -96,7 +96,8 @@ def analyze(
         instances, transfer = instances_and_transfer(run, beside)
         made = from_steps.result()
         if release_step_rows:
-            run.steps = Columns({name: rows[:0] for name, rows in run.steps.data.items()})
+            # new empty columns: a slice of the old would keep their memory
+            run.steps = Columns({k: np.empty(0, v.dtype) for k, v in run.steps.data.items()})
         matrix = rank_step_matrix(run, instances, made, beside)
         del made
         instances.transfer_ns = transfer.result()
