@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -297,6 +298,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="runs of each scenario")
     p.add_argument("--only", nargs="*", default=[], help="scenarios whose name contains this")
     p.add_argument("--json", type=Path, help="also write every verdict here")
+    p.add_argument(
+        "--keep-wrong",
+        type=Path,
+        metavar="DIR",
+        help="copy the run directory of every run judged other than right into DIR",
+    )
     args = p.parse_args()
     chosen = [s for s in SCENARIOS if not args.only or any(o in s.name for o in args.only)]
     rows, details = [], []
@@ -312,7 +319,10 @@ def main() -> None:
                         print(f"  {scenario.name}: left out ({reason})", flush=True)
                         break
                     warnings = [{"kind": "error", "ranks": [], "cause": reason}]
-            verdict = judge(scenario.expected, warnings)
+                verdict = judge(scenario.expected, warnings)
+                if verdict != "right" and args.keep_wrong and (Path(tmp) / "run").is_dir():
+                    kept = args.keep_wrong / f"{scenario.name.replace('/', '_')} #{seed}"
+                    shutil.copytree(Path(tmp) / "run", kept, dirs_exist_ok=True)
             verdicts.append(verdict)
             details.append(
                 {

@@ -609,3 +609,14 @@ def test_a_change_of_pace_that_brings_noise_with_it_is_slower_and_noise_alone_is
     assert not is_slower(noisy[:80], noisy[80:], DEFAULTS)
     # a few steps of bursts against many calm ones: their median is not known well enough
     assert not is_slower(calm, np.array([9.0, 40.0, 12.0, 38.0, 11.5]), DEFAULTS)
+
+
+def test_a_slowdown_that_cost_little_is_info_after_the_run_as_it_is_live() -> None:
+    # every rank 40% slower for the last 40 steps of 10 ms: 0.16 s lost in all, the size
+    # of a shared machine's moods; 3.5 times slower for 60 steps is a fault worth seeing
+    small = lockstep(2, 120, extra_ms=lambda r, k: 4.0 if k >= 80 else 0.0)
+    (finding,) = [f for f in analyze(small).findings if f.kind == "slowdown"]
+    assert finding.severity == "info" and finding.time_lost_s < 0.25, finding
+    large = lockstep(2, 120, extra_ms=lambda r, k: 25.0 if k >= 60 else 0.0)
+    (finding,) = [f for f in analyze(large).findings if f.kind == "slowdown"]
+    assert finding.severity == "critical" and finding.time_lost_s > 1.0, finding

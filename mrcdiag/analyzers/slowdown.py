@@ -163,7 +163,7 @@ def describe_slowdown(
             detail = f"{held_detail} (their communication threads wait for one too)"
     finding = Finding(
         kind="slowdown",
-        severity="critical" if a / b >= settings.slowdown_critical_ratio else "warning",
+        severity=slowdown_severity(a / b, lost, settings),  # as the live analysis says
         cause=cause,
         time_lost_s=lost,
         ranks=tuple(int(r) for r in m.ranks),
