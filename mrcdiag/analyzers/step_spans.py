@@ -43,9 +43,10 @@ def step_spans(steps: Columns, ranks: np.ndarray, rows: np.ndarray, n_steps: int
     """`rows`: each step record's row in `ranks`."""
     first = np.full(n_steps, np.iinfo(np.int64).max, dtype=np.int64)
     last = np.full(n_steps, np.iinfo(np.int64).min, dtype=np.int64)
-    last_step = np.full(len(ranks), NONE, dtype=np.int64)
+    step = steps["step"]
+    # of the step column's own type: ufunc.at with another one casts row by row (30x)
+    last_step = np.full(len(ranks), NONE, dtype=step.dtype)
     if len(steps):
-        step = steps["step"]
         np.minimum.at(first, step, steps["t_start_ns"])
         np.maximum.at(last, step, steps["t_end_ns"])
         np.maximum.at(last_step, rows, step)
