@@ -37,7 +37,7 @@ from mrcdiag.analyzers.stacks import stack_groups
 from mrcdiag.analyzers.stragglers import find_stragglers
 from mrcdiag.analyzers.summary import Summary, busbw_gbps, group_sizes, summarize
 from mrcdiag.store.flight_recorder import FlightDump
-from mrcdiag.store.reader import Columns, RunData
+from mrcdiag.store.reader import RunData
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,10 @@ def analyze(
     long ranks have waited until now, and slowdowns are left to the live analysis
     (agent/live.py), which holds one it found after the window has slid past it.
     `flight_dumps` are PyTorch's flight recorder dumps by rank, where the job has them.
-    `release_step_rows`: let go of run.steps' rows once the [rank, step] matrices and
-    the step spans are made of them (run.steps is then empty: the analyzers and the
-    renderers but the timeline export need no more of them), for a caller that has no
-    other use for them: at 16384 ranks x 2000 steps they are 1.8 GB."""
+    `release_step_rows`: let go of run.steps' rows as the [rank, step] matrices and the
+    step spans are made of them, column by column (run.steps is then empty: the
+    analyzers and the renderers but the timeline export need no more of them), for a
+    caller that has no other use for them: at 16384 ranks x 2000 steps they are 1.8 GB."""
     run = with_pseudo_steps(run)
     # After the run, two threads, numpy's big loops running outside the GIL: the
     # matrices of the step records beside the collective instances, their transfer
@@ -92,14 +92,9 @@ def analyze(
     # them could leave either state behind.
     with warnings.catch_warnings(), analysis_executor(live_now_ns is None) as beside:
         warnings.simplefilter("ignore", RuntimeWarning)
-        from_steps = beside.submit(step_matrices, run)
+        from_steps = beside.submit(step_matrices, run, release_step_rows)
         instances, transfer = instances_and_transfer(run, beside)
-        made = from_steps.result()
-        if release_step_rows:
-            # new empty columns: a slice of the old would keep their memory
-            run.steps = Columns({k: np.empty(0, v.dtype) for k, v in run.steps.data.items()})
-        matrix = rank_step_matrix(run, instances, made, beside)
-        del made
+        matrix = rank_step_matrix(run, instances, from_steps.result(), beside)
         instances.transfer_ns = transfer.result()
         steady = steady_columns(matrix.duration_s.shape[1], settings.warmup_steps)
         busbw = busbw_gbps(instances, group_sizes(run, instances.group))

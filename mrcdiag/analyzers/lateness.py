@@ -184,42 +184,62 @@ class StepMatrices:
     spans: StepSpans
 
 
-def step_matrices(run: RunData) -> StepMatrices:
+def step_matrices(run: RunData, release_rows: bool = False) -> StepMatrices:
+    """`release_rows`: let go of each of run.steps' columns as soon as what is made of
+    it is made, and leave run.steps empty (analyze's release_step_rows): the rows go as
+    the matrices come, instead of both being held at once."""
     ranks = np.array(sorted(run.ranks), dtype=np.int64)
     steps = run.steps
-    n_steps = int(steps["step"].max()) + 1 if len(steps) else 0
+    n_rows = len(steps)
+    n_steps = int(steps["step"].max()) + 1 if n_rows else 0
     shape = (len(ranks), n_steps)
+    columns = dict(steps.data)
+    if release_rows:
+        # new empty columns: a slice of the old would keep their memory
+        run.steps = Columns({k: np.empty(0, v.dtype) for k, v in columns.items()})
+        del steps
 
-    rows = row_of(ranks, steps["rank"])
-    spans = step_spans(steps, ranks, rows, n_steps)
-    step_cell = rows * n_steps + steps["step"]
+    def take(name: str) -> np.ndarray | None:
+        """A column (None where the run has none), let go of here where the rows are
+        released."""
+        return columns.pop(name, None) if release_rows else columns.get(name)
+
+    rows = row_of(ranks, columns["rank"])
+    spans = step_spans(Columns(columns), ranks, rows, n_steps)
+    step_cell = rows * n_steps + columns["step"]
     del rows
+    take("rank")
+    take("step")
 
     def dense(values: np.ndarray) -> np.ndarray:
         out = np.full(shape, np.nan)
-        if len(steps):
+        if n_rows:
             out.ravel()[step_cell] = values
         return out
 
-    duration = dense((steps["t_end_ns"] - steps["t_start_ns"]) / 1e9)
-    data_wait = dense(steps["data_wait_ns"] / 1e9)
-    cpu, cpu_wait = (
-        dense(np.where(steps[name] >= 0, steps[name] / 1e9, np.nan))
-        for name in ("cpu_ns", "cpu_wait_ns")
-    )
-    throttled_ns = steps.data.get("cpu_throttled_ns")
+    def seconds(name: str) -> np.ndarray:
+        return dense(take(name) / 1e9)
+
+    def known_s(ns: np.ndarray) -> np.ndarray:  # negative: not known
+        return dense(np.where(ns >= 0, ns / 1e9, np.nan))
+
+    duration = dense((take("t_end_ns") - take("t_start_ns")) / 1e9)
+    data_wait = seconds("data_wait_ns")
+    cpu, cpu_wait = known_s(take("cpu_ns")), known_s(take("cpu_wait_ns"))
+    throttled_ns = take("cpu_throttled_ns")
     throttled = (
-        dense(np.where(throttled_ns >= 0, throttled_ns / 1e9, np.nan))
+        known_s(throttled_ns)
         if throttled_ns is not None and (throttled_ns >= 0).any()
         else None
     )
+    del throttled_ns
     if throttled is not None:
         # The kernel sums a cgroup's held time over the CPUs it was held on (two ranks
         # of one pod, held together for 70 ms, read 140 ms): the rank was held no longer
         # than its thread was off the CPU in that step (where its CPU time is known).
         np.minimum(throttled, np.maximum(duration - np.nan_to_num(cpu), 0), out=throttled)
-    blocked = dense(steps["comm_ns"] / 1e9) + _ddp_wait_s(run, ranks, shape)
-    alloc_retries, peak_of_total = _device_memory(steps, dense)
+    blocked = seconds("comm_ns") + _ddp_wait_s(run, ranks, shape)
+    alloc_retries, peak_of_total = _device_memory(Columns(columns), dense)
     return StepMatrices(
         ranks,
         duration,
