@@ -143,9 +143,13 @@ def _findings(
     findings += find_numa_mismatch(run, stragglers)
     findings += find_no_p2p(run, instances, busbw)
     findings += find_stage_imbalance(run, matrix, settings)
-    findings += find_stage_stalls(
-        run, matrix, {r for f in findings if f.kind == "straggler" for r in f.ranks}, settings
-    )
+    # ranks a straggler finding blames: not those of an info finding, such as the note
+    # that every rank of a host waits for a CPU (a pipeline stage stopped from outside on
+    # a busy host is still that stage's finding)
+    blamed = {
+        r for f in findings if f.kind == "straggler" and f.severity != "info" for r in f.ranks
+    }
+    findings += find_stage_stalls(run, matrix, blamed, settings)
     if live_now_ns is None:
         findings += find_slowdowns(matrix, settings)
     findings = _with_cpu_limit(run, matrix, findings, settings)

@@ -228,9 +228,7 @@ def step_matrices(run: RunData, release_rows: bool = False) -> StepMatrices:
     cpu, cpu_wait = known_s(take("cpu_ns")), known_s(take("cpu_wait_ns"))
     throttled_ns = take("cpu_throttled_ns")
     throttled = (
-        known_s(throttled_ns)
-        if throttled_ns is not None and (throttled_ns >= 0).any()
-        else None
+        known_s(throttled_ns) if throttled_ns is not None and (throttled_ns >= 0).any() else None
     )
     del throttled_ns
     if throttled is not None:
