@@ -152,7 +152,7 @@ SCENARIOS = [
              Expected("straggler", (2, 3), ("slow_node",), nodes=("host1",)), hosts=2),
     Scenario("pipeline (1F1B), uneven stages", 2, [str(STACKS / "pipeline.py")],
              Expected("straggler", (1,), ("stage_imbalance",)),
-             {"STACK_SCHEDULE": "1f1b", "STACK_SLOW_STAGE": "1", "STACK_STEPS": "12",
+             {"STACK_SCHEDULE": "1f1b", "STACK_SLOW_STAGE": "1", "STACK_STEPS": "80",
               "STACK_PROFILE": "0"}),
 ]  # fmt: skip
 

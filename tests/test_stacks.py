@@ -175,7 +175,7 @@ def test_a_pipeline_stage_with_more_layers_is_stage_imbalance(run_dir: Path) -> 
         script("stacks/pipeline.py"),
         timeout=240,
         env=job_env(
-            STACK_SCHEDULE="1f1b", STACK_SLOW_STAGE="1", STACK_STEPS="12", STACK_PROFILE="0"
+            STACK_SCHEDULE="1f1b", STACK_SLOW_STAGE="1", STACK_STEPS="80", STACK_PROFILE="0"
         ),
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -83,7 +83,9 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
     lost_s = max(float(per_stage[slowest]) - runner_up, 0.0) * len(cols)
     share = lost_s / run_s if run_s > 0 else 0.0
     severity = (
-        "critical"
+        "info"  # as for any straggler: a short run's share says little under 0.25 s
+        if lost_s < settings.min_warning_lost_s
+        else "critical"
         if share >= settings.critical_lost_of_run_ratio
         else "warning"
         if share >= settings.warning_lost_of_run_ratio
