@@ -14,7 +14,6 @@ from mrcdiag.analyzers.common import job_step_time, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.settings import Settings
-from mrcdiag.analyzers.step_spans import spans_of_matrix
 from mrcdiag.metrics import (
     FABRIC_HW_COUNTER,
     FABRIC_PORT_ERRORS,
@@ -57,9 +56,7 @@ ADVICE = {
 }
 
 
-def slow_stretches(
-    run: RunData, m: RankStepMatrix, settings: Settings
-) -> list[tuple[int, int, float]]:
+def slow_stretches(m: RankStepMatrix, settings: Settings) -> list[tuple[int, int, float]]:
     """(start_ns, end_ns, excess_s) of runs of consecutive slow steps."""
     cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     if len(cols) < 5:
@@ -67,7 +64,6 @@ def slow_stretches(
     job = job_step_time(m.duration_s[:, cols])
     median = float(np.nanmedian(job))
     slow = job > settings.slow_step_ratio * median
-    spans = spans_of_matrix(m, run)
     out = []
     i = 0
     while i < len(cols):
@@ -78,7 +74,7 @@ def slow_stretches(
         while j + 1 < len(cols) and slow[j + 1]:
             j += 1
         first, last = cols[i], cols[j]
-        span = spans.span_ns(np.arange(first, last + 1))  # some rank recorded them
+        span = m.spans.span_ns(np.arange(first, last + 1))  # some rank recorded them
         excess = float(np.nansum(job[i : j + 1] - median))
         if span is not None and excess >= 2 * median:  # a cause's worth, not one noisy step
             out.append((*span, excess))
@@ -103,7 +99,7 @@ def _moves(samples: Columns) -> list[tuple[str, str, str, np.ndarray, np.ndarray
 
 
 def find_fabric_causes(run: RunData, m: RankStepMatrix, settings: Settings) -> list[Finding]:
-    stretches = slow_stretches(run, m, settings)
+    stretches = slow_stretches(m, settings)
     before_ns = int(settings.counter_before_stretch_s * 1e9)
     findings = []
     for host, samples in sorted(run.node_samples.items()):

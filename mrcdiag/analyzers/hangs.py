@@ -13,16 +13,16 @@ import numpy as np
 
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.stacks import stack_groups, where_each_rank_is
-from mrcdiag.analyzers.step_spans import StepSpans, spans_of
+from mrcdiag.analyzers.step_spans import StepSpans
 from mrcdiag.store.reader import RunData
 from mrcdiag.store.schema import OP_CODE, OPS, POINT_TO_POINT_OPS
 
 _P2P = [OP_CODE[n] for n in POINT_TO_POINT_OPS]
 
 
-def find_hangs(run: RunData, spans: StepSpans | None = None) -> list[Finding]:
-    """`spans`: the run's step spans where already made (analyze lets the step rows go
-    once they are)."""
+def find_hangs(run: RunData, spans: StepSpans) -> list[Finding]:
+    """`spans`: the run's step spans (analyze lets the step rows go once they are
+    made)."""
     if not run.ranks:
         return []
     coll = run.collectives
@@ -147,14 +147,12 @@ def _root_causes(run: RunData, lost: list[int]) -> list[int]:
     return [r for r in lost if r not in failed or int(failed[r].get("t_ns", 0)) <= first_ns + 10**9]
 
 
-def _how_they_ended(run: RunData, lost: list[int], spans: StepSpans | None) -> str:
+def _how_they_ended(run: RunData, lost: list[int], spans: StepSpans) -> str:
     """One clause per lost rank: the exception it died of, or that it left no trace (a
     signal no process can catch: SIGKILL, most often the kernel's OOM killer, or a crash
     in native code), with the step it was in."""
     parts = []
     last_ops = _last_op(run, lost)
-    if spans is None:
-        spans = spans_of(run.steps, np.array(sorted(run.ranks), dtype=np.int64))
     for r in lost:
         info = run.ranks.get(r)
         if info is None:

@@ -52,6 +52,9 @@ class RankStepMatrix:
     excess_s: np.ndarray
     wait_s: np.ndarray
     has_instances: np.ndarray  # bool: a collective of this rank fell in this step
+    # when each step began and ended over the ranks, each rank's last step: what is
+    # needed of the step rows besides these matrices
+    spans: StepSpans
     # the stepping thread on a CPU, and waiting in a run queue for one (NaN: not known)
     cpu_s: np.ndarray | None = None
     cpu_wait_s: np.ndarray | None = None
@@ -64,9 +67,6 @@ class RankStepMatrix:
     # any device figure in the run
     alloc_retries: np.ndarray | None = None
     mem_peak_of_total: np.ndarray | None = None
-    # when each step began and ended over the ranks, each rank's last step: what is
-    # needed of the step rows besides these matrices
-    spans: StepSpans | None = None
 
     def row(self, rank: int) -> int:
         return int(np.searchsorted(self.ranks, rank))

@@ -6,11 +6,10 @@ made."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from mrcdiag.store.reader import Columns, RunData
+from mrcdiag.store.reader import Columns
 
 NONE = -1  # no rank recorded that step, or the rank recorded no step
 
@@ -54,16 +53,3 @@ def step_spans(steps: Columns, ranks: np.ndarray, rows: np.ndarray, n_steps: int
     first[none] = NONE
     last[none] = NONE
     return StepSpans(first, last, ranks, last_step)
-
-
-def spans_of_matrix(m: Any, run: RunData) -> StepSpans:
-    """`m`'s spans (a RankStepMatrix), or, for one made without them, the run's rows'."""
-    return m.spans if m.spans is not None else spans_of(run.steps, m.ranks)
-
-
-def spans_of(steps: Columns, ranks: np.ndarray) -> StepSpans:
-    """The spans straight from the step rows (where no matrices were made of them);
-    `ranks` sorted, holding every rank of the rows."""
-    n_steps = int(steps["step"].max()) + 1 if len(steps) else 0
-    rows = np.searchsorted(ranks, steps["rank"]) if len(steps) else np.zeros(0, np.int64)
-    return step_spans(steps, ranks, rows, n_steps)

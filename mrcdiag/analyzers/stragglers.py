@@ -32,7 +32,6 @@ from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.recurrence import step_pattern
 from mrcdiag.analyzers.settings import Settings
-from mrcdiag.analyzers.step_spans import spans_of_matrix
 from mrcdiag.analyzers.thread_time import thread_time
 from mrcdiag.metrics import (
     GPU_CLOCK_EVENT_ACTIVE,
@@ -281,7 +280,7 @@ def _host_contention(
         # A rank of such a host that straggles because it waited for a CPU (or for no
         # measured reason), and costs less than a tenth of the run, is that scheduling;
         # one that costs more (stopped from outside, say) stays a finding of its own.
-        run_s = _steady_run_s(run, m, settings)
+        run_s = _steady_run_s(m, settings)
         folded = [
             f
             for f in out
@@ -337,11 +336,10 @@ def holding_up(cost: np.ndarray, floor: float) -> np.ndarray:
     return cost >= max(floor, 0.5 * float(cost[core].min()))
 
 
-def _steady_run_s(run: RunData, m: RankStepMatrix, settings: Settings) -> float:
+def _steady_run_s(m: RankStepMatrix, settings: Settings) -> float:
     """The steady steps' duration, from the ranks' step records."""
-    spans = spans_of_matrix(m, run)
-    cut = steady_columns(len(spans.first_start_ns), settings.warmup_steps)
-    span = spans.span_ns(cut)
+    cut = steady_columns(len(m.spans.first_start_ns), settings.warmup_steps)
+    span = m.spans.span_ns(cut)
     return 0.0 if span is None else float((span[1] - span[0]) / 1e9)
 
 
