@@ -186,40 +186,22 @@ def test_a_pipeline_stage_with_more_layers_is_stage_imbalance(run_dir: Path) -> 
     ], serious
 
 
-@pytest.mark.parametrize("busy_host", [False, True], ids=["alone", "beside_a_co_tenant"])
-def test_a_pipeline_stage_stopped_from_outside_now_and_then_is_named(
-    run_dir: Path, busy_host: bool
-) -> None:
+def test_a_pipeline_stage_stopped_from_outside_now_and_then_is_named(run_dir: Path) -> None:
     """SIGSTOP 40 ms of every 100 ms on stage 1, as a throttled VM: no stage works more in
     most steps (no imbalance), no collective to arrive late at; stage 1's own work jumps
-    now and then while stage 0 waits in its receives. Beside a co-tenant's busy loop on
-    each core (every rank of the host then waits for a CPU, an info note of its own),
-    the stopped stage is still named."""
+    now and then while stage 0 waits in its receives."""
     import subprocess
-    import sys
 
     from conftest import REPO, launch_command, torchrun
     from outside import stopped_on_a_duty_cycle
 
     env = job_env(STACK_SCHEDULE="1f1b", STACK_STEPS="200", STACK_PROFILE="0")
     cmd = launch_command(run_dir, torchrun(2, script("stacks/pipeline.py")))
-    hogs = [
-        subprocess.Popen(
-            [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile 1: pass"],
-            start_new_session=True,
-        )
-        for core in ((0, 1) if busy_host else ())
-    ]  # fmt: skip
-    try:
-        job = subprocess.Popen(
-            cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        with stopped_on_a_duty_cycle(run_dir, 1, job, 0.04, 0.1):
-            _, stderr = job.communicate(timeout=240)
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
+    job = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    with stopped_on_a_duty_cycle(run_dir, 1, job, 0.04, 0.1):
+        _, stderr = job.communicate(timeout=240)
     assert job.returncode == 0, stderr[-3000:]
     serious = [f for f in report_json(run_dir)["findings"] if f["severity"] != "info"]
     assert [(f["kind"], f["ranks"]) for f in serious] == [("straggler", [1])], serious
