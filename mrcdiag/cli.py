@@ -292,15 +292,18 @@ def report(
 
     try:
         with reading_progress() as progress:
-            run = read_run(run_dirs, progress)
+            # the step rows as [rank, step] arrays: only the timeline draws the rows
+            run = read_run(run_dirs, progress, step_grid=fmt != "perfetto")
             analysis = analyze(
                 run,
                 expected_busbw_gbps=expected_busbw,
                 flight_dumps=_flight_dumps(run_dirs, flight_recorder, run.problems),
-                release_step_rows=fmt != "perfetto",  # only the timeline draws them
             )
             baseline = (
-                analyze(read_run([compare_to], progress), expected_busbw_gbps=expected_busbw)
+                analyze(
+                    read_run([compare_to], progress, step_grid=True),
+                    expected_busbw_gbps=expected_busbw,
+                )
                 if compare_to
                 else None
             )

@@ -14,6 +14,7 @@ from mrcdiag.analyzers.settings import DEFAULTS
 from mrcdiag.analyzers.slowdown import change_point, is_slower
 from mrcdiag.capture.probe import _fastest_clean_round
 from mrcdiag.store.reader import RunData
+from mrcdiag.store.step_grid import StepGridBuilder
 
 
 def kinds(analysis) -> list[tuple[str, str, tuple]]:
@@ -586,16 +587,23 @@ def _lost_rank_with_steps() -> RunData:
         _lost_rank_with_steps,
     ],
 )  # fmt: skip
-def test_the_step_rows_let_go_after_the_matrices_change_no_finding(build) -> None:
-    """`mrcdiag report` lets the step rows go once the matrices and spans are made of
-    them: every finding is the same as with the rows kept, and the rows are gone."""
+def test_the_step_grid_made_a_rank_at_a_time_changes_no_finding(build) -> None:
+    """`mrcdiag report` reads the step records into their [rank, step] grid a batch of
+    ranks at a time, never holding the rows: every finding, and the summary, is the
+    same as from the rows held whole."""
     kept = analyze(build())
-    released_run = build()
-    released = analyze(released_run, release_step_rows=True)
-    assert kept.findings and released.findings == kept.findings
-    assert len(released_run.steps) == 0 and len(kept.run.steps) > 0
-    # and their memory with them: no view of the rows is left
-    assert all(v.base is None for v in released_run.steps.data.values())
+    run = build()
+    builder = StepGridBuilder()
+    rank_of_row = run.steps["rank"]
+    for rank in sorted(run.ranks, reverse=True):  # batches in any order of ranks
+        mine = rank_of_row == rank
+        builder.add({k: v[mine] for k, v in run.steps.data.items()})
+    run.step_grid = builder.build(np.array(sorted(run.ranks)))
+    run.steps = run.steps.where(np.zeros(len(run.steps), dtype=bool))
+    gridded = analyze(run)
+    assert kept.findings and gridded.findings == kept.findings
+    assert gridded.summary.per_rank == kept.summary.per_rank
+    assert run.step_grid is None  # used up: the matrices are its arrays
 
 
 def test_a_change_of_pace_that_brings_noise_with_it_is_slower_and_noise_alone_is_not() -> None:

@@ -69,17 +69,14 @@ def analyze(
     settings: Settings = DEFAULTS,
     live_now_ns: int | None = None,
     flight_dumps: dict[int, FlightDump] | None = None,
-    release_step_rows: bool = False,
 ) -> Analysis:
     """Everything the renderers show. With `live_now_ns` (the present on the run's aligned
     clock) `run` is the recent window of a job that still runs: hangs are judged by how
     long ranks have waited until now, and slowdowns are left to the live analysis
     (agent/live.py), which holds one it found after the window has slid past it.
     `flight_dumps` are PyTorch's flight recorder dumps by rank, where the job has them.
-    `release_step_rows`: let go of run.steps' rows as the [rank, step] matrices and the
-    step spans are made of them, column by column (run.steps is then empty: the
-    analyzers and the renderers but the timeline export need no more of them), for a
-    caller that has no other use for them: at 16384 ranks x 2000 steps they are 1.8 GB."""
+    The steps are taken from run.step_grid where the reader made it (which is then
+    used up), else from run.steps' rows."""
     run = with_pseudo_steps(run)
     # After the run, two threads, numpy's big loops running outside the GIL: the
     # matrices of the step records beside the collective instances, their transfer
@@ -92,7 +89,7 @@ def analyze(
     # them could leave either state behind.
     with warnings.catch_warnings(), analysis_executor(live_now_ns is None) as beside:
         warnings.simplefilter("ignore", RuntimeWarning)
-        from_steps = beside.submit(step_matrices, run, release_step_rows)
+        from_steps = beside.submit(step_matrices, run)
         instances, transfer = instances_and_transfer(run, beside)
         matrix = rank_step_matrix(run, instances, from_steps.result(), beside)
         instances.transfer_ns = transfer.result()

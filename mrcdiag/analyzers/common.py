@@ -34,11 +34,22 @@ def windows(columns: np.ndarray, min_size: int, count: int) -> list[np.ndarray]:
     return parts
 
 
+def column_view(columns: np.ndarray) -> slice | np.ndarray:
+    """Step columns as a slice where they are one stretch (the steady steps, a window of
+    them), so that a matrix indexed with them is a view, not a copy of every rank's row
+    (a 130 MB copy at 16384 ranks x 2000 steps); as they are otherwise."""
+    n = len(columns)
+    if n and int(columns[-1]) - int(columns[0]) == n - 1 and bool((np.diff(columns) == 1).all()):
+        return slice(int(columns[0]), int(columns[-1]) + 1)
+    return columns
+
+
 def job_step_time(duration: np.ndarray) -> np.ndarray:
-    """Per step, the slowest rank's duration: in synchronous training that is the job's."""
-    with np.errstate(all="ignore"):
-        out = np.nanmax(np.where(np.isnan(duration), -np.inf, duration), axis=0)
-    return np.where(np.isfinite(out), out, np.nan)
+    """Per step, the slowest rank's duration: in synchronous training that is the job's
+    (NaN where no rank has the step). fmax passes NaNs by: no copy of the matrix."""
+    if not duration.shape[0]:
+        return np.full(duration.shape[1], np.nan)
+    return np.fmax.reduce(duration, axis=0)
 
 
 def binomial_tail(n: int, k: int, p: float) -> float:

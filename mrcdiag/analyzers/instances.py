@@ -9,6 +9,7 @@ shared basis of the straggler, idle and interconnect analyzers.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
@@ -97,16 +98,11 @@ def instances_and_transfer(
     member_order = _member_order(records["rank"], inverse)
     member_start = np.cumsum(counts) - counts
     # last rank: among records whose arrival equals the instance's last arrival
-    last_each = last[inverse]
-    is_last = arrive == last_each
+    wait = last[inverse]  # the instance's last arrival, then less the record's own
+    is_last = arrive == wait
+    np.subtract(wait, arrive, out=wait)
     last_rank = np.full(n, -1, dtype=np.int32)
     last_rank[inverse[is_last]] = records["rank"][is_last]
-    wait = last_each - arrive
-    end = records["t_end_ns"]
-    # from the last arrival to this member's end; NaN where its end is unknown or before
-    transfer_each = np.subtract(end, last_each).astype(np.float64)  # exact in int64 first
-    del last_each
-    transfer_each[(end <= 0) | (transfer_each < 0)] = np.nan
     first_index = member_order[member_start] if n else np.zeros(0, np.int64)
     step = np.zeros(n, dtype=np.int32)
     step[inverse[is_last]] = records["step"][is_last]
@@ -129,7 +125,7 @@ def instances_and_transfer(
         member_order=member_order,
         member_start=member_start,
     )
-    return out, beside.submit(median_of_members, out, transfer_each)
+    return out, beside.submit(_transfer_ns, out)
 
 
 def _instance_ids(group: np.ndarray, seq: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -179,16 +175,35 @@ def _member_order(rank: np.ndarray, inverse: np.ndarray) -> np.ndarray:
     return order.astype(_index_dtype(len(rank)), copy=False)
 
 
-def median_of_members(inst: Instances, values: np.ndarray) -> np.ndarray:
-    """Per instance, the median of a per-record value over its members (NaNs ignored):
-    instances with the same number of members are one dense block, whose rows numpy
-    medians by selection instead of sorting every record."""
-    out = np.full(inst.n_instances, np.nan)
-    for count in np.unique(inst.n_arrived):
+def member_blocks(inst: Instances) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(instances, their members' rows of inst.records as [instance, member]) for each
+    count of members, about CHUNK_RECORDS records at a time: what is worked out per
+    member then takes tens of MB at a time, not arrays the size of the run."""
+    for count in np.unique(inst.n_arrived) if inst.n_instances else []:
         if count == 0:
             continue
         which = np.flatnonzero(inst.n_arrived == count)
-        block = values[inst.members(which, int(count))]
+        per_chunk = max(1, CHUNK_RECORDS // int(count))
+        for lo in range(0, len(which), per_chunk):
+            chunk = which[lo : lo + per_chunk]
+            yield chunk, inst.members(chunk, int(count))
+
+
+# records worked out at a time in a block of instances (member_blocks)
+CHUNK_RECORDS = 1 << 20
+
+
+def _transfer_ns(inst: Instances) -> np.ndarray:
+    """Per instance, the median over its members of the time from the last arrival to
+    the member's end (NaNs ignored: an end not seen, or before the last arrival).
+    Instances with the same number of members are one dense block, whose rows numpy
+    medians by selection instead of sorting every record."""
+    out = np.full(inst.n_instances, np.nan)
+    end = inst.records["t_end_ns"]
+    for which, members in member_blocks(inst):
+        ends = end[members]
+        block = np.subtract(ends, inst.last_arrival_ns[which][:, None]).astype(np.float64)
+        block[(ends <= 0) | (block < 0)] = np.nan
         holes = np.isnan(block).any(axis=1)
         out[which[~holes]] = np.median(block[~holes], axis=1)
         if holes.any():

@@ -23,24 +23,36 @@ Face or Lightning run).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from mrcdiag.analyzers.executor import INLINE
-from mrcdiag.analyzers.instances import Instances, median_by
-from mrcdiag.analyzers.step_spans import StepSpans, step_spans
+from mrcdiag.analyzers.instances import CHUNK_RECORDS, Instances, median_by, member_blocks
+from mrcdiag.analyzers.step_spans import StepSpans
 from mrcdiag.store.reader import Columns, RunData
 from mrcdiag.store.schema import SOURCE_CODE
+from mrcdiag.store.step_grid import (
+    ALWAYS,
+    GRID_DTYPE,
+    NONE,
+    StepGrid,
+    step_grid_of_rows,
+)
+
+# The [rank, step] matrices' numbers: seconds in float32 as the step grid's (60 ns of a
+# 1 s step); half of float64's memory, which at 16384 ranks x 2000 steps is 1.3 GB over
+# the ten of them. Everything is worked out in float64 before it is stored; sums over a
+# matrix's rows or columns are numpy's pairwise ones.
+MATRIX_DTYPE = GRID_DTYPE
 
 
 @dataclass
 class RankStepMatrix:
-    """Dense [rank_index, step] arrays; NaN where a rank has no such step."""
+    """Dense [rank_index, step] arrays of MATRIX_DTYPE; NaN where a rank has no such
+    step."""
 
     ranks: np.ndarray  # global rank of each row
     steps: np.ndarray  # step index of each column
@@ -93,52 +105,57 @@ def _leave_one_out(arrivals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return med_others, max_others
 
 
-def _ready_ns(rec: Columns) -> np.ndarray:
-    """Per record: the rank's latest collective completion at or before its arrival
-    (NaN when it has none), i.e. when the rank was free to start the work that led here.
+def _gap_ns(rec: Columns) -> np.ndarray:
+    """Per record: its arrival less the rank's latest collective completion at or before
+    it (NaN when it has none), i.e. how long the rank worked on what led here since it
+    was free to start it. float32: 6 ns of a 100 ms gap, half the memory of a record's
+    float64 (130 MB at 16384 ranks x 2000 steps).
 
     Rank by rank (the records of a run come rank after rank; others are put so by one
     stable sort): the rank's completions sorted once, each arrival finds the last one
-    not after it by binary search."""
+    not after it by binary search; the difference is taken in int64, exact."""
     n = len(rec)
-    ready = np.full(n, np.nan)
+    gap = np.full(n, np.nan, dtype=np.float32)
     if n == 0:
-        return ready
+        return gap
     rank = rec["rank"]
     order = None if bool(np.all(rank[1:] >= rank[:-1])) else np.argsort(rank, kind="stable")
     ranks = rank if order is None else rank[order]
     arrive = rec["t_arrive_ns"] if order is None else rec["t_arrive_ns"][order]
     end = rec["t_end_ns"] if order is None else rec["t_end_ns"][order]
     bounds = np.flatnonzero(np.diff(ranks)) + 1
-    out = np.full(n, np.nan)
+    out = gap if order is None else np.full(n, np.nan, dtype=np.float32)
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, n], strict=True):
         ends = end[lo:hi]
         ends = np.sort(ends[ends > 0])
         if not len(ends):
             continue
         at = np.searchsorted(ends, arrive[lo:hi], side="right") - 1
-        out[lo:hi] = np.where(at >= 0, ends[np.maximum(at, 0)], np.nan)
-    if order is None:
-        return out
-    ready[order] = out
-    return ready
+        since = arrive[lo:hi] - ends[np.maximum(at, 0)]
+        out[lo:hi] = np.where(at >= 0, since, np.nan)
+    if order is not None:
+        gap[order] = out
+    return gap
 
 
 def _blocks(inst: Instances) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(rows of inst.records, arrivals as [instance, member] floats) for each size of
-    complete instance: instances of n members as one block, members by rank."""
-    rec = inst.records
-    for n in np.unique(inst.n_arrived) if inst.n_instances else []:
-        if n < 2:
+    complete instance: instances of n members, members by rank, a chunk at a time (its
+    temporaries of the leave-one-out are tens of MB: a dozen of the run's size, in two
+    threads at once, were the report's peak, 3 GB at 16384 ranks x 2000 steps)."""
+    arrive = inst.records["t_arrive_ns"]
+    for _, members in member_blocks(inst):
+        if members.shape[1] < 2:
             continue
-        order = inst.members(np.flatnonzero(inst.n_arrived == n), int(n)).ravel()
-        yield order, rec["t_arrive_ns"][order].astype(np.float64).reshape(-1, n)
+        order = members.ravel()
+        yield order, arrive[order].astype(np.float64).reshape(members.shape)
 
 
 def arrival_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray]:
-    """(late_ns, excess_ns) per record of inst.records; NaN for incomplete instances."""
-    late = np.full(len(inst.records), np.nan)
-    excess = np.full(len(inst.records), np.nan)
+    """(late_ns, excess_ns) per record of inst.records, in float32 (worked out in
+    float64); NaN for incomplete instances."""
+    late = np.full(len(inst.records), np.nan, dtype=np.float32)
+    excess = np.full(len(inst.records), np.nan, dtype=np.float32)
     for order, arrivals in _blocks(inst):
         med_others, max_others = _leave_one_out(arrivals)
         late[order] = (arrivals - med_others).ravel()
@@ -147,16 +164,17 @@ def arrival_lateness(inst: Instances) -> tuple[np.ndarray, np.ndarray]:
 
 
 def own_lateness(inst: Instances) -> np.ndarray:
-    """own_late_ns per record of inst.records (NaN for incomplete instances): its gap
-    against the others' gaps; its lateness where a member has no earlier completion."""
+    """own_late_ns per record of inst.records, in float32 (NaN for incomplete instances):
+    its gap against the others' gaps; its lateness where a member has no earlier
+    completion."""
     rec = inst.records
-    own = np.full(len(rec), np.nan)
+    own = np.full(len(rec), np.nan, dtype=np.float32)
     if inst.n_instances == 0:
         return own
-    gap = rec["t_arrive_ns"].astype(np.float64) - _ready_ns(rec)
+    gap = _gap_ns(rec)
     for order, arrivals in _blocks(inst):
         n = arrivals.shape[1]
-        gaps = gap[order].reshape(-1, n)
+        gaps = gap[order].astype(np.float64).reshape(-1, n)
         known = ~np.isnan(gaps).any(axis=1)
         gap_others, _ = _leave_one_out(np.where(known[:, None], gaps, 0.0))
         mine = gaps - gap_others
@@ -184,71 +202,55 @@ class StepMatrices:
     spans: StepSpans
 
 
-def step_matrices(run: RunData, release_rows: bool = False) -> StepMatrices:
-    """`release_rows`: let go of each of run.steps' columns as soon as what is made of
-    it is made, and leave run.steps empty (analyze's release_step_rows): the rows go as
-    the matrices come, instead of both being held at once."""
+def step_matrices(run: RunData) -> StepMatrices:
+    """From run.step_grid where the reader made it (used up here: the matrices are its
+    arrays, changed in place), else from run.steps' rows (kept)."""
     ranks = np.array(sorted(run.ranks), dtype=np.int64)
-    steps = run.steps
-    n_rows = len(steps)
-    n_steps = int(steps["step"].max()) + 1 if n_rows else 0
-    shape = (len(ranks), n_steps)
-    columns = dict(steps.data)
-    if release_rows:
-        # new empty columns: a slice of the old would keep their memory
-        run.steps = Columns({k: np.empty(0, v.dtype) for k, v in columns.items()})
-        del steps
-
-    def take(name: str) -> np.ndarray | None:
-        """A column (None where the run has none), let go of here where the rows are
-        released."""
-        return columns.pop(name, None) if release_rows else columns.get(name)
-
-    rows = row_of(ranks, columns["rank"])
-    spans = step_spans(Columns(columns), ranks, rows, n_steps)
-    step_cell = rows * n_steps + columns["step"]
-    del rows
-    take("rank")
-    take("step")
-
-    def dense(values: np.ndarray) -> np.ndarray:
-        out = np.full(shape, np.nan)
-        if n_rows:
-            out.ravel()[step_cell] = values
-        return out
-
-    def seconds(name: str) -> np.ndarray:
-        return dense(take(name) / 1e9)
-
-    def known_s(ns: np.ndarray) -> np.ndarray:  # negative: not known
-        return dense(np.where(ns >= 0, ns / 1e9, np.nan))
-
-    duration = dense((take("t_end_ns") - take("t_start_ns")) / 1e9)
-    data_wait = seconds("data_wait_ns")
-    cpu, cpu_wait = known_s(take("cpu_ns")), known_s(take("cpu_wait_ns"))
-    throttled_ns = take("cpu_throttled_ns")
-    throttled = (
-        known_s(throttled_ns) if throttled_ns is not None and (throttled_ns >= 0).any() else None
-    )
-    del throttled_ns
+    grid, run.step_grid = run.step_grid, None
+    if grid is None:
+        grid = step_grid_of_rows(run.steps, ranks)
+    if grid is None:  # no step rows: empty matrices
+        grid = _empty_grid(ranks)
+    arrays = grid.arrays
+    duration = arrays["duration_s"]
+    cpu = arrays["cpu_s"]
+    throttled = arrays.get("cpu_throttled_s")
     if throttled is not None:
         # The kernel sums a cgroup's held time over the CPUs it was held on (two ranks
         # of one pod, held together for 70 ms, read 140 ms): the rank was held no longer
         # than its thread was off the CPU in that step (where its CPU time is known).
         np.minimum(throttled, np.maximum(duration - np.nan_to_num(cpu), 0), out=throttled)
-    blocked = seconds("comm_ns") + _ddp_wait_s(run, ranks, shape)
-    alloc_retries, peak_of_total = _device_memory(Columns(columns), dense)
+    blocked = arrays["comm_s"]
+    ddp_wait = _ddp_wait_s(run, ranks, duration.shape)
+    if ddp_wait is not None:
+        blocked += ddp_wait
+    del ddp_wait
+    counts = arrays.get("alloc_retries_count")
+    retries = None if counts is None else np.diff(counts, axis=1, prepend=counts[:, :1])
+    spans = StepSpans(grid.first_start_ns, grid.last_end_ns, ranks, grid.last_step)
     return StepMatrices(
         ranks,
         duration,
-        data_wait,
+        arrays["data_wait_s"],
         blocked,
         cpu,
-        cpu_wait,
+        arrays["cpu_wait_s"],
         throttled,
-        alloc_retries,
-        peak_of_total,
+        retries,
+        grid.mem_peak_of_total,
         spans,
+    )
+
+
+def _empty_grid(ranks: np.ndarray) -> StepGrid:
+    """The grid of a run without step rows: no step columns."""
+    return StepGrid(
+        ranks,
+        {name: np.empty((len(ranks), 0), dtype=GRID_DTYPE) for name in ALWAYS},
+        np.empty(0, np.int64),
+        np.empty(0, np.int64),
+        np.full(len(ranks), NONE, dtype=np.int32),
+        None,
     )
 
 
@@ -267,34 +269,83 @@ def rank_step_matrix(
     rec = inst.records
     own_job = beside.submit(own_lateness, inst)
     late, excess = arrival_lateness(inst)
-    valid = (rec["step"] >= 0) & (rec["step"] < n_steps) & ~np.isnan(late)
-    cells = row_of(ranks, rec["rank"][valid]) * n_steps + rec["step"][valid]
-    is_async = rec["is_async"][valid]
+    step = rec["step"]
+    valid = (step >= 0) & (step < n_steps) & ~np.isnan(late)
+    every = bool(valid.all())
+
+    def pick(values: np.ndarray) -> np.ndarray:
+        """The values of the records that fall in a step of the matrix (no copy where
+        all do)."""
+        return values if every else values[valid]
+
     n_cells = shape[0] * shape[1]
-    sync_cells, async_cells = cells[~is_async], cells[is_async]
+    picked_rank, picked_step = pick(rec["rank"]), pick(step)
+    n_picked = len(picked_step)
+    # Each record's cell, a chunk at a time: which cells have one, and whether there is
+    # one record a cell, in order (a run's records come rank after rank, step after
+    # step, and a DDP job of one bucket has one a step): then each record is its cell's
+    # value, its sum and its median alike, put in place without a sum over every cell (a
+    # record's values are known where its arrival lateness is: `valid`). Where every
+    # cell has its record as well, the records are the matrix, row by row, and their
+    # cells need not be held at all.
+    has = np.zeros(shape, dtype=bool)
+    one_per_cell, last_cell = True, -1
+    cells = np.zeros(0, dtype=np.int64)
+    for lo in range(0, n_picked, CHUNK_RECORDS):
+        part = slice(lo, lo + CHUNK_RECORDS)
+        cells = row_of(ranks, picked_rank[part]) * n_steps + picked_step[part]
+        has.ravel()[cells] = True
+        one_per_cell = (
+            one_per_cell and int(cells[0]) > last_cell and bool((cells[1:] > cells[:-1]).all())
+        )
+        last_cell = int(cells[-1])
+    every_cell = one_per_cell and n_picked == n_cells
+    cells = cells[:0] if every_cell else row_of(ranks, picked_rank) * n_steps + picked_step
+    del picked_rank, picked_step
+    is_async = pick(rec["is_async"])
+    if every_cell:
+        sync_cells, async_cells, is_async = cells[:0], cells[:0], None
+    elif one_per_cell or not is_async.any():
+        sync_cells, async_cells, is_async = cells, cells[:0], None
+    else:
+        sync_cells, async_cells = cells[~is_async], cells[is_async]
+    del cells
     # where no cell holds two asynchronous records, each one is its cell's median
     one_each = not len(async_cells) or np.bincount(async_cells, minlength=n_cells).max() <= 1
-    has = np.zeros(shape, dtype=bool)
-    has.ravel()[cells] = True
-    del cells
 
-    def fold(per_record_ns: np.ndarray, absent: float) -> np.ndarray:
-        seconds = per_record_ns[valid] / 1e9
-        summed = np.bincount(sync_cells, seconds[~is_async], n_cells).astype(np.float64)
-        if one_each:
+    def fold(per_record_ns: np.ndarray, absent: float, own_array: bool = False) -> np.ndarray:
+        """`own_array`: per_record_ns is this function's to change (made here, and let
+        go by the caller): where the records are the matrix it becomes the matrix, in
+        place, instead of a copy beside it."""
+        if every and every_cell and own_array and per_record_ns.dtype == MATRIX_DTYPE:
+            return np.divide(per_record_ns, 1e9, out=per_record_ns).reshape(shape)
+        seconds = pick(per_record_ns) / 1e9
+        if every_cell:
+            return seconds.astype(MATRIX_DTYPE, copy=False).reshape(shape)
+        if one_per_cell:
+            out = np.full(shape, absent, dtype=MATRIX_DTYPE)
+            out.ravel()[sync_cells] = seconds
+            return out
+        sync_s = seconds if is_async is None else seconds[~is_async]
+        # (bincount gives int64 where there is nothing to sum)
+        summed = np.bincount(sync_cells, sync_s, n_cells).astype(np.float64, copy=False)
+        del sync_s
+        if is_async is not None and one_each:
             summed[async_cells] += np.nan_to_num(seconds[is_async])
-        else:
+        elif is_async is not None:
             summed += np.nan_to_num(median_by(async_cells, seconds[is_async], n_cells))
-        out = summed.reshape(shape)
+        del seconds
+        out = summed.reshape(shape).astype(MATRIX_DTYPE)
+        del summed
         out[~has] = absent
         return out
 
-    late_m = fold(late, np.nan)
+    late_m = fold(late, np.nan, own_array=True)
     del late
-    excess_m = fold(excess, np.nan)
+    excess_m = fold(excess, np.nan, own_array=True)
     del excess
     wait = fold(inst.wait_ns, 0.0)
-    own_m = fold(own_job.result(), np.nan)
+    own_m = fold(own_job.result(), np.nan, own_array=True)
     return RankStepMatrix(
         ranks=ranks,
         steps=np.arange(n_steps),
@@ -315,25 +366,6 @@ def rank_step_matrix(
     )
 
 
-def _device_memory(steps: Columns, dense: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Allocator retries per rank and step (from the counts since the process began),
-    and each rank's peak reserved memory over its device's; (None, None) where no step
-    carries a device figure (CPU jobs, older runs)."""
-    retries = steps.data.get("mem_alloc_retries")
-    if retries is None or not (retries >= 0).any():
-        return None, None
-    counts = dense(np.where(retries >= 0, retries, np.nan).astype(np.float64))
-    per_step = np.diff(counts, axis=1, prepend=counts[:, :1])
-    peak, total = steps.data.get("mem_peak_reserved_bytes"), steps.data.get("mem_total_bytes")
-    share = None
-    if peak is not None and total is not None:
-        ratio = dense(np.where((peak >= 0) & (total > 0), peak / np.maximum(total, 1), np.nan))
-        with warnings.catch_warnings():  # ranks without a device have all-NaN rows
-            warnings.simplefilter("ignore", RuntimeWarning)
-            share = np.nanmax(ratio, axis=1)
-    return per_step, share
-
-
 def row_of(ranks: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """Each value of `rank` as its row in the sorted `ranks` (every value is one of them):
     a table lookup, not a binary search per record."""
@@ -344,53 +376,69 @@ def row_of(ranks: np.ndarray, rank: np.ndarray) -> np.ndarray:
     return table[rank]
 
 
-def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     """Per rank and step, how long the training thread waited at the end of backward for
-    DDP's all-reduces. DDP waits for them in C++, out of the hook's sight; its last bucket
-    is handed over when backward's compute is done, so from that all-reduce's arrival to
-    the completion of the last one the thread can only wait."""
-    out = np.zeros(shape)
+    DDP's all-reduces (None: the run has no DDP all-reduce). DDP waits for them in C++,
+    out of the hook's sight; its last bucket is handed over when backward's compute is
+    done, so from that all-reduce's arrival to the completion of the last one the thread
+    can only wait. Worked out a stretch of whole ranks at a time (records come rank
+    after rank): no array of the run's size but the selection."""
     c = run.collectives
     if not len(c) or not shape[1] or not len(ranks):
-        return out
+        return None
     sel = (c["source"] == SOURCE_CODE["ddp"]) & (c["step"] >= 0) & (c["step"] < shape[1])
     if not sel.any():
-        return out
+        return None
     known = np.zeros(max(int(ranks.max()), int(c["rank"].max())) + 1, dtype=bool)
     known[ranks] = True
     sel &= known[c["rank"]]
     if not sel.any():
-        return out
-    every = bool(sel.all())  # a plain DDP job: no copies of its columns
+        return None
+    out = np.zeros(shape, dtype=MATRIX_DTYPE)
+    rank = c["rank"]
+    in_order = bool((rank[1:] >= rank[:-1]).all())
+    n, lo = len(c), 0
+    while lo < n:
+        # a stretch that ends where a rank's records end: no cell is split between two
+        hi = n if not in_order else min(lo + _DDP_CHUNK_RECORDS, n)
+        if hi < n:
+            hi = int(np.searchsorted(rank, rank[hi - 1], side="right"))
+        mine = np.flatnonzero(sel[lo:hi]) + lo
+        lo = hi
+        if not len(mine):
+            continue
+        cell = row_of(ranks, rank[mine]) * shape[1] + c["step"][mine]
+        cells, last_arrive, last_end = _max_by_cell(
+            cell, c["t_arrive_ns"][mine], c["t_end_ns"][mine]
+        )
+        out.ravel()[cells] = np.maximum(last_end - last_arrive, 0) / 1e9
+    return out
 
-    def pick(name: str) -> np.ndarray:
-        return c[name] if every else c[name][sel]
 
-    cell = row_of(ranks, pick("rank")) * shape[1] + pick("step")
-    last_arrive = _max_by_cell(cell, pick("t_arrive_ns"), shape)
-    last_end = _max_by_cell(cell, pick("t_end_ns"), shape)
-    has = np.isfinite(last_arrive)  # set together with last_end
-    with np.errstate(invalid="ignore"):  # -inf - -inf: NaN where neither is set
-        waited = np.subtract(last_end, last_arrive, out=last_end)
-    np.clip(waited, 0, None, out=waited)
-    waited /= 1e9
-    return np.where(has, waited, out)
+# records of the DDP wait worked out at a time
+_DDP_CHUNK_RECORDS = 1 << 21
 
 
-def _max_by_cell(cell: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Per cell of a [rank, step] matrix, the largest of its values (-inf: none). A run's
-    records come rank by rank, step after step, so their cells rarely go back: then each
-    cell's values are one run of rows and one pass finds every maximum; otherwise one
-    unbuffered scatter does."""
-    out = np.full(shape, -np.inf)
-    if not len(cell):
-        return out
+def _max_by_cell(
+    cell: np.ndarray, arrive: np.ndarray, end: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each cell with records, once; the latest arrival and the latest end of its
+    records). A run's records come rank by rank, step after step, so their cells rarely
+    go back: then each cell's values are one run of rows and one pass finds every
+    maximum; otherwise one unbuffered scatter does."""
     rises = np.diff(cell)
     if bool((rises > 0).all()):  # one record a cell (one bucket a step)
-        out.ravel()[cell] = values
-    elif bool((rises >= 0).all()):
+        return cell, arrive, end
+    if bool((rises >= 0).all()):
         starts = np.r_[0, np.flatnonzero(rises) + 1]
-        out.ravel()[cell[starts]] = np.maximum.reduceat(values, starts).astype(np.float64)
-    else:
-        np.maximum.at(out.ravel(), cell, values.astype(np.float64))
-    return out
+        return (
+            cell[starts],
+            np.maximum.reduceat(arrive, starts),
+            np.maximum.reduceat(end, starts),
+        )
+    cells, at = np.unique(cell, return_inverse=True)
+    last_arrive = np.full(len(cells), np.iinfo(np.int64).min, dtype=np.int64)
+    last_end = np.full(len(cells), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last_arrive, at, arrive)
+    np.maximum.at(last_end, at, end)
+    return cells, last_arrive, last_end

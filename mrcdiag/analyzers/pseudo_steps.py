@@ -20,7 +20,7 @@ _P2P = [OP_CODE[n] for n in POINT_TO_POINT_OPS]
 
 def with_pseudo_steps(run: RunData) -> RunData:
     coll = run.collectives
-    if len(run.steps) or not len(coll):
+    if len(run.steps) or run.step_grid is not None or not len(coll):
         return run
     usable = ~np.isin(coll["op"], _P2P) & (coll["t_end_ns"] > 0)
     if not usable.any():

@@ -1,7 +1,6 @@
 """When each step began and ended across the ranks, and each rank's last step: what the
-analyzers need of the step rows besides the [rank, step] matrices, so that the rows
-(56 bytes a rank-step, 1.8 GB at 16384 ranks x 2000 steps) can be let go once both are
-made."""
+analyzers need of the step rows besides the [rank, step] matrices (both made by the step
+grid, store/step_grid.py), so that the rows need not be held."""
 
 from __future__ import annotations
 
@@ -9,9 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrcdiag.store.reader import Columns
-
-NONE = -1  # no rank recorded that step, or the rank recorded no step
+from mrcdiag.store.step_grid import NONE
 
 
 @dataclass(frozen=True)
@@ -36,20 +33,3 @@ class StepSpans:
         if at < len(self.ranks) and int(self.ranks[at]) == rank:
             return int(self.last_step[at])
         return NONE
-
-
-def step_spans(steps: Columns, ranks: np.ndarray, rows: np.ndarray, n_steps: int) -> StepSpans:
-    """`rows`: each step record's row in `ranks`."""
-    first = np.full(n_steps, np.iinfo(np.int64).max, dtype=np.int64)
-    last = np.full(n_steps, np.iinfo(np.int64).min, dtype=np.int64)
-    step = steps["step"]
-    # of the step column's own type: ufunc.at with another one casts row by row (30x)
-    last_step = np.full(len(ranks), NONE, dtype=step.dtype)
-    if len(steps):
-        np.minimum.at(first, step, steps["t_start_ns"])
-        np.maximum.at(last, step, steps["t_end_ns"])
-        np.maximum.at(last_step, rows, step)
-    none = first == np.iinfo(np.int64).max
-    first[none] = NONE
-    last[none] = NONE
-    return StepSpans(first, last, ranks, last_step)

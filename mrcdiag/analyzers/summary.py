@@ -7,8 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mrcdiag.analyzers.common import nan_median_rows, nan_percentile_rows
-from mrcdiag.analyzers.instances import P2P_CODES, Instances
+from mrcdiag.analyzers.common import (
+    column_view,
+    job_step_time,
+    nan_median_rows,
+    nan_percentile_rows,
+)
+from mrcdiag.analyzers.instances import CHUNK_RECORDS, P2P_CODES, Instances
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.store.reader import RunData
 from mrcdiag.store.schema import OP_CODE, OPS, SOURCES, busbw_factor
@@ -94,10 +99,11 @@ def time_split(m: RankStepMatrix, steady: np.ndarray) -> list[RankTimeSplit]:
     waiting on peers (time blocked in collectives beyond the wait is the transfer)."""
     if len(steady) == 0:
         return []
-    duration = np.nansum(m.duration_s[:, steady], axis=1)
-    wait = np.nansum(m.wait_s[:, steady], axis=1)
-    data = np.nansum(m.data_wait_s[:, steady], axis=1)
-    exposed = np.nansum(np.clip(m.blocked_s[:, steady] - m.wait_s[:, steady], 0, None), axis=1)
+    cols = column_view(steady)
+    duration = np.nansum(m.duration_s[:, cols], axis=1)
+    wait = np.nansum(m.wait_s[:, cols], axis=1)
+    data = np.nansum(m.data_wait_s[:, cols], axis=1)
+    exposed = np.nansum(np.clip(m.blocked_s[:, cols] - m.wait_s[:, cols], 0, None), axis=1)
     compute = np.clip(duration - wait - data - exposed, 0, None)
     return [
         RankTimeSplit(int(r), float(d), float(c), float(dw), float(e), float(w))
@@ -110,7 +116,7 @@ def summarize(
 ) -> Summary:
     """`steady`: the step columns after warm-up; `busbw`: per instance, GB/s."""
     n_steps = m.duration_s.shape[1]
-    keep = steady
+    keep = column_view(steady)
     duration = m.duration_s[:, keep]
     data = m.data_wait_s[:, keep]
     blocked = m.blocked_s[:, keep]
@@ -123,7 +129,7 @@ def summarize(
         counts = np.sum(~np.isnan(duration), axis=1)
         data_frac = np.nansum(data, axis=1) / np.where(total > 0, total, np.nan)
         comm_frac = np.nansum(blocked, axis=1) / np.where(total > 0, total, np.nan)
-        job = np.nanmax(np.where(np.isnan(duration), -np.inf, duration), axis=0)
+        job = job_step_time(duration)
     for row, rank in enumerate(m.ranks):
         if counts[row] == 0:
             continue
@@ -139,7 +145,7 @@ def summarize(
                 memory_peak_of_total=_known(m.mem_peak_of_total, row),
             )
         )
-    job = job[np.isfinite(job)]
+    job = job[~np.isnan(job)]
     grand = float(np.nansum(duration))
     return Summary(
         steps=n_steps,
@@ -172,9 +178,13 @@ _RECEIVES = np.array([OP_CODE["recv"], OP_CODE["irecv"]], dtype=np.uint8)
 
 def peer_stats(run: RunData) -> list[PeerStats]:
     """Point-to-point operations per (sender, receiver) pair, both sides counted."""
-    c = run.collectives
-    if len(c) == 0:
+    if len(run.collectives) == 0:
         return []
+    # the point-to-point rows alone (most jobs have none): no array of every record
+    point_to_point = np.flatnonzero(np.isin(run.collectives["op"], P2P_CODES))
+    if not len(point_to_point):
+        return []
+    c = run.collectives.where(point_to_point)
     is_send = np.isin(c["op"], _SENDS)
     is_recv = np.isin(c["op"], _RECEIVES)
     known = c["peer"] >= 0
@@ -252,28 +262,42 @@ def op_stats(run: RunData, inst: Instances, bw: np.ndarray) -> list[OpStats]:
         return []
     sizes = group_sizes(run, inst.group)
     rec = inst.records
-    in_op = np.where(rec["t_end_ns"] > 0, rec["t_end_ns"] - rec["t_arrive_ns"], 0) / 1e9
-    wait = np.minimum(inst.wait_ns / 1e9, in_op)
+    # each instance's (op, group), and per pair the time in the op and the wait of its
+    # records, summed CHUNK_RECORDS records at a time (no per-record array of the run)
+    pairs, pair_of = np.unique(
+        inst.op.astype(np.int64) * (len(run.groups) + 1) + inst.group, return_inverse=True
+    )
+    pair_of = pair_of.ravel()
+    time_total = np.zeros(len(pairs))
+    wait_total = np.zeros(len(pairs))
+    for lo in range(0, len(rec), CHUNK_RECORDS):
+        part = slice(lo, lo + CHUNK_RECORDS)
+        end = rec["t_end_ns"][part]
+        in_op = np.where(end > 0, end - rec["t_arrive_ns"][part], 0) / 1e9
+        wait = np.minimum(inst.wait_ns[part] / 1e9, in_op)
+        pair = pair_of[rec["instance"][part]]
+        time_total += np.bincount(pair, in_op, len(pairs))
+        wait_total += np.bincount(pair, wait, len(pairs))
     n_ranks = max(len(run.ranks), 1)
     out = []
-    for op in np.unique(inst.op):
-        for group_id in np.unique(inst.group[inst.op == op]):
-            sel = (inst.op == op) & (inst.group == group_id)
-            rec_sel = sel[rec["instance"]]
-            bws = bw[sel]
-            bws = bws[~np.isnan(bws)]
-            group = run.groups[int(group_id)] if int(group_id) < len(run.groups) else None
-            out.append(
-                OpStats(
-                    op=OPS[int(op)],
-                    group=group.label if group is not None else f"group {int(group_id)}",
-                    group_size=int(sizes[sel][0]),
-                    calls=int(sel.sum()),
-                    bytes_total=int(inst.nbytes[sel].sum()),
-                    time_total_s=float(in_op[rec_sel].sum() / n_ranks),
-                    wait_total_s=float(wait[rec_sel].sum() / n_ranks),
-                    busbw_median_gbps=float(np.median(bws)) if len(bws) else None,
-                )
+    for k in range(len(pairs)):
+        sel = pair_of == k
+        first = int(np.argmax(sel))
+        op, group_id = int(inst.op[first]), int(inst.group[first])
+        bws = bw[sel]
+        bws = bws[~np.isnan(bws)]
+        group = run.groups[group_id] if group_id < len(run.groups) else None
+        out.append(
+            OpStats(
+                op=OPS[op],
+                group=group.label if group is not None else f"group {group_id}",
+                group_size=int(sizes[first]),
+                calls=int(sel.sum()),
+                bytes_total=int(inst.nbytes[sel].sum()),
+                time_total_s=float(time_total[k] / n_ranks),
+                wait_total_s=float(wait_total[k] / n_ranks),
+                busbw_median_gbps=float(np.median(bws)) if len(bws) else None,
             )
+        )
     out.sort(key=lambda s: -s.time_total_s)
     return out

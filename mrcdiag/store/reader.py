@@ -24,7 +24,8 @@ from mrcdiag.store import layout, records, schema
 from mrcdiag.store.arrays import arrow_array, column_dtype, numpy_of
 from mrcdiag.store.records import Event, GroupMeta, RankMeta, RunMeta, WorldMeta
 from mrcdiag.store.samples import read_samples
-from mrcdiag.store.tail import read_stream
+from mrcdiag.store.step_grid import StepGrid, StepGridBuilder
+from mrcdiag.store.tail import MappedPages, read_stream
 
 
 class RunDirError(Exception):
@@ -126,6 +127,9 @@ class RunData:
     collectives: Columns  # + "rank", "group" is a global id, times aligned to rank 0
     steps: Columns  # + "rank", times aligned to rank 0
     problems: list[str] = field(default_factory=list)
+    # the step records as [rank, step] arrays, where read_run made them instead of the
+    # rows (its `step_grid`; steps is then empty); None: they are in steps
+    step_grid: StepGrid | None = None
     node_samples: dict[str, Columns] = field(default_factory=dict)  # host -> samples
     link_probe: list[dict[str, Any]] = field(default_factory=list)  # probe.json pairs
     live_findings: list[dict[str, Any]] = field(default_factory=list)  # findings.jsonl lines
@@ -176,8 +180,13 @@ def _find_rank_dirs(run_dirs: Iterable[Path]) -> list[Path]:
 def read_run(
     run_dirs: Path | str | Iterable[Path | str],
     progress: Callable[[int, int], None] | None = None,
+    step_grid: bool = False,
 ) -> RunData:
-    """Read and merge the parts of one run. Raises RunDirError when nothing is readable."""
+    """Read and merge the parts of one run. Raises RunDirError when nothing is readable.
+    `step_grid`: the step records as [rank, step] arrays (RunData.step_grid), made a
+    batch of ranks at a time, instead of rows: for a caller that needs no more of them
+    than the analysis does (the report but its timeline), as the rows of a large run
+    are its largest part (1.8 GB at 16384 ranks x 2000 steps)."""
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
     dirs = [Path(d) for d in run_dirs]
@@ -212,7 +221,7 @@ def read_run(
             "group (init_process_group or init_device_mesh), or its workers did not run "
             "under `mrcdiag launch`"
         )
-    data = _assemble(dirs, run, world, rank_dirs, problems, progress)
+    data = _assemble(dirs, run, world, rank_dirs, problems, progress, step_grid)
     data.link_probe = list(probe.get("pairs") or [])
     for d in dirs:
         data.live_findings += _read_json_lines(d / layout.FINDINGS_FILE, problems)
@@ -234,6 +243,14 @@ class RankPart:
     native: dict[str, Any] | None = None  # native_stacks.json, where written
     fatal: dict[str, str] | None = None  # fatal.txt, where it holds something
     exit: dict[str, Any] | None = None  # exit.json, where torchrun saw it fail
+    # the memory-mapped files behind the tables, whose pages can be let go
+    mapped: list[MappedPages] = field(default_factory=list)
+
+    def drop_pages(self) -> None:
+        """Let go of the pages of the tables' files read so far (they are read again
+        when the tables are joined)."""
+        for pages in self.mapped:
+            pages.drop()
 
 
 def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
@@ -260,13 +277,14 @@ def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
     def optional(name: str, read: Callable[[Path], Any]) -> Any:
         return read(rank_dir / name) if present is None or name in present else None
 
+    mapped: list[MappedPages] = []
     return RankPart(
         meta=meta,
         groups=optional(layout.GROUPS_FILE, lambda path: _read_groups(path, problems)) or [],
         collectives=read_stream(
-            rank_dir / layout.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems, mapped=True
+            rank_dir / layout.COLLECTIVES_FILE, schema.COLLECTIVE_SCHEMA, problems, mapped
         ),
-        steps=read_stream(rank_dir / layout.STEPS_FILE, schema.STEP_SCHEMA, problems, mapped=True),
+        steps=read_stream(rank_dir / layout.STEPS_FILE, schema.STEP_SCHEMA, problems, mapped),
         events=[
             Event.from_json(e)
             for e in optional(layout.EVENTS_FILE, lambda path: _read_json_lines(path, problems))
@@ -277,6 +295,7 @@ def read_rank_part(rank_dir: Path, problems: list[str]) -> RankPart | None:
         native=optional(layout.NATIVE_STACKS_FILE, lambda path: _read_native(path, problems)),
         fatal=optional(layout.FATAL_FILE, read_fatal),
         exit=optional(layout.EXIT_FILE, lambda path: _read_exit(path, problems)),
+        mapped=mapped,
     )
 
 
@@ -360,6 +379,7 @@ def _assemble(
     rank_dirs: list[Path],
     problems: list[str],
     progress: Callable[[int, int], None] | None = None,
+    step_grid: bool = False,
 ) -> RunData:
     def parts() -> Iterable[RankPart]:
         for done, rank_dir in enumerate(rank_dirs):
@@ -369,7 +389,7 @@ def _assemble(
             if part is not None:
                 yield part
 
-    data = assemble(parts(), run, world, problems)
+    data = assemble(parts(), run, world, problems, step_grid)
     data.run_dirs = dirs
     data.node_samples = _read_node_samples(dirs, data.ranks, problems)
     data.topology = _read_topology(dirs, problems)
@@ -381,8 +401,10 @@ def assemble(
     run: RunMeta | None,
     world: WorldMeta | None,
     problems: list[str],
+    step_grid: bool = False,
 ) -> RunData:
-    """One run's data from its ranks' parts: groups given global ids, clocks aligned."""
+    """One run's data from its ranks' parts: groups given global ids, clocks aligned;
+    `step_grid`: the steps as read_run's."""
     group_ids: dict[str, int] = {}
     groups: list[GroupInfo] = []
     ranks: dict[int, RankInfo] = {}
@@ -411,6 +433,8 @@ def assemble(
         coll_pieces.append(_Piece(coll, rank, offset, local_to_global))
         step_pieces.append(_Piece(steps, rank, offset))
         ranks[rank] = _rank_info(meta, rank, part.events, coll, steps, offset, local_groups)
+        # what was read of the rank's files so far: not held until the batch is joined
+        part.drop_pages()
         ranks[rank].stacks = part.stacks
         ranks[rank].fatal = part.fatal
         ranks[rank].exit = part.exit
@@ -421,7 +445,10 @@ def assemble(
     collectives = _join(
         coll_pieces, schema.COLLECTIVE_SCHEMA, {"t_arrive_ns": False, "t_end_ns": True}
     )
-    steps_cols = _join(step_pieces, schema.STEP_SCHEMA, {"t_start_ns": False, "t_end_ns": False})
+    grid = StepGridBuilder() if step_grid else None
+    steps_cols = _join(
+        step_pieces, schema.STEP_SCHEMA, {"t_start_ns": False, "t_end_ns": False}, grid
+    )
     world_size = (world.world_size if world else 0) or max(ranks, default=-1) + 1
     missing = sorted(set(range(world_size)) - set(ranks))
     if missing:
@@ -435,6 +462,7 @@ def assemble(
         collectives=collectives,
         steps=steps_cols,
         problems=problems,
+        step_grid=grid.build(np.array(sorted(ranks), dtype=np.int64)) if grid else None,
     )
 
 
@@ -603,7 +631,12 @@ class _Piece:
     group_ids: np.ndarray | None = None  # collectives: the rank's group index -> global id
 
 
-def _join(pieces: list[_Piece], schema_: pa.Schema, shifted: dict[str, bool]) -> Columns:
+def _join(
+    pieces: list[_Piece],
+    schema_: pa.Schema,
+    shifted: dict[str, bool],
+    into: StepGridBuilder | None = None,
+) -> Columns:
     """The ranks' tables as one array per column (with "rank"), the times in `shifted`
     moved to rank 0's clock (True: a 0 stays 0) and "group" made a global id.
 
@@ -618,7 +651,10 @@ def _join(pieces: list[_Piece], schema_: pa.Schema, shifted: dict[str, bool]) ->
     A column that holds one value in every row (the device memory of a CPU job, the
     peer of a job without point-to-point, a job's one group or op) is kept as that value
     broadcast (read-only, no memory), as a columnar store's run-length encoding would:
-    at 16384 ranks each such column of the steps is 260 MB."""
+    at 16384 ranks each such column of the steps is 260 MB.
+
+    `into`: each batch goes there instead, and no row is kept (the columns come back
+    empty)."""
     total = sum(p.table.num_rows for p in pieces)
     names = [*schema_.names, "rank"]
     dtypes = {f.name: column_dtype(f.type) for f in schema_}
@@ -636,14 +672,19 @@ def _join(pieces: list[_Piece], schema_: pa.Schema, shifted: dict[str, bool]) ->
         if rows:
             joined = pa.concat_tables([p.table for p in batch])  # no copy
             counts = np.array([p.table.num_rows for p in batch], dtype=np.int64)
-            for name in names:
-                values = _batch_values(batch, joined, counts, name, shifted)
-                _put(out, single, name, values, at, rows, total, dtypes)
+            if into is not None:
+                into.add({n: _batch_values(batch, joined, counts, n, shifted) for n in names})
+            else:
+                for name in names:
+                    values = _batch_values(batch, joined, counts, name, shifted)
+                    _put(out, single, name, values, at, rows, total, dtypes)
             del joined
         at += rows
         del batch
     # heap tables (the live window's) go back to the system, not to Arrow's pool
     pa.default_memory_pool().release_unused()
+    if into is not None:
+        return Columns({name: np.empty(0, dtypes[name]) for name in names})
     for name in names:
         if name not in out:
             value = np.asarray(single.get(name, 0), dtype=dtypes[name])
