@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -10,6 +11,7 @@ from handmade import MS, lockstep, make_run, node_samples
 
 from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.common import nan_median_rows
+from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.settings import DEFAULTS
 from mrcdiag.analyzers.slowdown import change_point, is_slower
 from mrcdiag.capture.probe import _fastest_clean_round
@@ -628,3 +630,15 @@ def test_a_slowdown_that_cost_little_is_info_after_the_run_as_it_is_live() -> No
     large = lockstep(2, 120, extra_ms=lambda r, k: 25.0 if k >= 60 else 0.0)
     (finding,) = [f for f in analyze(large).findings if f.kind == "slowdown"]
     assert finding.severity == "critical" and finding.time_lost_s > 1.0, finding
+
+
+def test_a_findings_evidence_read_from_a_float32_matrix_is_plain_json() -> None:
+    # the matrices are float32: a number taken from one straight into the evidence
+    # must not stop the live findings.jsonl line or the JSON report from being written
+    finding = Finding(
+        "straggler", "warning", "host_contention", np.float32(1.25), (1,),
+        evidence={"late_ms": np.float32(31.5), "per_window": [np.float32(0.5), np.int64(2)]},
+    )  # fmt: skip
+    line = json.loads(json.dumps(finding.as_json()))
+    assert line["evidence"] == {"late_ms": 31.5, "per_window": [0.5, 2]}
+    assert line["time_lost_s"] == 1.25

@@ -10,9 +10,12 @@ import numpy as np
 import pyarrow.ipc as ipc
 import pytest
 
+from mrcdiag.analyzers import analyze
 from mrcdiag.store import layout, reader, schema
 from mrcdiag.store.reader import is_single, read_run
+from mrcdiag.store.step_grid import step_grid_of_rows
 from mrcdiag.store.synthetic import SyntheticSpec, write_synthetic_run
+from mrcdiag.store.tail import MappedPages, read_stream
 from mrcdiag.store.writer import StreamTable
 
 OFFSET_NS = {1: 1_000_000, 2: -2_500}  # rank -> its clock's offset to rank 0's
@@ -108,3 +111,82 @@ def test_a_column_of_one_value_is_kept_as_that_value(run_dir: Path) -> None:
     held = run.steps["cpu_throttled_ns"]
     assert not is_single(held)
     np.testing.assert_array_equal(held, np.where(run.steps["rank"] == 3, 7_000_000, 0))
+
+
+@pytest.mark.parametrize("ranks_at_a_time", [1, 3, 1024])
+def test_the_step_grid_made_as_the_ranks_are_joined_is_the_rows_grid(
+    run_dir: Path, ranks_at_a_time: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `mrcdiag report` never holds the step rows: each batch of ranks becomes its rows
+    # of the [rank, step] grid as it is joined. It is the grid of the rows read whole,
+    # on rank 0's clock, and the file's numbers in seconds.
+    monkeypatch.setattr(reader, "_BATCH_PIECES", ranks_at_a_time)
+    gridded = read_run(run_dir, step_grid=True)
+    assert len(gridded.steps) == 0 and gridded.step_grid is not None
+    rows = read_run(run_dir)
+    whole = step_grid_of_rows(rows.steps, np.array(sorted(rows.ranks)))
+    grid = gridded.step_grid
+    assert set(grid.arrays) == set(whole.arrays) >= {"duration_s", "cpu_throttled_s"}
+    for name, values in whole.arrays.items():
+        np.testing.assert_array_equal(grid.arrays[name], values, err_msg=name)
+    for name in ("first_start_ns", "last_end_ns", "last_step"):
+        np.testing.assert_array_equal(getattr(grid, name), getattr(whole, name))
+    written = _file_rows(layout.rank_dir(run_dir, 1) / layout.STEPS_FILE)
+    np.testing.assert_allclose(
+        grid.arrays["duration_s"][1], (written["t_end_ns"] - written["t_start_ns"]) / 1e9
+    )
+    np.testing.assert_array_equal(grid.arrays["cpu_throttled_s"][3], np.float32(0.007))
+    # step 0 began first on rank 2, whose clock runs 2.5 us behind rank 0's
+    starts = {r: _file_rows(layout.rank_dir(run_dir, r) / layout.STEPS_FILE)["t_start_ns"][0]
+              + OFFSET_NS.get(r, 0) for r in range(4)}  # fmt: skip
+    assert grid.first_start_ns[0] == min(starts.values())
+
+
+def test_a_run_read_into_its_step_grid_has_the_findings_of_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a slow rank, and every rank slower from step 150: the same verdicts and summary
+    # from the grid made a few ranks at a time as from the rows
+    monkeypatch.setattr(reader, "_BATCH_PIECES", 5)
+    spec = SyntheticSpec(ranks=24, steps=300, slow_ranks=(7,), slow_factor=1.3,
+                         pace_changes=((150, 1.6),))  # fmt: skip
+    run_dir = write_synthetic_run(tmp_path / "run", spec)
+    from_rows = analyze(read_run(run_dir))
+    from_grid = analyze(read_run(run_dir, step_grid=True))
+    kinds = {(f.kind, f.ranks) for f in from_rows.findings if f.severity != "info"}
+    assert ("straggler", (7,)) in kinds and any(k == "slowdown" for k, _ in kinds)
+    assert [f.as_json() for f in from_grid.findings] == [f.as_json() for f in from_rows.findings]
+    assert from_grid.summary == from_rows.summary
+
+
+def test_the_pages_of_a_rank_file_read_so_far_are_let_go_and_read_again(
+    tmp_path: Path,
+) -> None:
+    # the report reads a few columns of thousands of rank files before it joins them:
+    # the pages it touched (and the kernel mapped around them) are let go meanwhile,
+    # and the table still reads the file's rows after
+    path = tmp_path / "collectives.arrow"
+    n = 1 << 20
+    table = StreamTable(path, schema.COLLECTIVE_SCHEMA)
+    try:
+        table.append_columns({name: np.arange(n) % 7 for name in schema.COLLECTIVE_SCHEMA.names})
+    finally:
+        table.close()
+    mapped: list[MappedPages] = []
+    read = read_stream(path, schema.COLLECTIVE_SCHEMA, [], mapped)
+    before = _file_pages_mib()
+    total = sum(int(np.asarray(read.column(name)).sum()) for name in read.column_names)
+    touched = _file_pages_mib()
+    assert touched - before >= 20  # about 32 MiB of columns read
+    for pages in mapped:
+        pages.drop()
+    assert _file_pages_mib() - before < 4
+    assert sum(int(np.asarray(read.column(name)).sum()) for name in read.column_names) == total
+
+
+def _file_pages_mib() -> float:
+    """How much of mapped files this process holds in memory (RssFile)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status")

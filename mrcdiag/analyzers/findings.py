@@ -59,11 +59,24 @@ class Finding:
 
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out["evidence"] = _plain(out["evidence"])
         out["category"] = self.category
         out["ranks"] = list(self.ranks)
         out["nodes"] = list(self.nodes)
         out["time_lost_s"] = round(float(self.time_lost_s), 6)
         return out
+
+
+def _plain(value: Any) -> Any:
+    """Evidence as JSON can hold it: numpy's numbers (a float32 read from a matrix) as
+    Python's, in dicts and lists alike."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, str):
+        return value.item()
+    return value
 
 
 def severity_rank(severity: str) -> int:
