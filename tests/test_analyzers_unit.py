@@ -642,3 +642,23 @@ def test_a_findings_evidence_read_from_a_float32_matrix_is_plain_json() -> None:
     line = json.loads(json.dumps(finding.as_json()))
     assert line["evidence"] == {"late_ms": 31.5, "per_window": [0.5, 2]}
     assert line["time_lost_s"] == 1.25
+
+
+def test_a_slowdown_that_begins_within_a_stage_stall_is_the_stages() -> None:
+    # a pipeline stage stopped now and then from step 9 to 189: every stage waits in its
+    # receives, counted as communication, and the job's pace changes at step 17; that
+    # slowdown is the stage's, not a slow link. One that begins after the stalls ended,
+    # or beside a stall that costs too little to warn, is a slowdown of its own.
+    from mrcdiag.analyzers import _not_a_stage_stall
+
+    def slowdown(start: int) -> Finding:
+        return Finding("slowdown", "critical", "slow_link", 1.8, (0, 1),
+                       evidence={"start_step": start})  # fmt: skip
+
+    stall = Finding("straggler", "critical", "unknown", 0.8, (1,),
+                    evidence={"straggling_steps": "9-189"})  # fmt: skip
+    quiet = Finding("straggler", "info", "unknown", 0.1, (1,),
+                    evidence={"straggling_steps": "9-189"})  # fmt: skip
+    assert _not_a_stage_stall([slowdown(17)], [stall]) == []
+    assert _not_a_stage_stall([slowdown(195)], [stall]) == [slowdown(195)]
+    assert _not_a_stage_stall([slowdown(17)], [quiet]) == [slowdown(17)]
