@@ -648,17 +648,21 @@ def test_a_slowdown_that_begins_within_a_stage_stall_is_the_stages() -> None:
     # a pipeline stage stopped now and then from step 9 to 189: every stage waits in its
     # receives, counted as communication, and the job's pace changes at step 17; that
     # slowdown is the stage's, not a slow link. One that begins after the stalls ended,
-    # or beside a stall that costs too little to warn, is a slowdown of its own.
-    from mrcdiag.analyzers import _not_a_stage_stall
+    # or beside a stall that costs too little to warn, or beside a straggler that is no
+    # pipeline stage (the others waited for it as for a peer), is a slowdown of its own.
+    from mrcdiag.analyzers.pipeline import STALL_MARK, slowdowns_of_no_stage
 
     def slowdown(start: int) -> Finding:
         return Finding("slowdown", "critical", "slow_link", 1.8, (0, 1),
                        evidence={"start_step": start})  # fmt: skip
 
-    stall = Finding("straggler", "critical", "unknown", 0.8, (1,),
-                    evidence={"straggling_steps": "9-189"})  # fmt: skip
-    quiet = Finding("straggler", "info", "unknown", 0.1, (1,),
-                    evidence={"straggling_steps": "9-189"})  # fmt: skip
-    assert _not_a_stage_stall([slowdown(17)], [stall]) == []
-    assert _not_a_stage_stall([slowdown(195)], [stall]) == [slowdown(195)]
-    assert _not_a_stage_stall([slowdown(17)], [quiet]) == [slowdown(17)]
+    def straggler(severity: str, **mark: str) -> Finding:
+        return Finding("straggler", severity, "unknown", 0.8, (1,),
+                       evidence={"straggling_steps": "9-189", **mark})  # fmt: skip
+
+    stall = straggler("critical", **{STALL_MARK: "receives"})
+    assert slowdowns_of_no_stage([slowdown(17)], [stall]) == []
+    assert slowdowns_of_no_stage([slowdown(195)], [stall]) == [slowdown(195)]
+    quiet = straggler("info", **{STALL_MARK: "receives"})
+    assert slowdowns_of_no_stage([slowdown(17)], [quiet]) == [slowdown(17)]
+    assert slowdowns_of_no_stage([slowdown(17)], [straggler("critical")]) == [slowdown(17)]

@@ -29,7 +29,11 @@ from mrcdiag.analyzers.link_rates import find_degraded_links
 from mrcdiag.analyzers.numa import find_numa_mismatch
 from mrcdiag.analyzers.p2p import find_no_p2p
 from mrcdiag.analyzers.pcie import find_pcie_degraded
-from mrcdiag.analyzers.pipeline import find_stage_imbalance, find_stage_stalls
+from mrcdiag.analyzers.pipeline import (
+    find_stage_imbalance,
+    find_stage_stalls,
+    slowdowns_of_no_stage,
+)
 from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.analyzers.slowdown import find_slowdowns
@@ -146,34 +150,13 @@ def _findings(
     blamed = {
         r for f in findings if f.kind == "straggler" and f.severity != "info" for r in f.ranks
     }
-    stalls = find_stage_stalls(run, matrix, blamed, settings)
-    findings += stalls
+    findings += find_stage_stalls(run, matrix, blamed, settings)
     if live_now_ns is None:
-        findings += _not_a_stage_stall(find_slowdowns(matrix, settings), stalls)
+        findings += slowdowns_of_no_stage(find_slowdowns(matrix, settings), findings)
     findings = _with_cpu_limit(run, matrix, findings, settings)
     explained = tuple(sorted({r for f in stragglers if f.severity != "info" for r in f.ranks}))
     findings += find_idle(run, matrix, explained, settings)
     return findings
-
-
-def _not_a_stage_stall(slowdowns: list[Finding], stalls: list[Finding]) -> list[Finding]:
-    """The slowdowns that no pipeline stage's stalls explain. A stage held now and then
-    (stopped from outside) makes every stage wait in its receives, which the step records
-    count as time in communication, not as waiting for a peer: the job's pace changes
-    when the stalls begin, on every rank, "mostly in communication", and was read as a
-    slow link (a 1F1B run with stage 1 stopped 40 ms of every 100 ms: its stall finding,
-    and a critical slow_link slowdown from the step its stalls began). A slowdown whose
-    onset falls within a stage's stalls is that stage's."""
-    spans = []
-    for stall in stalls:
-        if stall.severity != "info" and "straggling_steps" in stall.evidence:
-            first, last = map(int, str(stall.evidence["straggling_steps"]).split("-"))
-            spans.append((first, last))
-    return [
-        s
-        for s in slowdowns
-        if not any(first <= int(s.evidence.get("start_step", -1)) <= last for first, last in spans)
-    ]
 
 
 def _with_cpu_limit(

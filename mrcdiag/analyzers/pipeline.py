@@ -116,6 +116,31 @@ def find_stage_imbalance(run: RunData, m: RankStepMatrix, settings: Settings) ->
     ]
 
 
+# in a stage stall's evidence: where the other stages waited for it
+STALL_MARK = "others_waited_in"
+
+
+def slowdowns_of_no_stage(slowdowns: list[Finding], findings: list[Finding]) -> list[Finding]:
+    """The slowdowns that no pipeline stage's stalls among `findings` explain. A stage
+    held now and then (stopped from outside) makes every stage wait in its receives,
+    which the step records count as time in communication, not as waiting for a peer:
+    the job's pace changes when the stalls begin, on every rank, "mostly in
+    communication", and was read as a slow link (a 1F1B run with stage 1 stopped 40 ms
+    of every 100 ms: its stall finding, and a critical slow_link slowdown from the step
+    its stalls began). A slowdown whose onset falls within a stage's stalls is that
+    stage's; live and after the run alike."""
+    spans = []
+    for f in findings:
+        if f.severity != "info" and f.evidence.get(STALL_MARK) == "receives":
+            first, last = map(int, str(f.evidence["straggling_steps"]).split("-"))
+            spans.append((first, last))
+    return [
+        s
+        for s in slowdowns
+        if not any(first <= int(s.evidence.get("start_step", -1)) <= last for first, last in spans)
+    ]
+
+
 def _stage_work(
     run: RunData, m: RankStepMatrix, settings: Settings
 ) -> tuple[list[int], np.ndarray, np.ndarray]:
@@ -170,6 +195,7 @@ def find_stage_stalls(
         "job_step_time_ms": round(step_s * 1e3, 3),
         "straggling_steps": f"{int(hits.min())}-{int(hits.max())}",
         **pattern,
+        STALL_MARK: "receives",
     }
     cause, detail, advice = lateness_cause(
         run, m, row, peers, hits, late_s, step_s, evidence, settings
