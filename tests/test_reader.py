@@ -130,7 +130,7 @@ def test_the_step_grid_made_as_the_ranks_are_joined_is_the_rows_grid(
     for name, values in whole.arrays.items():
         np.testing.assert_array_equal(grid.arrays[name], values, err_msg=name)
     for name in ("first_start_ns", "last_end_ns", "last_step"):
-        np.testing.assert_array_equal(getattr(grid, name), getattr(whole, name))
+        np.testing.assert_array_equal(getattr(grid.spans, name), getattr(whole.spans, name))
     written = _file_rows(layout.rank_dir(run_dir, 1) / layout.STEPS_FILE)
     np.testing.assert_allclose(
         grid.arrays["duration_s"][1], (written["t_end_ns"] - written["t_start_ns"]) / 1e9
@@ -139,7 +139,7 @@ def test_the_step_grid_made_as_the_ranks_are_joined_is_the_rows_grid(
     # step 0 began first on rank 2, whose clock runs 2.5 us behind rank 0's
     starts = {r: _file_rows(layout.rank_dir(run_dir, r) / layout.STEPS_FILE)["t_start_ns"][0]
               + OFFSET_NS.get(r, 0) for r in range(4)}  # fmt: skip
-    assert grid.first_start_ns[0] == min(starts.values())
+    assert grid.spans.first_start_ns[0] == min(starts.values())
 
 
 def test_a_run_read_into_its_step_grid_has_the_findings_of_its_rows(

@@ -13,9 +13,9 @@ import numpy as np
 
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.stacks import stack_groups, where_each_rank_is
-from mrcdiag.analyzers.step_spans import StepSpans
 from mrcdiag.store.reader import RunData
 from mrcdiag.store.schema import OP_CODE, OPS, POINT_TO_POINT_OPS
+from mrcdiag.store.step_grid import StepSpans
 
 _P2P = [OP_CODE[n] for n in POINT_TO_POINT_OPS]
 

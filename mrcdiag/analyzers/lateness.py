@@ -31,16 +31,9 @@ import numpy as np
 
 from mrcdiag.analyzers.executor import INLINE
 from mrcdiag.analyzers.instances import CHUNK_RECORDS, Instances, median_by, member_blocks
-from mrcdiag.analyzers.step_spans import StepSpans
 from mrcdiag.store.reader import Columns, RunData
 from mrcdiag.store.schema import SOURCE_CODE
-from mrcdiag.store.step_grid import (
-    ALWAYS,
-    GRID_DTYPE,
-    NONE,
-    StepGrid,
-    step_grid_of_rows,
-)
+from mrcdiag.store.step_grid import GRID_DTYPE, StepGrid, StepSpans, step_grid_of_rows
 
 # The [rank, step] matrices' numbers: seconds in float32 as the step grid's (60 ns of a
 # 1 s step); half of float64's memory, which at 16384 ranks x 2000 steps is 1.3 GB over
@@ -210,7 +203,7 @@ def step_matrices(run: RunData) -> StepMatrices:
     if grid is None:
         grid = step_grid_of_rows(run.steps, ranks)
     if grid is None:  # no step rows: empty matrices
-        grid = _empty_grid(ranks)
+        grid = StepGrid.empty(ranks)
     arrays = grid.arrays
     duration = arrays["duration_s"]
     cpu = arrays["cpu_s"]
@@ -227,7 +220,6 @@ def step_matrices(run: RunData) -> StepMatrices:
     del ddp_wait
     counts = arrays.get("alloc_retries_count")
     retries = None if counts is None else np.diff(counts, axis=1, prepend=counts[:, :1])
-    spans = StepSpans(grid.first_start_ns, grid.last_end_ns, ranks, grid.last_step)
     return StepMatrices(
         ranks,
         duration,
@@ -238,19 +230,7 @@ def step_matrices(run: RunData) -> StepMatrices:
         throttled,
         retries,
         grid.mem_peak_of_total,
-        spans,
-    )
-
-
-def _empty_grid(ranks: np.ndarray) -> StepGrid:
-    """The grid of a run without step rows: no step columns."""
-    return StepGrid(
-        ranks,
-        {name: np.empty((len(ranks), 0), dtype=GRID_DTYPE) for name in ALWAYS},
-        np.empty(0, np.int64),
-        np.empty(0, np.int64),
-        np.full(len(ranks), NONE, dtype=np.int32),
-        None,
+        grid.spans,
     )
 
 
@@ -281,26 +261,27 @@ def rank_step_matrix(
     n_cells = shape[0] * shape[1]
     picked_rank, picked_step = pick(rec["rank"]), pick(step)
     n_picked = len(picked_step)
-    # Each record's cell, a chunk at a time: which cells have one, and whether there is
-    # one record a cell, in order (a run's records come rank after rank, step after
-    # step, and a DDP job of one bucket has one a step): then each record is its cell's
-    # value, its sum and its median alike, put in place without a sum over every cell (a
-    # record's values are known where its arrival lateness is: `valid`). Where every
-    # cell has its record as well, the records are the matrix, row by row, and their
-    # cells need not be held at all.
-    has = np.zeros(shape, dtype=bool)
-    one_per_cell, last_cell = True, -1
-    cells = np.zeros(0, dtype=np.int64)
-    for lo in range(0, n_picked, CHUNK_RECORDS):
+    # Where there is one record a cell, in order (a run's records come rank after rank,
+    # step after step, and a DDP job of one bucket has one a step), each record is its
+    # cell's value, its sum and its median alike, put in place without a sum over every
+    # cell (a record's values are known where its arrival lateness is: `valid`). Where
+    # every cell has its record as well, the records are the matrix, row by row: that is
+    # checked a chunk at a time, so that their cells need not be held at all.
+    every_cell, last_cell = n_picked == n_cells, -1
+    for lo in range(0, n_picked if every_cell else 0, CHUNK_RECORDS):
         part = slice(lo, lo + CHUNK_RECORDS)
         cells = row_of(ranks, picked_rank[part]) * n_steps + picked_step[part]
-        has.ravel()[cells] = True
-        one_per_cell = (
-            one_per_cell and int(cells[0]) > last_cell and bool((cells[1:] > cells[:-1]).all())
-        )
+        every_cell = int(cells[0]) > last_cell and bool((cells[1:] > cells[:-1]).all())
+        if not every_cell:
+            break
         last_cell = int(cells[-1])
-    every_cell = one_per_cell and n_picked == n_cells
-    cells = cells[:0] if every_cell else row_of(ranks, picked_rank) * n_steps + picked_step
+    has = np.ones(shape, dtype=bool) if every_cell else np.zeros(shape, dtype=bool)
+    if every_cell:
+        cells, one_per_cell = np.zeros(0, dtype=np.int64), True
+    else:
+        cells = row_of(ranks, picked_rank) * n_steps + picked_step
+        has.ravel()[cells] = True
+        one_per_cell = bool((cells[1:] > cells[:-1]).all())
     del picked_rank, picked_step
     is_async = pick(rec["is_async"])
     if every_cell:
@@ -400,7 +381,7 @@ def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.n
     n, lo = len(c), 0
     while lo < n:
         # a stretch that ends where a rank's records end: no cell is split between two
-        hi = n if not in_order else min(lo + _DDP_CHUNK_RECORDS, n)
+        hi = n if not in_order else min(lo + CHUNK_RECORDS, n)
         if hi < n:
             hi = int(np.searchsorted(rank, rank[hi - 1], side="right"))
         mine = np.flatnonzero(sel[lo:hi]) + lo
@@ -413,10 +394,6 @@ def _ddp_wait_s(run: RunData, ranks: np.ndarray, shape: tuple[int, int]) -> np.n
         )
         out.ravel()[cells] = np.maximum(last_end - last_arrive, 0) / 1e9
     return out
-
-
-# records of the DDP wait worked out at a time
-_DDP_CHUNK_RECORDS = 1 << 21
 
 
 def _max_by_cell(

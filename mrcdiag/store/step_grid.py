@@ -2,7 +2,8 @@
 
 The rows are 56 bytes a rank-step (1.8 GB at 16384 ranks x 2000 steps); the grid holds
 what the analysis takes of them, in float32 seconds, 24 to 32 bytes a rank-step, plus
-each step's first start and last end over the ranks and each rank's last step. The
+the step spans (each step's first start and last end over the ranks, each rank's last
+step). The
 reader can build it a batch of ranks at a time as it joins them (read_run's
 `step_grid`), so that the rows of the whole run are never held at once; the analysis
 builds it from the rows in one batch where the rows are kept (a live window, the
@@ -27,43 +28,69 @@ ALWAYS = ("duration_s", "data_wait_s", "comm_s", "cpu_s", "cpu_wait_s")
 WHERE_KNOWN = ("cpu_throttled_s", "alloc_retries_count")
 
 
+@dataclass(frozen=True)
+class StepSpans:
+    """When each step began and ended across the ranks, and each rank's last step: what
+    the analyzers need of the step rows besides the grid's arrays (the hang, fabric and
+    host-contention analyses)."""
+
+    first_start_ns: np.ndarray  # per step: the earliest start over the ranks (NONE: none)
+    last_end_ns: np.ndarray  # per step: the latest end over the ranks (NONE: none)
+    ranks: np.ndarray  # sorted global ranks
+    last_step: np.ndarray  # per rank of `ranks`: its highest recorded step (NONE: none)
+
+    def span_ns(self, steps: np.ndarray) -> tuple[int, int] | None:
+        """(first start, last end) over the steps given, of those some rank recorded;
+        None where no rank recorded any of them."""
+        steps = steps[(steps >= 0) & (steps < len(self.first_start_ns))]
+        starts = self.first_start_ns[steps]
+        recorded = starts != NONE
+        if not recorded.any():
+            return None
+        return int(starts[recorded].min()), int(self.last_end_ns[steps][recorded].max())
+
+    def last_step_of(self, rank: int) -> int:
+        at = int(np.searchsorted(self.ranks, rank))
+        if at < len(self.ranks) and int(self.ranks[at]) == rank:
+            return int(self.last_step[at])
+        return NONE
+
+
 @dataclass
 class StepGrid:
     """The step records' [rank, step] arrays of GRID_DTYPE, NaN where a rank has no such
-    step (or the figure is not known)."""
+    step (or the figure is not known); a batch's grid (StepGridBuilder.add) covers the
+    batch's ranks and steps alone."""
 
     ranks: np.ndarray  # sorted global ranks, one per row
     arrays: dict[str, np.ndarray]  # ALWAYS, and WHERE_KNOWN where some step knows them
-    first_start_ns: np.ndarray  # per step: the earliest start over the ranks (NONE: none)
-    last_end_ns: np.ndarray  # per step: the latest end over the ranks (NONE: none)
-    last_step: np.ndarray  # per rank: its highest recorded step (NONE: none)
+    spans: StepSpans
     # per rank: its highest reserved device memory as a share of the device's (NaN: not
     # known); None where no step knows the allocator's retries (CPU jobs, older runs)
     mem_peak_of_total: np.ndarray | None
 
-    @property
-    def n_steps(self) -> int:
-        return len(self.first_start_ns)
-
-
-@dataclass
-class _Block:
-    """One batch of ranks' part of the grid."""
-
-    ranks: np.ndarray  # sorted
-    arrays: dict[str, np.ndarray]
-    first_start_ns: np.ndarray
-    last_end_ns: np.ndarray
-    last_step: np.ndarray
-    mem_peak_of_total: np.ndarray
+    @classmethod
+    def empty(cls, ranks: np.ndarray) -> StepGrid:
+        """The grid of a run without step rows: no step columns."""
+        return cls(
+            ranks,
+            {name: np.empty((len(ranks), 0), dtype=GRID_DTYPE) for name in ALWAYS},
+            StepSpans(
+                np.empty(0, np.int64),
+                np.empty(0, np.int64),
+                ranks,
+                np.full(len(ranks), NONE, dtype=np.int32),
+            ),
+            None,
+        )
 
 
 @dataclass
 class StepGridBuilder:
     """Takes the step rows a batch at a time (`add`), each batch's ranks wholly in it and
-    in no other batch; `build` joins the batches into the grid."""
+    in no other batch; `build` joins the batches' grids into the run's."""
 
-    blocks: list[_Block] = field(default_factory=list)
+    blocks: list[StepGrid] = field(default_factory=list)
 
     def add(self, columns: dict[str, Any]) -> None:
         """`columns`: the step schema's columns and "rank" of a batch of rows, times on
@@ -125,7 +152,8 @@ class StepGridBuilder:
         # of the step column's own type: ufunc.at with another one casts row by row (30x)
         last_step = np.full(len(ranks), NONE, dtype=step.dtype)
         np.maximum.at(last_step, rows, step)
-        self.blocks.append(_Block(ranks, arrays, first, last, last_step, share))
+        spans = StepSpans(first, last, ranks, last_step)
+        self.blocks.append(StepGrid(ranks, arrays, spans, share))
 
     def build(self, ranks: np.ndarray) -> StepGrid | None:
         """The grid over `ranks` (sorted; every rank of a batch among them, some perhaps
@@ -133,17 +161,17 @@ class StepGridBuilder:
         blocks, self.blocks = self.blocks, []
         if not blocks:
             return None
-        n_steps = max(len(b.first_start_ns) for b in blocks)
+        n_steps = max(len(b.spans.first_start_ns) for b in blocks)
         first = np.full(n_steps, np.iinfo(np.int64).max, dtype=np.int64)
         last = np.full(n_steps, np.iinfo(np.int64).min, dtype=np.int64)
-        last_step = np.full(len(ranks), NONE, dtype=blocks[0].last_step.dtype)
+        last_step = np.full(len(ranks), NONE, dtype=blocks[0].spans.last_step.dtype)
         share = np.full(len(ranks), np.nan)
         rows_of = [np.searchsorted(ranks, b.ranks) for b in blocks]
         for b, rows in zip(blocks, rows_of, strict=True):
-            n = len(b.first_start_ns)
-            np.minimum(first[:n], b.first_start_ns, out=first[:n])
-            np.maximum(last[:n], b.last_end_ns, out=last[:n])
-            last_step[rows] = b.last_step
+            n = len(b.spans.first_start_ns)
+            np.minimum(first[:n], b.spans.first_start_ns, out=first[:n])
+            np.maximum(last[:n], b.spans.last_end_ns, out=last[:n])
+            last_step[rows] = b.spans.last_step
             share[rows] = b.mem_peak_of_total
         none = first == np.iinfo(np.int64).max
         first[none] = NONE
@@ -159,7 +187,8 @@ class StepGridBuilder:
                     out[rows, : part.shape[1]] = part
             arrays[name] = out
         retries_known = "alloc_retries_count" in arrays
-        return StepGrid(ranks, arrays, first, last, last_step, share if retries_known else None)
+        spans = StepSpans(first, last, ranks, last_step)
+        return StepGrid(ranks, arrays, spans, share if retries_known else None)
 
 
 def step_grid_of_rows(steps: Any, ranks: np.ndarray) -> StepGrid | None:

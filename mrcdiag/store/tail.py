@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from mrcdiag.store.allocator import libc_function
 from mrcdiag.store.arrays import arrow_array, empty_table
 
 
@@ -76,12 +77,8 @@ class MappedPages:
 
 def _libc_madvise() -> Any:
     """libc's madvise(address, length, advice), where there is one to call."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-    except (OSError, AttributeError):
-        return None
-    if not hasattr(mmap, "MADV_DONTNEED"):
+    madvise = libc_function("madvise")
+    if madvise is None or not hasattr(mmap, "MADV_DONTNEED"):
         return None
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
