@@ -13,6 +13,9 @@ import pytest
 
 JOBS = Path(__file__).parent / "jobs"
 REPO = Path(__file__).resolve().parent.parent
+# How long `mrcdiag launch` may take to end after a SIGTERM: the ranks' stacks (3 s),
+# torchrun's grace for its workers (30 s) and the agent's last word, on a busy machine.
+STOPS_WITHIN_S = 120
 
 
 @dataclass

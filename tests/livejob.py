@@ -93,9 +93,40 @@ class LiveJob:
         return next((s for s in list(self.lines) if re.search(pattern, s.text)), None)
 
     def wait(self, timeout_s: float) -> int:
-        code = self.process.wait(timeout=timeout_s)
+        """The launcher's exit code. Past timeout_s, the processes it left are killed and
+        the failure shows what each was doing and the job's last lines, with times."""
+        try:
+            code = self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"mrcdiag launch still running {timeout_s:.0f} s later\n{self._kill_tree()}"
+            ) from None
         self._done.wait(10)
         return code
+
+    def _kill_tree(self) -> str:
+        import psutil
+
+        try:
+            tree = [psutil.Process(self.process.pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.Error:
+            tree = []
+        states = []
+        for p in tree:
+            try:
+                states.append(f"  {p.pid} {p.status()} {' '.join(p.cmdline())[:160]}")
+            except psutil.Error:
+                pass
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        self.process.wait(10)
+        t0 = self.lines[0].t_unix_s if self.lines else 0.0
+        tail = [f"  {s.t_unix_s - t0:8.2f} s  {s.text[:200]}" for s in self.lines[-40:]]
+        return "processes:\n" + "\n".join(states) + "\nlast lines:\n" + "\n".join(tail)
 
     def said(self) -> str:
         return "\n".join(s.text for s in self.lines if s.text.startswith("mrcdiag"))

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import demo_job, mrcdiag, report_json
+from conftest import STOPS_WITHIN_S, demo_job, mrcdiag, report_json
 from livejob import LiveJob, step_unix_s
 
 from mrcdiag.analyzers.hangs import find_live_hangs
@@ -40,7 +40,7 @@ def test_rank_blocked_in_its_code_is_named_with_its_frame_after_launch_is_stoppe
             time.sleep(0.2)  # polling files the ranks write
     finally:
         job.process.send_signal(signal.SIGTERM)
-        job.wait(60)
+        job.wait(STOPS_WITHIN_S)
     (hang,) = [f for f in report_json(run_dir)["findings"] if f["kind"] == "hang"]
     assert hang["ranks"] == [1] and hang["cause"] == "missing_rank", hang
     stuck = hang["evidence"]["stuck_at"]["1"]

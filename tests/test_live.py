@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import demo_job, live_warnings_of_a_clean_run, report_json
+from conftest import STOPS_WITHIN_S, demo_job, live_warnings_of_a_clean_run, report_json
 from livejob import LiveJob, step_unix_s
 
 # The budget from a fault's onset to its finding on /metrics and stderr
@@ -74,7 +74,7 @@ def test_rank_blocked_in_its_own_code_is_a_live_hang_while_the_job_still_hangs(
         assert "never arrived at all_reduce" in line.text, line.text
     finally:
         job.process.send_signal(signal.SIGTERM)
-        job.wait(60)
+        job.wait(STOPS_WITHIN_S)
     hangs = [x["finding"] for x in job.live_lines() if x["finding"]["kind"] == "hang"]
     assert hangs and hangs[0]["ranks"] == [2] and hangs[0]["cause"] == "missing_rank"
     evidence = hangs[0]["evidence"]
@@ -175,4 +175,4 @@ def test_watch_shows_the_ranks_and_findings_of_a_running_job_in_a_terminal_and_p
         assert "most late: rank 2" in lines[-1] and "straggler rank 2" in lines[-1], lines
     finally:
         job.process.send_signal(signal.SIGTERM)
-        job.wait(60)
+        job.wait(STOPS_WITHIN_S)

@@ -204,6 +204,7 @@ class Launcher:
         self._process = process
 
         def forward(signum: int, _frame: Any) -> None:
+            self.say(f"mrcdiag: {signal.Signals(signum).name}: ending the job")
             if self._agent is not None:  # where every rank was when it was stopped
                 try:
                     self._agent.dump_stacks(wait_s=STACKS_WAIT_S)
