@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--slow-rank does its extra work only every N steps (a checkpoint, a flush)",
     )
     p.add_argument(
+        "--stall-after-backward",
+        action="store_true",
+        help="with --stall-every: the extra work comes after the backward pass (an "
+        "evaluation or a checkpoint on that rank), not before the forward",
+    )
+    p.add_argument(
         "--slow-host-rank",
         type=int,
         default=-1,
@@ -199,9 +205,11 @@ def _train(args: argparse.Namespace, rank: int) -> None:
             threading.Event().wait()  # stuck in its own code: a deadlock, a dead mount
         burn_cpu(args.work_ms)
         fixed_work(args.fixed_work)
-        if slow and step >= args.slow_from_step:
-            if args.stall_every <= 0 or step % args.stall_every == args.stall_every // 2:
-                burn_cpu(args.slow_ms)
+        stall_now = slow and step >= args.slow_from_step
+        if stall_now and args.stall_every > 0:
+            stall_now = step % args.stall_every == args.stall_every // 2
+        if stall_now and not args.stall_after_backward:
+            burn_cpu(args.slow_ms)
         if 0 <= args.slowdown_at_step <= step:
             burn_cpu(args.slowdown_ms)
         loss = model(batch).pow(2).mean()
@@ -210,6 +218,8 @@ def _train(args: argparse.Namespace, rank: int) -> None:
                 losses = [torch.zeros(()) for _ in range(dist.get_world_size())]
                 dist.all_gather(losses, loss.detach())
         loss.backward()
+        if stall_now and args.stall_after_backward:
+            burn_cpu(args.slow_ms)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 

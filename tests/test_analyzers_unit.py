@@ -453,6 +453,28 @@ def test_a_stall_every_tenth_step_is_a_periodic_straggler_with_its_cost() -> Non
     assert "every 10 steps" in finding.summary
 
 
+@pytest.mark.parametrize(("extra_cpu_ms", "cause"), [(150.0, "slow_compute"), (0.0, "unknown")])
+def test_a_stall_that_begins_in_the_step_before_is_judged_by_its_whole_work(
+    extra_cpu_ms: float, cause: str
+) -> None:
+    # rank 0 evaluates every 10th step after its backward pass: its thread computes the
+    # 150 ms in step k-1, its peers wait for it at their first collective of step k. With
+    # no extra CPU anywhere (a sleep, a write to storage) it was off the CPU.
+    def clocks(rank: int, step: int) -> tuple[float, float]:
+        return (10.0 + (extra_cpu_ms if rank == 0 and step % 10 == 4 else 0.0)), 0.5
+
+    run = lockstep(
+        3, 80, extra_ms=lambda r, k: 150.0 if r == 0 and k % 10 == 5 else 0.0, thread_ms=clocks
+    )
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (0,) and finding.evidence["pattern"] == "periodic", finding
+    assert finding.cause == cause, finding
+    if cause == "slow_compute":
+        assert "computes 170.0 ms over each late step and the one before it" in finding.summary
+    else:
+        assert "off the CPU without waiting for one" in finding.summary
+
+
 def test_a_stall_every_tenth_step_is_found_whole_where_the_rank_also_lags_in_places() -> None:
     """Windows in which the stalling rank also lags a little (a busy machine) used to make
     it a lasting straggler over those windows only: 2 of its 8 stalls, told `intermittent`."""

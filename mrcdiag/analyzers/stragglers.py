@@ -32,7 +32,7 @@ from mrcdiag.analyzers.instances import Instances, median_by
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.recurrence import step_pattern
 from mrcdiag.analyzers.settings import Settings
-from mrcdiag.analyzers.thread_time import thread_time
+from mrcdiag.analyzers.thread_time import cells, thread_time
 from mrcdiag.metrics import (
     GPU_CLOCK_EVENT_ACTIVE,
     RANK_CPU,
@@ -458,8 +458,11 @@ def _rank_finding(
             lost_s += float(_step_cost(m, row, rest).sum())
             evidence["behind_in_other_steps_ms"] = round(behind_s * 1e3, 3)
             between = f", and {behind_s * 1e3:.1f} ms behind in the other steps"
+    # late now and then: each stall's work may begin in the step before the one where
+    # the others waited for it
+    now_and_then = pattern is not None and pattern["pattern"] != "span"
     cause, detail, advice = lateness_cause(
-        run, m, row, others, steps, late_s, step_s, evidence, settings
+        run, m, row, others, steps, late_s, step_s, evidence, settings, now_and_then
     )
     host = run.host_of(rank)
     share = len(steps) / len(cols)
@@ -522,10 +525,16 @@ def lateness_cause(
     step_s: float,
     evidence: dict[str, object],
     settings: Settings,
+    with_previous: bool = False,
 ) -> tuple[str, str, str]:
+    """Why `row` was `late_s` behind its peers in `steps`. With `with_previous`, each of
+    `steps` is judged with the step before it (thread_time.cells)."""
     rank = int(m.ranks[row])
-    data_mine = float(np.nanmedian(m.data_wait_s[row, steps]))
-    data_others = float(np.nanmedian(m.data_wait_s[np.ix_(others, steps)]))
+    rows = np.array([row])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: NaN, no cause below
+        data_mine = float(np.nanmedian(cells(m.data_wait_s, rows, steps, with_previous)))
+        data_others = float(np.nanmedian(cells(m.data_wait_s, others, steps, with_previous)))
     evidence["data_wait_ms"] = round(data_mine * 1e3, 3)
     evidence["data_wait_ms_others"] = round(data_others * 1e3, 3)
     explains = settings.cause_explains_lateness_ratio * late_s
@@ -543,14 +552,18 @@ def lateness_cause(
     throttle = _gpu_throttle(run, rank, settings.throttled_share_ratio)
     if throttle:
         evidence["gpu_clock_events"] = throttle
-    tt = thread_time(m, row, others, steps)
+    tt = thread_time(m, row, others, steps, with_previous)
     if tt is not None:
         evidence.update(tt.evidence())
         named = tt.cause(late_s, settings)
     else:
         named = cause_from_rates(run, m, rank, steps, late_s, evidence, settings)
+    per = "per step"
+    if with_previous:
+        per = "over each late step and the one before it"
+        evidence["clocks_over"] = "each late step and the one before it"
     if named in ("host_contention", "cpu_throttled") or (named and not throttle):
-        return named, *_cause_text(named, evidence)
+        return named, *_cause_text(named, evidence, per)
     if throttle:
         return (
             "gpu_throttling",
@@ -562,7 +575,7 @@ def lateness_cause(
         return (
             "unknown",
             f"; its thread was off the CPU without waiting for one ({tt.cpu_s * 1e3:.1f} ms "
-            f"on a CPU and {tt.wait_s * 1e3:.1f} ms in the run queue per step, peers "
+            f"on a CPU and {tt.wait_s * 1e3:.1f} ms in the run queue {per}, peers "
             f"{tt.cpu_others_s * 1e3:.1f} and {tt.wait_others_s * 1e3:.1f} ms): stopped from "
             "outside (a hypervisor, SIGSTOP, a cgroup's CPU limit) or asleep",
             "look at this rank's host and process: CPU throttling (cpu.stat nr_throttled), "
@@ -679,15 +692,15 @@ def cause_from_rates(
 # advice); each phrase takes its evidence key's value and the peers' (key + "_others")
 _CAUSE_TEXT = {
     "host_contention": (
-        ("step_cpu_wait_ms", "its thread waited {} ms per step for a CPU (peers {})"),
+        ("step_cpu_wait_ms", "its thread waited {} ms {per} for a CPU (peers {})"),
         ("cpu_wait_s_per_s", "its threads waited {:.2f} s per second for a CPU (peers {:.2f})"),
         "",
         "find what else runs on this rank's cores (top, ps -eLo psr), pin ranks and "
         "DataLoader workers to separate cores, or lower OMP_NUM_THREADS",
     ),
     "cpu_throttled": (
-        ("step_cpu_throttled_ms", "its cgroup's CPU limit held it {} ms per step (peers {})"),
-        ("step_cpu_throttled_ms", "its cgroup's CPU limit held it {} ms per step (peers {})"),
+        ("step_cpu_throttled_ms", "its cgroup's CPU limit held it {} ms {per} (peers {})"),
+        ("step_cpu_throttled_ms", "its cgroup's CPU limit held it {} ms {per} (peers {})"),
         ": its container used up its CPU quota in those periods (CFS bandwidth control), "
         "and no other process needed the CPU",
         "raise or remove the CPU limit of this rank's container or cgroup (Kubernetes "
@@ -696,7 +709,7 @@ _CAUSE_TEXT = {
         "it too; or lower num_workers and OMP_NUM_THREADS to fit",
     ),
     "slow_compute": (
-        ("step_cpu_ms", "its thread computes {} ms per step (peers {})"),
+        ("step_cpu_ms", "its thread computes {} ms {per} (peers {})"),
         ("cpu_s_per_s", "it burns more CPU than its peers ({:.2f} s per second, peers {:.2f})"),
         ": its own work takes more CPU (heavier work, or a slower CPU)",
         "compare this rank's work with its peers' (uneven batch or sequence lengths, an "
@@ -707,11 +720,12 @@ _CAUSE_TEXT = {
 }
 
 
-def _cause_text(cause: str, evidence: dict[str, object]) -> tuple[str, str]:
+def _cause_text(cause: str, evidence: dict[str, object], per: str = "per step") -> tuple[str, str]:
     """The detail and advice of a cause named from the thread's clocks or the rates."""
     by_steps, by_rates, conclusion, advice = _CAUSE_TEXT[cause]
     key, phrase = by_steps if by_steps[0] in evidence else by_rates
-    return f"; {phrase.format(evidence[key], evidence[key + '_others'])}{conclusion}", advice
+    said = phrase.format(evidence[key], evidence[key + "_others"], per=per)
+    return f"; {said}{conclusion}", advice
 
 
 def _versus_peers(

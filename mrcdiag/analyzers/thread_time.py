@@ -87,18 +87,29 @@ class ThreadTime:
 
 
 def thread_time(
-    m: RankStepMatrix, row: int | np.ndarray, others: np.ndarray, steps: np.ndarray
+    m: RankStepMatrix,
+    row: int | np.ndarray,
+    others: np.ndarray,
+    steps: np.ndarray,
+    with_previous: bool = False,
 ) -> ThreadTime | None:
     """`row`'s thread time (or that of the rows `row`, all their steps pooled: a node's
     ranks) against the rows `others` (a boolean mask or indices) over `steps`; None
-    where either side was not recorded."""
+    where either side was not recorded. With `with_previous`, each of `steps` counts
+    together with the step before it (see `cells`): for stalls that come now and then."""
     if m.cpu_s is None or m.cpu_wait_s is None or not len(steps):
         return None
     rows = np.atleast_1d(row)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: None below
-        values = [float(np.nanmedian(a[np.ix_(rows, steps)])) for a in (m.cpu_s, m.cpu_wait_s)]
-        values += [float(np.nanmedian(a[np.ix_(others, steps)])) for a in (m.cpu_s, m.cpu_wait_s)]
+        values = [
+            float(np.nanmedian(cells(a, rows, steps, with_previous)))
+            for a in (m.cpu_s, m.cpu_wait_s)
+        ]
+        values += [
+            float(np.nanmedian(cells(a, others, steps, with_previous)))
+            for a in (m.cpu_s, m.cpu_wait_s)
+        ]
     if not np.isfinite(values).all():
         return None
     cpu, wait, cpu_others, wait_others = values
@@ -107,7 +118,26 @@ def thread_time(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # not known: NaN, left so
             throttled = (
-                float(np.nanmedian(m.cpu_throttled_s[np.ix_(rows, steps)])),
-                float(np.nanmedian(m.cpu_throttled_s[np.ix_(others, steps)])),
+                float(np.nanmedian(cells(m.cpu_throttled_s, rows, steps, with_previous))),
+                float(np.nanmedian(cells(m.cpu_throttled_s, others, steps, with_previous))),
             )
     return ThreadTime(cpu, cpu_others, wait, wait_others, *throttled)
+
+
+def cells(
+    a: np.ndarray, rows: np.ndarray, steps: np.ndarray, with_previous: bool = False
+) -> np.ndarray:
+    """`a`'s [rows, steps] cells; with `with_previous`, each cell plus the one of the step
+    before it. A rank's late work lies between its last collective and the one it comes
+    late to, and a step boundary may cut it: a stall after the backward pass of step
+    s-1 (an evaluation on rank 0, a checkpoint) makes its peers wait in step s. Where a
+    rank is late in a few steps only, the pair holds the whole of each stall; NaN where
+    the step before is not recorded."""
+    here = a[np.ix_(rows, steps)].astype(np.float64)
+    if not with_previous:
+        return here
+    before = np.asarray(steps) - 1
+    known = before >= 0
+    out = np.full_like(here, np.nan)
+    out[:, known] = here[:, known] + a[np.ix_(rows, before[known])]
+    return out
