@@ -1,7 +1,8 @@
-"""Node agent cost: CPU per sample with 8 (fake) GPUs, host and rank collectors, and the
-time to serve one scrape of /metrics.
+"""Node agent cost: CPU per sample with 8 (fake) GPUs, host and rank collectors, the
+time to serve one scrape of /metrics, and the CPU of the thread that watches 8 ranks'
+processes for stops (collectors/stops.py), on 8 real processes.
 
-    python benchmarks/agent_overhead.py [--samples 200] [--scrapes 200]
+    python benchmarks/agent_overhead.py [--samples 200] [--scrapes 200] [--watch-s 10]
 
 The NVML library is the fake from tests/fakes (no GPU here); everything above it is the
 real agent. CPU is process time (user+system) of the sampling thread's work divided by
@@ -32,6 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--scrapes", type=int, default=200)
+    p.add_argument("--watch-s", type=float, default=10.0)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = write_synthetic_run(
@@ -79,6 +81,30 @@ def main() -> None:
         f"scrape: median {statistics.median(scrape_ms):.2f} ms, "
         f"p90 {sorted(scrape_ms)[int(0.9 * len(scrape_ms))]:.2f} ms, {len(body)} bytes"
     )
+    share = stop_watch_cpu_share(8, args.watch_s)
+    print(f"stop watch, 8 ranks: {share * 100:.2f}% of one core over {args.watch_s:.0f} s")
+
+
+def stop_watch_cpu_share(n_ranks: int, seconds: float) -> float:
+    """The process's CPU per wall second while a StopWatch reads `n_ranks` processes (the
+    main thread sleeps meanwhile)."""
+    import subprocess
+
+    from mrcdiag.collectors.stops import StopWatch
+
+    ranks = [subprocess.Popen(["sleep", str(seconds + 30)]) for _ in range(n_ranks)]
+    try:
+        watch = StopWatch().start()
+        watch.watch([r.pid for r in ranks])
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        time.sleep(seconds)
+        share = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+        watch.stop()
+        return share
+    finally:
+        for r in ranks:
+            r.kill()
+            r.wait()
 
 
 if __name__ == "__main__":

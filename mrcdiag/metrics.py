@@ -98,6 +98,7 @@ HOST_NETWORK_TRANSMIT_DROPS = "mrcdiag_host_network_transmit_drops_total"
 HOST_NETWORK_SPEED = "mrcdiag_host_network_speed_bytes_per_second"
 RANK_CPU = "mrcdiag_rank_cpu_seconds_total"
 RANK_CPU_WAIT = "mrcdiag_rank_cpu_wait_seconds_total"  # run-queue wait (schedstat)
+RANK_STOPPED = "mrcdiag_rank_stopped_seconds_total"  # seen in state T (collectors/stops.py)
 
 # InfiniBand and RoCE ports (collectors/infiniband.py)
 FABRIC_PORT_TRANSMIT_BYTES = "mrcdiag_fabric_port_transmit_bytes_total"

@@ -350,3 +350,28 @@ def test_a_rank_stopped_from_outside_on_a_duty_cycle_is_found(run_dir: Path) -> 
     stragglers = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "straggler"]
     assert [f["ranks"] for f in stragglers] == [[1]], stragglers
     assert stragglers[0]["cause"] in ("unknown", "host_contention"), stragglers[0]
+    # the node agent saw it stopped, and its peers not
+    assert stragglers[0]["evidence"]["stopped_s_per_s"] >= 0.2, stragglers[0]
+    assert stragglers[0]["evidence"]["stopped_s_per_s_others"] <= 0.02, stragglers[0]
+
+
+def test_a_rank_stopped_in_and_out_of_its_collectives_is_found(run_dir: Path) -> None:
+    """Four ranks on two cores spend most of each step in gloo's all_reduce, in which
+    each rank moves data itself: a stop that falls there holds every rank inside it and
+    no arrival is late; one between collectives makes the rank late. SIGSTOP 200 ms of
+    every second on rank 3, as a scheduler suspending it would: one finding, which says
+    the node agent saw rank 3 stopped, wherever the stops fell."""
+    from outside import stopped_on_a_duty_cycle
+
+    job = demo_job("--steps", "300", "--work-ms", "1", "--hidden", "1536")
+    proc = subprocess.Popen(
+        launch_command(run_dir, torchrun(4, job)), env=job_env(), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    with stopped_on_a_duty_cycle(run_dir, 3, proc, 0.2, 1.0):
+        _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr
+    stragglers = [f for f in _warnings(report_json(run_dir)) if f["kind"] == "straggler"]
+    assert [f["ranks"] for f in stragglers] == [[3]], stragglers
+    assert stragglers[0]["evidence"]["stopped_s_per_s"] >= 0.1, stragglers[0]
+    assert "stopped" in stragglers[0]["summary"], stragglers[0]

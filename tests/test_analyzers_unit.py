@@ -688,3 +688,46 @@ def test_a_slowdown_that_begins_within_a_stage_stall_is_the_stages() -> None:
     quiet = straggler("info", **{STALL_MARK: "receives"})
     assert slowdowns_of_no_stage([slowdown(17)], [quiet]) == [slowdown(17)]
     assert slowdowns_of_no_stage([slowdown(17)], [straggler("critical")]) == [slowdown(17)]
+
+
+def _stopped(run, rates: dict[int, float], seconds: int = 10) -> None:  # noqa: ANN001
+    """The node agent's count of each rank's stopped seconds, at `rates` (s/s)."""
+    rows = [
+        (t * 1_000_000_000, "mrcdiag_rank_stopped_seconds_total", f"rank={r},local_rank={r}",
+         rate * t)
+        for t in range(seconds + 1)
+        for r, rate in rates.items()
+    ]  # fmt: skip
+    run.node_samples["h0"] = node_samples(rows)
+
+
+def test_a_rank_stopped_inside_collectives_is_the_straggler_the_agent_saw_stopped() -> None:
+    # rank 3 stopped 200 ms every 10th step inside the all_reduce: every rank ends it late
+    # together and none arrives late; only the agent's count of its stops tells (2 s of
+    # the run's 3.2 s)
+    run = lockstep(4, 100, transfer_ms=lambda k: 200.0 if k % 10 == 5 else 2.0)
+    assert not [f for f in analyze(run).findings if f.kind == "straggler"]
+    _stopped(run, {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.6})
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (3,) and finding.cause == "unknown", finding
+    assert finding.severity in ("warning", "critical"), finding
+    assert finding.evidence["stopped_s_per_s"] == 0.6
+    assert "stopped 60% of the time" in finding.summary
+    stalls_s = 0.198 * len([k for k in range(5, 100) if k % 10 == 5])
+    assert 0.5 * stalls_s <= finding.time_lost_s <= 1.05 * stalls_s, finding
+
+
+def test_every_rank_stopped_alike_blames_none() -> None:
+    # the whole job suspended (Ctrl-Z, a scheduler suspending every rank): no rank's fault
+    run = lockstep(4, 100, transfer_ms=lambda k: 200.0 if k % 10 == 5 else 2.0)
+    _stopped(run, dict.fromkeys(range(4), 0.15))
+    assert not [f for f in analyze(run).findings if f.kind == "straggler"]
+
+
+def test_a_late_rank_seen_stopped_has_one_finding_that_says_so() -> None:
+    run = lockstep(4, 60, compute_ms={0: 10, 1: 10, 2: 10, 3: 30})
+    _stopped(run, {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.4})
+    (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
+    assert finding.ranks == (3,)
+    assert "holds its peers up" in finding.summary and "stopped 40% of the time" in finding.summary
+    assert finding.evidence["stopped_s_per_s_others"] == 0.0

@@ -53,7 +53,7 @@ def _answered(rank_dir: Path, since_unix_s: float) -> bool:
 def default_collectors(common: dict[str, str], ranks: RankCollector | None) -> list[Any]:
     """Every source this node has; a missing library or device yields nothing."""
     collectors: list[Any] = [
-        HostCollector(common, ranks.rank_processes if ranks else list),
+        HostCollector(common, ranks.rank_processes if ranks else list, watch_stops=True),
     ]
     rank_processes = ranks.rank_processes if ranks else list
     for factory in _optional_factories():
@@ -325,6 +325,13 @@ class NodeAgent:
             self.sample_once()  # the last seconds of the job
         except Exception:
             pass
+        for c in self.collectors:
+            close = getattr(c, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception as exc:
+                    warn_once(f"close-{type(c).__name__}", f"{type(c).__name__}: {exc!r}")
         if self._samples is not None:
             self._samples.close()
             self._samples = None

@@ -38,6 +38,7 @@ from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.analyzers.slowdown import find_slowdowns
 from mrcdiag.analyzers.stacks import stack_groups
+from mrcdiag.analyzers.stopped import with_stopped_ranks
 from mrcdiag.analyzers.stragglers import find_stragglers
 from mrcdiag.analyzers.summary import Summary, busbw_gbps, group_sizes, summarize
 from mrcdiag.store.flight_recorder import FlightDump
@@ -138,7 +139,9 @@ def _findings(
         findings += find_hangs(run, matrix.spans)
     else:
         findings += find_live_hangs(run, live_now_ns, settings.hang_after_s)
-    stragglers = find_stragglers(run, instances, matrix, settings)
+    stragglers = with_stopped_ranks(
+        run, matrix, find_stragglers(run, instances, matrix, settings), settings
+    )
     findings += stragglers
     findings += find_pcie_degraded(run, stragglers, settings)
     findings += find_numa_mismatch(run, stragglers)

@@ -60,6 +60,11 @@ class Settings:
     min_warning_lost_s: float = 0.25
     cpu_wait_excess_s_per_s: float = 0.15  # run-queue wait beyond the other ranks'
     cpu_excess_s_per_s: float = 0.05  # CPU time beyond the other ranks', for slow_compute
+    # A rank whose process the node agent saw stopped (collectives/stops.py) this share of
+    # the time or more, while its peers were stopped a quarter as much or less, stopped
+    # the job with it, in or out of collectives.
+    stopped_min_s_per_s: float = 0.01
+    stopped_peers_ratio: float = 0.25
     # On a host where every rank waits for a CPU, an unexplained straggler costing less
     # than this share of the run is told as the host's contention, not as the rank's fault
     contended_host_fold_lost_ratio: float = 0.10

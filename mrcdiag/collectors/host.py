@@ -16,7 +16,9 @@ from pathlib import Path
 
 import psutil
 
+from mrcdiag import metrics
 from mrcdiag.collectors.base import Sample, SampleCollector
+from mrcdiag.collectors.stops import StopWatch
 
 RankProcess = tuple[int, int, int]  # (rank, local_rank, pid)
 
@@ -57,10 +59,15 @@ class HostCollector(SampleCollector):
         common_labels: dict[str, str],
         rank_processes: Callable[[], list[RankProcess]] = list,
         proc_root: Path = Path("/proc"),
+        watch_stops: bool = False,
     ) -> None:
         super().__init__(common_labels)
         self.rank_processes = rank_processes
         self.proc_root = proc_root
+        # the node agent's: a thread reading the ranks' states (collectors/stops.py)
+        self.stops: StopWatch | None = None
+        if watch_stops:
+            self.stops = StopWatch(proc_root=proc_root).start()
         psutil.cpu_percent(percpu=True)  # prime: the first call has no interval behind it
         self._procs: dict[int, psutil.Process] = {}
         self._waits: dict[int, ThreadCounter] = {}  # pid -> its run-queue wait
@@ -97,6 +104,10 @@ class HostCollector(SampleCollector):
         ]
         out += self._nics() + self._disks() + self._ranks()
         return out
+
+    def close(self) -> None:
+        if self.stops is not None:
+            self.stops.stop()
 
     def _nics(self) -> list[Sample]:
         out = []
@@ -162,7 +173,10 @@ class HostCollector(SampleCollector):
 
     def _ranks(self) -> list[Sample]:
         out = []
-        for rank, local_rank, pid in self.rank_processes():
+        processes = self.rank_processes()
+        if self.stops is not None:
+            self.stops.watch([pid for _, _, pid in processes if pid > 0])
+        for rank, local_rank, pid in processes:
             labels = (("rank", str(rank)), ("local_rank", str(local_rank)))
             try:
                 proc = self._procs.get(pid) or psutil.Process(pid)
@@ -182,6 +196,17 @@ class HostCollector(SampleCollector):
                     "CPU time used by the rank's process",
                 )
             )
+            stopped_s = self.stops.stopped_s(pid) if self.stops is not None else None
+            if stopped_s is not None:
+                out.append(
+                    Sample(
+                        metrics.RANK_STOPPED,
+                        stopped_s,
+                        labels,
+                        "counter",
+                        "Time the rank's process was seen stopped (SIGSTOP, a suspend)",
+                    )
+                )
             waits = read_schedstat_waits_ns(pid, self.proc_root)
             if waits is not None:
                 counter = self._waits.setdefault(pid, ThreadCounter())

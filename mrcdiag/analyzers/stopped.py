@@ -1,0 +1,104 @@
+"""Ranks stopped from outside, as their node agents saw them (collectors/stops.py).
+
+A synchronous job stops with any one of its ranks. Where the rank stops between
+collectives, it arrives late and the straggler analysis finds it; where it stops inside
+one (CPU jobs on gloo, whose ranks move the data themselves), every rank ends that
+collective late together and no arrival points at it. The node agent's count of the
+time each rank's process was stopped covers both: a rank stopped far more than its peers
+is that stop's straggler. Pure: run data and the straggler findings in, findings out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from mrcdiag.analyzers.common import job_step_time, steady_columns
+from mrcdiag.analyzers.findings import Finding, severity_rank
+from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.settings import Settings
+from mrcdiag.analyzers.stragglers import counter_rates
+from mrcdiag.metrics import RANK_STOPPED
+from mrcdiag.store.reader import RunData
+
+
+def with_stopped_ranks(
+    run: RunData, m: RankStepMatrix, stragglers: list[Finding], settings: Settings
+) -> list[Finding]:
+    """`stragglers`, with what the node agents saw of ranks stopped: added to the finding
+    that already blames such a rank, or a finding of its own where none does."""
+    rates = counter_rates(run, RANK_STOPPED)
+    if len(rates) < 2:
+        return stragglers
+    cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
+    job = job_step_time(m.duration_s[:, cols]) if len(cols) else np.array([])
+    job = job[np.isfinite(job)]
+    if len(job) == 0:
+        return stragglers
+    run_s = float(job.sum())
+    # what the job's slow steps cost against its typical one: a bound on what any stop
+    # could have cost it
+    excess_s = float(np.maximum(job - np.median(job), 0).sum())
+    out = list(stragglers)
+    for rank, rate in sorted(rates.items()):
+        peers = [r for other, r in rates.items() if other != rank]
+        peers_rate = float(np.median(peers))
+        if rate < settings.stopped_min_s_per_s or peers_rate > settings.stopped_peers_ratio * rate:
+            continue
+        lost_s = min(rate * run_s, excess_s)
+        severity = _severity(lost_s, run_s, settings)
+        evidence = {
+            "stopped_s_per_s": round(rate, 4),
+            "stopped_s_per_s_others": round(peers_rate, 4),
+        }
+        said = (
+            f"the node agent saw its process stopped {100 * rate:.0f}% of the time (its peers "
+            f"{100 * peers_rate:.0f}%)"
+        )
+        blamed = next(
+            (
+                i
+                for i, f in enumerate(out)
+                if f.kind == "straggler" and f.ranks == (rank,) and f.cause != "host_contention"
+            ),
+            None,
+        )
+        if blamed is not None:
+            f = out[blamed]
+            out[blamed] = replace(
+                f,
+                severity=max(f.severity, severity, key=severity_rank),
+                time_lost_s=max(f.time_lost_s, lost_s),
+                summary=f"{f.summary}; {said}",
+                evidence={**f.evidence, **evidence},
+            )
+            continue
+        host = run.host_of(rank)
+        out.append(
+            Finding(
+                kind="straggler",
+                severity=severity,
+                cause="unknown",
+                time_lost_s=lost_s,
+                ranks=(rank,),
+                nodes=(host,),
+                summary=f"rank {rank} on {host} stops the job: {said}, stopped from outside "
+                "(SIGSTOP, a scheduler suspending it); every rank waits for it, inside "
+                "collectives too, where no late arrival shows it",
+                evidence={**evidence, "job_step_time_ms": round(float(np.median(job)) * 1e3, 3)},
+                recommendation="find what stops this process: a scheduler's suspend (Slurm "
+                "gang scheduling, preemption by suspend), a supervisor or watchdog sending "
+                "SIGSTOP, a debugger; `ps -o pid,stat,cmd` shows T while it is stopped",
+            )
+        )
+    return out
+
+
+def _severity(lost_s: float, run_s: float, settings: Settings) -> str:
+    share = lost_s / run_s if run_s > 0 else 0.0
+    if lost_s < settings.min_warning_lost_s:
+        return "info"
+    if share >= settings.critical_lost_of_run_ratio:
+        return "critical"
+    return "warning" if share >= settings.warning_lost_of_run_ratio else "info"
