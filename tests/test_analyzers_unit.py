@@ -731,3 +731,18 @@ def test_a_late_rank_seen_stopped_has_one_finding_that_says_so() -> None:
     assert finding.ranks == (3,)
     assert "holds its peers up" in finding.summary and "stopped 40% of the time" in finding.summary
     assert finding.evidence["stopped_s_per_s_others"] == 0.0
+
+
+def test_a_rank_seen_stopped_explains_the_jumps_in_the_jobs_pace() -> None:
+    from mrcdiag.analyzers.stopped import unexplained_slowdowns
+
+    slowdown = Finding("slowdown", "critical", "host_contention", 1.0, (0, 1), (),
+                       evidence={"start_step": 155})  # fmt: skip
+    stopped = Finding("straggler", "critical", "unknown", 5.0, (1,), ("vm",),
+                      evidence={"stopped_s_per_s": 0.4})  # fmt: skip
+    late = Finding("straggler", "critical", "unknown", 5.0, (1,), ("vm",))
+    assert unexplained_slowdowns([slowdown], [stopped]) == []
+    assert unexplained_slowdowns([slowdown], [late]) == [slowdown]
+    info = Finding("straggler", "info", "unknown", 0.1, (1,), ("vm",),
+                   evidence={"stopped_s_per_s": 0.02})  # fmt: skip
+    assert unexplained_slowdowns([slowdown], [info]) == [slowdown]

@@ -40,8 +40,8 @@ from mrcdiag.agent.tracker import (
 from mrcdiag.analyzers import analyze
 from mrcdiag.analyzers.common import job_step_time
 from mrcdiag.analyzers.findings import Finding
-from mrcdiag.analyzers.pipeline import slowdowns_of_no_stage
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
+from mrcdiag.analyzers.stopped import unexplained_slowdowns
 from mrcdiag.log import warn_once
 from mrcdiag.store.reader import samples_columns
 from mrcdiag.store.records import RunMeta, WorldMeta
@@ -142,7 +142,7 @@ class LiveAnalysis:
                     found.append(f)
                     self._note_share(f, job_time_s)
             slowdowns = self.pace.update(analysis.matrix, w, job, settings)
-            found += [f for f in slowdowns_of_no_stage(slowdowns, found) if worth_a_line(f)]
+            found += [f for f in unexplained_slowdowns(slowdowns, found) if worth_a_line(f)]
             self.rank_rows = _rank_rows(analysis.matrix, w, settings.warmup_steps)
             self.recent_step_s = [round(float(v), 6) for v in job[-RECENT_PACE_STEPS * 3 :]]
         transitions = self.tracker.update(found, now, max(0, complete - 1), min(1.0, share))

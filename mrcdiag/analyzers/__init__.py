@@ -32,13 +32,12 @@ from mrcdiag.analyzers.pcie import find_pcie_degraded
 from mrcdiag.analyzers.pipeline import (
     find_stage_imbalance,
     find_stage_stalls,
-    slowdowns_of_no_stage,
 )
 from mrcdiag.analyzers.pseudo_steps import with_pseudo_steps
 from mrcdiag.analyzers.settings import DEFAULTS, Settings
 from mrcdiag.analyzers.slowdown import find_slowdowns
 from mrcdiag.analyzers.stacks import stack_groups
-from mrcdiag.analyzers.stopped import with_stopped_ranks
+from mrcdiag.analyzers.stopped import unexplained_slowdowns, with_stopped_ranks
 from mrcdiag.analyzers.stragglers import find_stragglers
 from mrcdiag.analyzers.summary import Summary, busbw_gbps, group_sizes, summarize
 from mrcdiag.store.flight_recorder import FlightDump
@@ -155,7 +154,7 @@ def _findings(
     }
     findings += find_stage_stalls(run, matrix, blamed, settings)
     if live_now_ns is None:
-        findings += slowdowns_of_no_stage(find_slowdowns(matrix, settings), findings)
+        findings += unexplained_slowdowns(find_slowdowns(matrix, settings), findings)
     findings = _with_cpu_limit(run, matrix, findings, settings)
     explained = tuple(sorted({r for f in stragglers if f.severity != "info" for r in f.ranks}))
     findings += find_idle(run, matrix, explained, settings)

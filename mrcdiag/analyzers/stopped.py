@@ -17,6 +17,7 @@ import numpy as np
 from mrcdiag.analyzers.common import job_step_time, steady_columns
 from mrcdiag.analyzers.findings import Finding, severity_rank
 from mrcdiag.analyzers.lateness import RankStepMatrix
+from mrcdiag.analyzers.pipeline import slowdowns_of_no_stage
 from mrcdiag.analyzers.settings import Settings
 from mrcdiag.analyzers.stragglers import counter_rates
 from mrcdiag.metrics import RANK_STOPPED
@@ -102,3 +103,15 @@ def _severity(lost_s: float, run_s: float, settings: Settings) -> str:
     if share >= settings.critical_lost_of_run_ratio:
         return "critical"
     return "warning" if share >= settings.warning_lost_of_run_ratio else "info"
+
+
+def unexplained_slowdowns(slowdowns: list[Finding], findings: list[Finding]) -> list[Finding]:
+    """The slowdowns that neither a pipeline stage's stalls (pipeline.py) nor a rank seen
+    stopped explain, live and after the run alike. A rank stopped now and then stops
+    every rank with it, so the job's pace jumps as the stops fall in and out of its
+    steps, on every rank: that was read as a change of pace (a 1F1B run with stage 1
+    stopped 40 ms of every 100 ms, on a host whose cores were all busy, got a critical
+    host_contention slowdown live beside the stage's finding)."""
+    slowdowns = slowdowns_of_no_stage(slowdowns, findings)
+    stopped = any(f.severity != "info" and "stopped_s_per_s" in f.evidence for f in findings)
+    return [] if stopped else slowdowns
