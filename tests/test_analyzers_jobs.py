@@ -19,6 +19,7 @@ from conftest import (
     launch_command,
     live_warnings_of_a_clean_run,
     report_json,
+    script,
     steps_recorded,
     torchrun,
     warnings_of_a_clean_run,
@@ -375,3 +376,22 @@ def test_a_rank_stopped_in_and_out_of_its_collectives_is_found(run_dir: Path) ->
     assert [f["ranks"] for f in stragglers] == [[3]], stragglers
     assert stragglers[0]["evidence"]["stopped_s_per_s"] >= 0.1, stragglers[0]
     assert "stopped" in stragglers[0]["summary"], stragglers[0]
+
+
+def test_workers_started_at_each_epoch_are_a_job_wide_stall_of_data_loading(
+    run_dir: Path,
+) -> None:
+    """Every rank waits for its DataLoader's new workers at the start of each epoch (they
+    take 0.25 s to start): the time is the DataLoader's (DataLoader.__iter__ counts as
+    data wait), the whole job stalls every 10 steps, and no rank is to blame."""
+    result = launch(run_dir, 2, script("epochs.py", "--epochs", "6"), timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = read_run(run_dir)
+    first_of_epoch = np.isin(run.steps["step"], [10, 20, 30, 40, 50])
+    assert (run.steps["data_wait_ns"][first_of_epoch] >= 0.2e9).all()
+    report = report_json(run_dir)
+    assert _warnings(report) == [], _warnings(report)
+    (stall,) = [f for f in report["findings"] if f["cause"] == "job_stalls"]
+    assert stall["kind"] == "idle_compute" and stall["severity"] == "info"
+    assert (stall["evidence"]["pattern"], stall["evidence"]["every_steps"]) == ("periodic", 10)
+    assert "DataLoader" in stall["summary"], stall

@@ -746,3 +746,43 @@ def test_a_rank_seen_stopped_explains_the_jumps_in_the_jobs_pace() -> None:
     info = Finding("straggler", "info", "unknown", 0.1, (1,), ("vm",),
                    evidence={"stopped_s_per_s": 0.02})  # fmt: skip
     assert unexplained_slowdowns([slowdown], [info]) == [slowdown]
+
+
+def _job_stalls(run) -> list[Finding]:  # noqa: ANN001
+    return [f for f in analyze(run).findings if f.cause == "job_stalls"]
+
+
+def test_every_rank_pausing_every_tenth_step_is_a_job_wide_stall_with_its_cost() -> None:
+    # every rank computes 120 ms more every 10th step (an evaluation on all ranks)
+    def clocks(rank: int, step: int) -> tuple[float, float]:
+        return (10.0 + (120.0 if step % 10 == 5 else 0.0)), 0.5
+
+    run = lockstep(3, 100, extra_ms=lambda r, k: 120.0 if k % 10 == 5 else 0.0, thread_ms=clocks)
+    (stall,) = _job_stalls(run)
+    assert stall.kind == "idle_compute" and stall.severity == "info" and stall.ranks == (0, 1, 2)
+    assert (stall.evidence["pattern"], stall.evidence["every_steps"]) == ("periodic", 10)
+    events = len([k for k in range(5, 100) if k % 10 == 5])
+    assert abs(stall.time_lost_s - 0.120 * events) <= 0.15 * 0.120 * events, stall
+    assert "computes 120 ms more" in stall.summary
+    assert not [f for f in analyze(run).findings if f.severity != "info"]
+
+
+def test_a_job_wide_stall_off_the_cpu_is_said_to_be_io_or_a_sleep() -> None:
+    run = lockstep(
+        3, 100, extra_ms=lambda r, k: 120.0 if k % 10 == 5 else 0.0,
+        thread_ms=lambda r, k: (10.0, 0.5),
+    )  # fmt: skip
+    (stall,) = _job_stalls(run)
+    assert "off the CPU" in stall.summary
+
+
+def test_one_rank_stalling_is_its_straggler_finding_not_a_job_wide_stall() -> None:
+    from mrcdiag.analyzers.job_stalls import find_job_stalls
+
+    run = lockstep(3, 100, extra_ms=lambda r, k: 120.0 if r == 1 and k % 10 == 5 else 0.0)
+    analysis = analyze(run)
+    assert find_job_stalls(analysis.matrix, [], DEFAULTS) == []  # the others only waited
+
+
+def test_a_clean_run_has_no_job_wide_stall() -> None:
+    assert _job_stalls(lockstep(3, 100, noise_ms=1.0)) == []

@@ -24,6 +24,7 @@ from mrcdiag.analyzers.hangs import find_hangs, find_live_hangs
 from mrcdiag.analyzers.idle import find_idle
 from mrcdiag.analyzers.instances import Instances, instances_and_transfer
 from mrcdiag.analyzers.interconnect import find_interconnect
+from mrcdiag.analyzers.job_stalls import find_job_stalls
 from mrcdiag.analyzers.lateness import RankStepMatrix, rank_step_matrix, step_matrices
 from mrcdiag.analyzers.link_rates import find_degraded_links
 from mrcdiag.analyzers.numa import find_numa_mismatch
@@ -158,6 +159,7 @@ def _findings(
     findings = _with_cpu_limit(run, matrix, findings, settings)
     explained = tuple(sorted({r for f in stragglers if f.severity != "info" for r in f.ranks}))
     findings += find_idle(run, matrix, explained, settings)
+    findings += find_job_stalls(matrix, findings, settings)
     return findings
 
 

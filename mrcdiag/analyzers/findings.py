@@ -22,6 +22,7 @@ EFFICIENCY_CAUSES = frozenset(
         ("interconnect", "no_p2p"),
         ("idle_compute", "waiting_on_collectives"),
         ("idle_compute", "data_loading"),
+        ("idle_compute", "job_stalls"),
         ("idle_compute", "low_gpu_utilization"),
     }
 )

@@ -65,6 +65,13 @@ class Settings:
     # the job with it, in or out of collectives.
     stopped_min_s_per_s: float = 0.01
     stopped_peers_ratio: float = 0.25
+    # Job-wide stalls (analyzers/job_stalls.py): steps in which even the rank with the
+    # least own work took this much longer than its typical step (a step's worth, and at
+    # least job_stall_min_s), at least this many times, costing this share of the run.
+    job_stall_of_step_ratio: float = 1.0
+    job_stall_min_s: float = 0.02
+    job_stall_min_events: int = 3
+    job_stall_min_share_of_run: float = 0.05
     # On a host where every rank waits for a CPU, an unexplained straggler costing less
     # than this share of the run is told as the host's contention, not as the rank's fault
     contended_host_fold_lost_ratio: float = 0.10

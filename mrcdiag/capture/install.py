@@ -160,24 +160,30 @@ def _patch_init(dist: Any, c10d: Any) -> None:
 
 
 def _patch_dataloader(torch: Any) -> None:
+    """The training thread's wait for its data: in each batch's __next__, and in
+    DataLoader.__iter__, where an epoch begins by starting the worker processes and
+    waiting for their first batches (every epoch, unless persistent_workers=True)."""
     try:
-        from torch.utils.data.dataloader import _BaseDataLoaderIter
+        from torch.utils.data.dataloader import DataLoader, _BaseDataLoaderIter
     except Exception:
         return
-    orig_next = _BaseDataLoaderIter.__next__
+    _BaseDataLoaderIter.__next__ = _timed_as_data_wait(_BaseDataLoaderIter.__next__)
+    DataLoader.__iter__ = _timed_as_data_wait(DataLoader.__iter__)
 
-    @functools.wraps(orig_next)
-    def __next__(self: Any) -> Any:
+
+def _timed_as_data_wait(orig: Any) -> Any:
+    @functools.wraps(orig)
+    def timed(self: Any) -> Any:
         session = current_session()
         if session is None:
-            return orig_next(self)
+            return orig(self)
         t0 = _now()
         try:
-            return orig_next(self)
+            return orig(self)
         finally:
             session.steps.data_wait_ns += _now() - t0
 
-    _BaseDataLoaderIter.__next__ = __next__
+    return timed
 
 
 def _patch_optimizer(torch: Any) -> None:
