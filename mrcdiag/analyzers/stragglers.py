@@ -743,15 +743,21 @@ def _versus_peers(
     return mine, rest
 
 
-def counter_rates(run: RunData, name: str) -> dict[int, float]:
+def counter_rates(run: RunData, name: str, over_last_s: float | None = None) -> dict[int, float]:
     """A per-rank counter of the node agents (CPU seconds, run-queue wait) as a rate
-    (s/s) per rank over the run."""
+    (s/s) per rank over the run, or over the last `over_last_s` of its samples (the
+    live window's span, where the samples reach further back)."""
     rates: dict[int, float] = {}
     for samples in run.node_samples.values():
         names = samples["name"] == name
         for labels in set(samples["labels"][names]):
             fields = parse_labels(labels)
             t, v = series(samples, name, labels)
+            if len(t) and over_last_s is not None:
+                # two samples at least: a short window still has a rate
+                first = min(int(np.searchsorted(t, t[-1] - over_last_s * 1e9)), len(t) - 2)
+                first = max(first, 0)
+                t, v = t[first:], v[first:]
             if len(t) >= 2 and t[-1] > t[0] and "rank" in fields:
                 rates[int(fields["rank"])] = float((v[-1] - v[0]) / ((t[-1] - t[0]) / 1e9))
     return rates
