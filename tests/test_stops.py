@@ -66,3 +66,24 @@ def test_the_host_collector_serves_each_ranks_stopped_seconds() -> None:
         host.close()
         child.kill()
         child.wait()
+
+
+def test_stops_on_a_period_of_their_own_are_seen_for_their_share_of_the_time() -> None:
+    # SIGSTOP 40 ms of every 100 ms: read every 100 ms on the dot, the readings could
+    # keep falling at one phase of the cycle (always between stops, or always in them)
+    child = subprocess.Popen(["sleep", "60"])
+    watch = StopWatch().start()
+    watch.watch([child.pid])
+    try:
+        began = time.monotonic()
+        while time.monotonic() - began < 6.0:
+            os.kill(child.pid, signal.SIGSTOP)
+            time.sleep(0.04)
+            os.kill(child.pid, signal.SIGCONT)
+            time.sleep(0.06)
+        share = (watch.stopped_s(child.pid) or 0.0) / (time.monotonic() - began)
+        assert 0.2 <= share <= 0.6, share
+    finally:
+        watch.stop()
+        child.kill()
+        child.wait()

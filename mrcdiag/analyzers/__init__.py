@@ -139,9 +139,7 @@ def _findings(
         findings += find_hangs(run, matrix.spans)
     else:
         findings += find_live_hangs(run, live_now_ns, settings.hang_after_s)
-    stragglers = with_stopped_ranks(
-        run, matrix, find_stragglers(run, instances, matrix, settings), settings
-    )
+    stragglers = find_stragglers(run, instances, matrix, settings)
     findings += stragglers
     findings += find_pcie_degraded(run, stragglers, settings)
     findings += find_numa_mismatch(run, stragglers)
@@ -154,10 +152,17 @@ def _findings(
         r for f in findings if f.kind == "straggler" and f.severity != "info" for r in f.ranks
     }
     findings += find_stage_stalls(run, matrix, blamed, settings)
+    # what the node agents saw of ranks stopped: told with the finding that blames such
+    # a rank (its lateness, a pipeline stage's stalls), or on its own
+    findings = with_stopped_ranks(run, matrix, findings, settings)
     if live_now_ns is None:
         findings += unexplained_slowdowns(find_slowdowns(matrix, settings), findings)
     findings = _with_cpu_limit(run, matrix, findings, settings)
-    explained = tuple(sorted({r for f in stragglers if f.severity != "info" for r in f.ranks}))
+    explained = tuple(
+        sorted(
+            {r for f in findings if f.kind == "straggler" and f.severity != "info" for r in f.ranks}
+        )
+    )
     findings += find_idle(run, matrix, explained, settings)
     findings += find_job_stalls(matrix, findings, settings)
     return findings

@@ -25,25 +25,26 @@ from mrcdiag.store.reader import RunData
 
 
 def with_stopped_ranks(
-    run: RunData, m: RankStepMatrix, stragglers: list[Finding], settings: Settings
+    run: RunData, m: RankStepMatrix, findings: list[Finding], settings: Settings
 ) -> list[Finding]:
-    """`stragglers`, with what the node agents saw of ranks stopped: added to the finding
-    that already blames such a rank, or a finding of its own where none does."""
+    """`findings`, with what the node agents saw of ranks stopped: added to the straggler
+    finding that already blames such a rank (its lateness, a pipeline stage's stalls),
+    or a finding of its own where none does."""
     cols = steady_columns(m.duration_s.shape[1], settings.warmup_steps)
     job = job_step_time(m.duration_s[:, cols]) if len(cols) else np.array([])
     job = job[np.isfinite(job)]
     if len(job) == 0:
-        return stragglers
+        return findings
     run_s = float(job.sum())
     # over the steps judged: live, the agents keep samples from further back, and a
     # rank's stops must end with the finding when they end
     rates = counter_rates(run, RANK_STOPPED, over_last_s=run_s)
     if len(rates) < 2:
-        return stragglers
+        return findings
     # what the job's slow steps cost against its typical one: a bound on what any stop
     # could have cost it
     excess_s = float(np.maximum(job - np.median(job), 0).sum())
-    out = list(stragglers)
+    out = list(findings)
     for rank, rate in sorted(rates.items()):
         peers = [r for other, r in rates.items() if other != rank]
         peers_rate = float(np.median(peers))

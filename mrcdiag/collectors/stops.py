@@ -14,6 +14,7 @@ did. A process stopped by a tracer (py-spy taking stacks: "t") is not counted.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ SAMPLE_INTERVAL_S = 0.1  # 10 readings a second per rank (0.3% of a core for 8 r
 STOPPED = "T"  # job-control stop; "t" is a tracer's
 # Between two readings further apart than this (the agent itself held up), the time is
 # not credited: a stop is only counted where it was seen around it.
-MAX_CREDITED_GAP_S = 4 * SAMPLE_INTERVAL_S
+MAX_CREDITED_GAP_S = 5 * SAMPLE_INTERVAL_S
 
 
 def process_state(pid: int, proc_root: Path = Path("/proc")) -> str | None:
@@ -110,8 +111,12 @@ class StopWatch:
                 self._stopped_s[pid] = total + gap * seen / 2
 
     def _run(self) -> None:
+        # At random intervals around the mean: stops that come on a period of their own
+        # (SIGSTOP 40 ms of every 100 ms; a CFS period is 100 ms too) would otherwise
+        # be read at one phase of it, always outside them or always inside.
         # time.sleep costs a tenth of what an Event's timed wait does (a timed lock
-        # acquire): at 20 wake-ups a second that is most of this thread's CPU
+        # acquire): at 10 wake-ups a second that is most of this thread's CPU.
+        jitter = random.Random()
         while not self._quit.is_set():
-            time.sleep(self._interval_s)
+            time.sleep(self._interval_s * jitter.uniform(0.5, 1.5))
             self.read_once()
