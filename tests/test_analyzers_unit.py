@@ -724,12 +724,19 @@ def test_every_rank_stopped_alike_blames_none() -> None:
     assert not [f for f in analyze(run).findings if f.kind == "straggler"]
 
 
-def test_a_late_rank_seen_stopped_has_one_finding_that_says_so() -> None:
-    run = lockstep(4, 60, compute_ms={0: 10, 1: 10, 2: 10, 3: 30})
-    _stopped(run, {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.4})
+@pytest.mark.parametrize(("stopped", "cause"), [(0.4, "unknown"), (0.05, "slow_compute")])
+def test_a_late_rank_seen_stopped_has_one_finding_that_says_so(stopped: float, cause: str) -> None:
+    # its thread's clocks say heavier work; where its stops account for half of what it
+    # cost or more, they are the cause
+    run = lockstep(
+        4, 60, compute_ms={0: 10, 1: 10, 2: 10, 3: 30},
+        thread_ms=lambda r, k: ((29.0 if r == 3 else 9.0), 0.5),
+    )  # fmt: skip
+    _stopped(run, {0: 0.0, 1: 0.0, 2: 0.0, 3: stopped})
     (finding,) = [f for f in analyze(run).findings if f.kind == "straggler"]
-    assert finding.ranks == (3,)
-    assert "holds its peers up" in finding.summary and "stopped 40% of the time" in finding.summary
+    assert finding.ranks == (3,) and finding.cause == cause, finding
+    said = f"stopped {100 * stopped:.0f}% of the time"
+    assert "holds its peers up" in finding.summary and said in finding.summary
     assert finding.evidence["stopped_s_per_s_others"] == 0.0
 
 

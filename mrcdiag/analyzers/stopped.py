@@ -10,6 +10,7 @@ is that stop's straggler. Pure: run data and the straggler findings in, findings
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -41,16 +42,15 @@ def with_stopped_ranks(
     rates = counter_rates(run, RANK_STOPPED, over_last_s=run_s)
     if len(rates) < 2:
         return findings
-    # what the job's slow steps cost against its typical one: a bound on what any stop
-    # could have cost it
-    excess_s = float(np.maximum(job - np.median(job), 0).sum())
     out = list(findings)
     for rank, rate in sorted(rates.items()):
         peers = [r for other, r in rates.items() if other != rank]
         peers_rate = float(np.median(peers))
         if rate < settings.stopped_min_s_per_s or peers_rate > settings.stopped_peers_ratio * rate:
             continue
-        lost_s = min(rate * run_s, excess_s)
+        if rank not in m.ranks:
+            continue
+        lost_s = rate * run_s * (1.0 - _wait_share(m, m.row(rank), cols))
         severity = _severity(lost_s, run_s, settings)
         evidence = {
             "stopped_s_per_s": round(rate, 4),
@@ -61,21 +61,23 @@ def with_stopped_ranks(
             f"{100 * peers_rate:.0f}%)"
         )
         blamed = next(
-            (
-                i
-                for i, f in enumerate(out)
-                if f.kind == "straggler" and f.ranks == (rank,) and f.cause != "host_contention"
-            ),
+            (i for i, f in enumerate(out) if f.kind == "straggler" and f.ranks == (rank,)),
             None,
         )
         if blamed is not None:
             f = out[blamed]
+            # where the stops account for half of what the rank cost or more, they are
+            # its cause: a stopped process waits for a CPU when it runs again, on a busy
+            # host, and that is what its thread's clocks showed
+            stops_explain = lost_s >= 0.5 * f.time_lost_s
             out[blamed] = replace(
                 f,
+                cause="unknown" if stops_explain else f.cause,
                 severity=max(f.severity, severity, key=severity_rank),
                 time_lost_s=max(f.time_lost_s, lost_s),
                 summary=f"{f.summary}; {said}",
                 evidence={**f.evidence, **evidence},
+                recommendation=_ADVICE if stops_explain else f.recommendation,
             )
             continue
         host = run.host_of(rank)
@@ -91,12 +93,28 @@ def with_stopped_ranks(
                 "(SIGSTOP, a scheduler suspending it); every rank waits for it, inside "
                 "collectives too, where no late arrival shows it",
                 evidence={**evidence, "job_step_time_ms": round(float(np.median(job)) * 1e3, 3)},
-                recommendation="find what stops this process: a scheduler's suspend (Slurm "
-                "gang scheduling, preemption by suspend), a supervisor or watchdog sending "
-                "SIGSTOP, a debugger; `ps -o pid,stat,cmd` shows T while it is stopped",
+                recommendation=_ADVICE,
             )
         )
     return out
+
+
+def _wait_share(m: RankStepMatrix, row: int, cols: np.ndarray) -> float:
+    """The share of its steps a rank spent waiting for late peers: a stop that falls
+    there costs the job nothing, one that falls anywhere else (its own work, a
+    collective's transfer) holds every rank for as long."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        total = float(np.nansum(m.duration_s[row, cols]))
+        waited = float(np.nansum(m.wait_s[row, cols]))
+    return min(max(waited / total, 0.0), 1.0) if total > 0 else 0.0
+
+
+_ADVICE = (
+    "find what stops this process: a scheduler's suspend (Slurm gang scheduling, "
+    "preemption by suspend), a supervisor or watchdog sending SIGSTOP, a debugger; "
+    "`ps -o pid,stat,cmd` shows T while it is stopped"
+)
 
 
 def _severity(lost_s: float, run_s: float, settings: Settings) -> str:
