@@ -477,6 +477,16 @@ def node_panels() -> list[Panel]:
             "percentunit",
         ),
         Panel(
+            "Rank time stopped (SIGSTOP, a scheduler's suspend: the job waits for it)",
+            [
+                (
+                    f"rate(mrcdiag_rank_stopped_seconds_total{{{NODE_SEL}}}[{RI}])",
+                    "{{node}} rank {{rank}}",
+                )
+            ],
+            "percentunit",
+        ),
+        Panel(
             "Host NIC traffic",
             [
                 (
