@@ -88,3 +88,16 @@ def nan_percentile_rows(values: np.ndarray, q: float) -> np.ndarray:
     below, above = rows[index, lo], rows[index, hi]
     out = below + (above - below) * (position - lo)
     return np.where(n > 0, out, np.nan)
+
+
+def severity_of_lost(
+    lost_s: float, run_s: float, min_lost_s: float, warning_ratio: float, critical_ratio: float
+) -> str:
+    """An anomaly's severity from what it cost: critical from `critical_ratio` of the run,
+    warning from `warning_ratio`, never more than info under `min_lost_s` in all."""
+    share = lost_s / run_s if run_s > 0 else 0.0
+    if lost_s < min_lost_s:
+        return "info"
+    if share >= critical_ratio:
+        return "critical"
+    return "warning" if share >= warning_ratio else "info"

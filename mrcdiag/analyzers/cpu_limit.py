@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from mrcdiag.analyzers.common import job_step_time, steady_columns
+from mrcdiag.analyzers.common import job_step_time, severity_of_lost, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.settings import Settings
@@ -66,12 +66,13 @@ def find_cpu_limit(
 
 
 def _severity(lost_s: float, run_s: float, settings: Settings) -> str:
-    lost_share = lost_s / run_s if run_s > 0 else 0.0
-    if lost_s < settings.min_warning_lost_s:
-        return "info"
-    if lost_share >= settings.critical_lost_of_run_ratio:
-        return "critical"
-    return "warning" if lost_share >= settings.warning_lost_of_run_ratio else "info"
+    return severity_of_lost(
+        lost_s,
+        run_s,
+        settings.min_warning_lost_s,
+        settings.warning_lost_of_run_ratio,
+        settings.critical_lost_of_run_ratio,
+    )
 
 
 _ADVICE = (

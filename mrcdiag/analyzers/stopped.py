@@ -15,7 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from mrcdiag.analyzers.common import job_step_time, steady_columns
+from mrcdiag.analyzers.common import job_step_time, severity_of_lost, steady_columns
 from mrcdiag.analyzers.findings import Finding, severity_rank
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.pipeline import slowdowns_of_no_stage
@@ -118,12 +118,13 @@ _ADVICE = (
 
 
 def _severity(lost_s: float, run_s: float, settings: Settings) -> str:
-    share = lost_s / run_s if run_s > 0 else 0.0
-    if lost_s < settings.min_warning_lost_s:
-        return "info"
-    if share >= settings.critical_lost_of_run_ratio:
-        return "critical"
-    return "warning" if share >= settings.warning_lost_of_run_ratio else "info"
+    return severity_of_lost(
+        lost_s,
+        run_s,
+        settings.min_warning_lost_s,
+        settings.warning_lost_of_run_ratio,
+        settings.critical_lost_of_run_ratio,
+    )
 
 
 def unexplained_slowdowns(slowdowns: list[Finding], findings: list[Finding]) -> list[Finding]:
