@@ -793,3 +793,22 @@ def test_one_rank_stalling_is_its_straggler_finding_not_a_job_wide_stall() -> No
 
 def test_a_clean_run_has_no_job_wide_stall() -> None:
     assert _job_stalls(lockstep(3, 100, noise_ms=1.0)) == []
+
+
+@pytest.mark.parametrize("held_ms", [0.0, 100.0])
+def test_collectives_long_now_and_then_are_one_ranks_where_its_limit_held_it(
+    held_ms: float,
+) -> None:
+    # every 10th step every rank's all_reduce takes 100 ms longer: a large collective,
+    # or rank 0's container limit holding it (and so everyone) inside the collective
+    def clocks(rank: int, step: int) -> tuple[float, float, float]:
+        held = held_ms if rank == 0 and step % 10 == 5 else 0.0
+        return 10.0, 0.5 + held, held
+
+    run = lockstep(3, 100, transfer_ms=lambda k: 102.0 if k % 10 == 5 else 2.0, thread_ms=clocks)
+    stalls = _job_stalls(run)
+    if held_ms:
+        assert stalls == []
+    else:
+        (stall,) = stalls
+        assert "more in collectives" in stall.summary

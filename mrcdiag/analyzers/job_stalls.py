@@ -18,11 +18,12 @@ import warnings
 
 import numpy as np
 
-from mrcdiag.analyzers.common import steady_columns
+from mrcdiag.analyzers.common import nan_median_rows, steady_columns
 from mrcdiag.analyzers.findings import Finding
 from mrcdiag.analyzers.lateness import RankStepMatrix
 from mrcdiag.analyzers.recurrence import step_pattern
 from mrcdiag.analyzers.settings import Settings
+from mrcdiag.analyzers.thread_time import cells
 
 
 def find_job_stalls(
@@ -59,6 +60,8 @@ def find_job_stalls(
     if pattern["pattern"] == "span":
         return []  # a stretch of slow steps is a change of pace: the slowdown analyzer's
     each_s = float(np.median(cost))
+    if _one_rank_held(m, steps, settings.cause_explains_lateness_ratio * each_s):
+        return []  # one rank held inside the collectives: that rank's finding, not the job's
     what, advice = _what_grew(m, steps, cols[~hit], each_s, settings)
     when = (
         f"every {pattern['every_steps']} steps"
@@ -84,6 +87,29 @@ def find_job_stalls(
             recommendation=advice,
         )
     ]
+
+
+def _one_rank_held(m: RankStepMatrix, stalled: np.ndarray, explains_s: float) -> bool:
+    """Whether one rank's thread was held in the stalled steps (each with the step
+    before it) far more than the others': by its cgroup's CPU limit, or waiting for a
+    CPU. Such a rank holds every rank inside the collectives it is in (gloo moves the
+    data on the ranks' own threads), so that every rank's step grows alike and none
+    arrives late: a rank's fault that looks like the job's (a container's limit on one
+    FSDP2 rank read as "a large collective now and then")."""
+    for a in (m.cpu_throttled_s, m.cpu_wait_s):
+        if a is None:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_rank = nan_median_rows(cells(a, np.arange(len(m.ranks)), stalled, True))
+        known = np.isfinite(per_rank)
+        if known.sum() < 2:
+            continue
+        top = int(np.nanargmax(per_rank))
+        others = np.delete(per_rank, top)
+        if per_rank[top] - float(np.nanmedian(others)) >= explains_s:
+            return True
+    return False
 
 
 def _what_grew(
