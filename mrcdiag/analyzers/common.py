@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 
+from mrcdiag.analyzers.settings import Settings
+
 MAD_TO_SIGMA = 1.4826
 
 
@@ -90,14 +92,12 @@ def nan_percentile_rows(values: np.ndarray, q: float) -> np.ndarray:
     return np.where(n > 0, out, np.nan)
 
 
-def severity_of_lost(
-    lost_s: float, run_s: float, min_lost_s: float, warning_ratio: float, critical_ratio: float
-) -> str:
-    """An anomaly's severity from what it cost: critical from `critical_ratio` of the run,
-    warning from `warning_ratio`, never more than info under `min_lost_s` in all."""
+def severity_of_lost(lost_s: float, run_s: float, settings: Settings) -> str:
+    """An anomaly's severity from what it cost: critical from a fifth of the run, warning
+    from 2% (the settings' ratios), never more than info under min_warning_lost_s."""
     share = lost_s / run_s if run_s > 0 else 0.0
-    if lost_s < min_lost_s:
+    if lost_s < settings.min_warning_lost_s:
         return "info"
-    if share >= critical_ratio:
+    if share >= settings.critical_lost_of_run_ratio:
         return "critical"
-    return "warning" if share >= warning_ratio else "info"
+    return "warning" if share >= settings.warning_lost_of_run_ratio else "info"

@@ -65,16 +65,6 @@ def find_cpu_limit(
     ]
 
 
-def _severity(lost_s: float, run_s: float, settings: Settings) -> str:
-    return severity_of_lost(
-        lost_s,
-        run_s,
-        settings.min_warning_lost_s,
-        settings.warning_lost_of_run_ratio,
-        settings.critical_lost_of_run_ratio,
-    )
-
-
 _ADVICE = (
     "raise or remove the CPU limit of {whose} (Kubernetes resources.limits.cpu, docker "
     "--cpus, systemd CPUQuota; cpu.max or cpu.cfs_quota_us): it must cover each rank's "
@@ -98,7 +88,7 @@ def _rank_held(
     host = run.host_of(rank)
     return Finding(
         kind="straggler",
-        severity=_severity(lost_s, run_s, settings),
+        severity=severity_of_lost(lost_s, run_s, settings),
         cause="cpu_throttled",
         time_lost_s=lost_s,
         ranks=(rank,),
@@ -134,7 +124,7 @@ def _job_held(
     typical = float(np.median(share[rows]))
     return Finding(
         kind="idle_compute",
-        severity=_severity(lost_s, run_s, settings),
+        severity=severity_of_lost(lost_s, run_s, settings),
         cause="cpu_throttled",
         time_lost_s=lost_s,
         ranks=ranks,

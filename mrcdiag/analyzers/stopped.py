@@ -51,7 +51,7 @@ def with_stopped_ranks(
         if rank not in m.ranks:
             continue
         lost_s = rate * run_s * (1.0 - _wait_share(m, m.row(rank), cols))
-        severity = _severity(lost_s, run_s, settings)
+        severity = severity_of_lost(lost_s, run_s, settings)
         evidence = {
             "stopped_s_per_s": round(rate, 4),
             "stopped_s_per_s_others": round(peers_rate, 4),
@@ -115,16 +115,6 @@ _ADVICE = (
     "preemption by suspend), a supervisor or watchdog sending SIGSTOP, a debugger; "
     "`ps -o pid,stat,cmd` shows T while it is stopped"
 )
-
-
-def _severity(lost_s: float, run_s: float, settings: Settings) -> str:
-    return severity_of_lost(
-        lost_s,
-        run_s,
-        settings.min_warning_lost_s,
-        settings.warning_lost_of_run_ratio,
-        settings.critical_lost_of_run_ratio,
-    )
 
 
 def unexplained_slowdowns(slowdowns: list[Finding], findings: list[Finding]) -> list[Finding]:
